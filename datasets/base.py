@@ -1,0 +1,116 @@
+"""Containers shared by every dataset: where images live and what a long-tailed split holds."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+class DatasetError(RuntimeError):
+    """A dataset file or option is wrong; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """What the command line says about the data; every dataset factory takes one."""
+
+    data_root: str = "./data"  # images / pickles live here (CIFAR: cifar-10-batches-py/ below it)
+    imb_type: str = "exp"  # 'exp' or 'step' per-class counts (CIFAR-style datasets)
+    imb_factor: float = 0.01  # 1 / imbalance ratio, in (0, 1]
+    lt_selection: str = "shuffle"  # 'shuffle' (LDAM-DRW, seeded per class) or 'first' (file order)
+    lt_seed: int = 0  # NumPy seed of the 'shuffle' selection
+    val_per_class: int = 0  # balanced validation images per class, from images the LT subset left
+    split_dir: Optional[str] = None  # folder of ImageNet-LT / iNat / Places-LT list files
+    train_list: Optional[str] = None  # explicit list files override split_dir
+    val_list: Optional[str] = None
+    test_list: Optional[str] = None
+    download: bool = True  # fetch missing CIFAR files (md5-checked) when the network allows
+
+
+@dataclass
+class ImageSource:
+    """N labelled images, either in memory (uint8, N x H x W x 3) or as files on disk."""
+
+    targets: np.ndarray  # int64, (N,)
+    array: Optional[np.ndarray] = None  # uint8, (N, H, W, 3), RGB
+    paths: Optional[List[str]] = None  # absolute file paths, one per image
+
+    def __post_init__(self):
+        self.targets = np.asarray(self.targets, dtype=np.int64)
+        if (self.array is None) == (self.paths is None):
+            raise ValueError("an ImageSource holds either an array or paths, not both")
+        if len(self) != len(self.targets):
+            raise ValueError(f"{len(self)} images but {len(self.targets)} targets")
+
+    def __len__(self) -> int:
+        return len(self.array) if self.array is not None else len(self.paths)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.array is not None
+
+    def load(self, index: int) -> Image.Image:
+        if self.array is not None:
+            return Image.fromarray(self.array[index])
+        return load_image(self.paths[index])
+
+    def subset(self, indices: Sequence[int]) -> "ImageSource":
+        indices = np.asarray(indices, dtype=np.int64)
+        if self.array is not None:
+            return ImageSource(self.targets[indices], array=self.array[indices])
+        return ImageSource(self.targets[indices], paths=[self.paths[i] for i in indices])
+
+
+def load_image(path: str) -> Image.Image:
+    """Opens one image as RGB, or says which file is missing or unreadable."""
+    if not os.path.isfile(path):
+        raise DatasetError(f"image not found: {path} (check --data_root and the list file)")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as error:
+        raise DatasetError(f"cannot read image {path}: {error}") from error
+
+
+@dataclass
+class LongTailData:
+    """A long-tailed training set with its balanced evaluation sets, as every method sees it."""
+
+    name: str
+    num_classes: int
+    train: ImageSource
+    test: ImageSource
+    train_counts: List[int]  # images per class in `train`, class 0 first
+    mean: Tuple[float, float, float]  # per-channel mean of [0, 1] pixels, for normalisation
+    std: Tuple[float, float, float]
+    image_size: int  # side of the network input: 32 for CIFAR-style, 224 for ImageNet-style
+    class_names: List[str] = field(default_factory=list)
+    val: Optional[ImageSource] = None  # balanced validation split when requested
+    unlabeled: Optional[ImageSource] = None  # training images the LT subset left out (true labels kept)
+    train_indices: Optional[np.ndarray] = None  # positions of `train` in the original training file
+
+    @property
+    def style(self) -> str:
+        """'cifar' for small images (in-memory, 32 px), 'imagenet' for large file-based sets."""
+        return "cifar" if self.image_size <= 64 else "imagenet"
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Applies a transform (PIL image -> uint8 tensor, or a tuple of them) to an ImageSource.
+
+    Items are ``(views, target, index)``; ``index`` lets methods keep per-sample state.
+    """
+
+    def __init__(self, source: ImageSource, transform: Callable):
+        self.source = source
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int):
+        return self.transform(self.source.load(index)), int(self.source.targets[index]), index
