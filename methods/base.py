@@ -1,0 +1,85 @@
+"""The contract between a training method and the engine.
+
+A method is an ``nn.Module`` that owns the network and any state it needs (queues, centroids,
+teachers, class priors) as sub-modules or buffers, so checkpoints and ``.to(device)`` cover it.
+The engine never branches on the method: it calls the hooks below and logs whatever named loss
+parts ``training_step`` returns.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from utils.registry import Registry
+
+METHODS = Registry("method")
+
+StepOutput = Dict[str, Any]  # {'loss': scalar tensor, 'logits': (B, C) or None, 'parts': {name: scalar}}
+
+
+class Method(nn.Module):
+    """Base class: plain supervised prediction with the wrapped network.
+
+    Subclasses set ``name`` (the registry key) and implement ``training_step``. ``init_kwargs``
+    records the constructor's keyword arguments so a checkpoint can rebuild the method.
+    """
+
+    name = "method"
+    # Names of extra per-view recipes the method wants from the data pipeline, e.g. two views.
+    num_views = 1
+
+    def __init__(self, model: nn.Module, class_counts: Sequence[int]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("class_counts", torch.as_tensor(list(class_counts), dtype=torch.long))
+        self.init_kwargs: Dict[str, Any] = {}
+        # What the step calls: the model itself, or its DataParallel / DDP wrapper. Kept outside
+        # the module tree so the state dict holds the unwrapped weights only.
+        object.__setattr__(self, "_network", None)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.class_counts.numel())
+
+    # ---- parallelism -------------------------------------------------------------------------
+    def trainable_network(self) -> nn.Module:
+        """The module whose forward pass carries gradients (wrapped by DataParallel / DDP)."""
+        return self.model
+
+    def wrap(self, wrap_fn: Callable[[nn.Module], nn.Module]) -> None:
+        object.__setattr__(self, "_network", wrap_fn(self.trainable_network()))
+
+    def network(self, *args, **kwargs):
+        net = self._network if self._network is not None else self.trainable_network()
+        return net(*args, **kwargs)
+
+    # ---- optimisation --------------------------------------------------------------------------
+    def optim_parameters(self) -> Iterable[nn.Parameter]:
+        return [p for p in self.trainable_network().parameters() if p.requires_grad]
+
+    def training_step(self, images, targets: torch.Tensor, epoch: int,
+                      indices: Optional[torch.Tensor] = None) -> StepOutput:
+        raise NotImplementedError
+
+    # ---- hooks -----------------------------------------------------------------------------------
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before each training epoch (re-weighting schedules, teacher normalisation)."""
+
+    def on_epoch_end(self, epoch: int, evaluations: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+        """Called after evaluation with {'test': summary, 'val': summary?}; may return records."""
+        return {}
+
+    # ---- evaluation -------------------------------------------------------------------------------
+    def classifier(self) -> nn.Module:
+        """The image -> logits network evaluated by test.py (unwrapped)."""
+        return self.model
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for evaluation; runs through the DataParallel wrapper when there is one."""
+        if self._network is not None and isinstance(self._network, nn.DataParallel) \
+                and self.trainable_network() is self.classifier():
+            return self._network(images)
+        return self.classifier()(images)

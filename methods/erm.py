@@ -1,0 +1,127 @@
+"""Empirical risk minimisation with the standard long-tail recipes.
+
+One network, one loss from ``losses`` (CE, focal, LDAM, logit-adjusted CE, balanced softmax),
+optionally re-weighted per class: ``reweight`` uses class-balanced weights from the first epoch
+(Cui et al., CVPR 2019), ``drw`` switches them on at ``drw_epoch`` (Cao et al., NeurIPS 2019).
+Re-sampling is the data pipeline's job (a sampler), so it combines with any of these.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from losses import LOSSES
+from losses.priors import drw_weights, effective_number_weights
+from methods.base import METHODS, Method
+
+TRAIN_RULES = ("none", "reweight", "drw")
+
+
+@METHODS.register("erm")
+class ERM(Method):
+    name = "erm"
+
+    def __init__(self, model: nn.Module, class_counts: Sequence[int], loss: str = "ce",
+                 loss_options: Optional[Dict[str, Any]] = None, train_rule: str = "none",
+                 drw_epoch: int = 160, cb_beta: float = 0.9999):
+        super().__init__(model, class_counts)
+        if train_rule not in TRAIN_RULES:
+            raise ValueError(f"train_rule must be one of {TRAIN_RULES}, got '{train_rule}'")
+        self.init_kwargs = dict(loss=loss, loss_options=dict(loss_options or {}), train_rule=train_rule,
+                                drw_epoch=drw_epoch, cb_beta=cb_beta)
+        self.loss_name, self.train_rule = loss, train_rule
+        self.drw_epoch, self.cb_beta = drw_epoch, cb_beta
+        self.criterion = LOSSES.build(loss, class_counts=list(class_counts), **(loss_options or {}))
+
+    def class_weights(self, epoch: int) -> Optional[torch.Tensor]:
+        counts = self.class_counts.tolist()
+        if self.train_rule == "reweight":
+            return effective_number_weights(counts, self.cb_beta)
+        if self.train_rule == "drw":
+            return drw_weights(counts, epoch, self.drw_epoch, self.cb_beta)
+        return None
+
+    def on_epoch_start(self, epoch: int) -> None:
+        weights = self.class_weights(epoch)
+        self.criterion.set_class_weights(None if weights is None else weights.to(self.class_counts.device))
+
+    def training_step(self, images, targets, epoch, indices=None):
+        logits = self.network(images)
+        loss = self.criterion(logits, targets)
+        return {"loss": loss, "logits": logits, "parts": {f"loss/{self.loss_name}": loss.detach()}}
+
+
+# ---- command line ------------------------------------------------------------------------------
+# Shorthands for --method; each is (loss, train rule, sampler). The semi-self paper's
+# --loss_type / --train_rule compose the same pieces.
+PRESETS: Dict[str, tuple] = {
+    "ce": ("ce", "none", None),
+    "focal": ("focal", "none", None),
+    "ldam": ("ldam", "none", None),
+    "ldam_drw": ("ldam", "drw", None),
+    "cb_reweight": ("ce", "reweight", None),
+    "drw": ("ce", "drw", None),
+    "resample": ("ce", "none", "effective_number"),
+    "balanced_sampling": ("ce", "none", "class_balanced"),
+    "logit_adjust": ("logit_adjust", "none", None),
+    "balanced_softmax": ("balanced_softmax", "none", None),
+}
+LOSS_TYPES = {"ce": "ce", "ldam": "ldam", "focal": "focal", "la": "logit_adjust",
+              "logit_adjust": "logit_adjust", "balanced_softmax": "balanced_softmax", "bs": "balanced_softmax"}
+TRAIN_RULE_FLAGS = {"none": ("none", None), "resample": ("none", "effective_number"),
+                    "reweight": ("reweight", None), "drw": ("drw", None)}
+# The LDAM-DRW / semi-self recipe (ALGORITHMS.md 3.4).
+DEFAULTS = dict(lr=0.1, weight_decay=2e-4, epochs=200, warmup_epochs=5, cos=False, schedule=(160, 180),
+                lr_gamma=0.01, batch_size=128, aug=("standard",), seed=0)
+
+
+def add_arguments(parser) -> None:
+    group = parser.add_argument_group("ERM baselines (--method ce|focal|ldam|...)")
+    group.add_argument("--loss_type", type=str.lower, default=None, choices=sorted(LOSS_TYPES),
+                       help="CE, LDAM, Focal (semi-self paper), LA (logit adjustment), balanced_softmax")
+    group.add_argument("--train_rule", type=str.lower, default=None, choices=sorted(TRAIN_RULE_FLAGS),
+                       help="None, Resample, Reweight or DRW (semi-self paper)")
+    group.add_argument("--sampler", default=None,
+                       choices=["class_balanced", "sqrt", "effective_number", "class_aware"],
+                       help="re-sampling of the training set")
+    group.add_argument("--samples_per_class", type=int, default=4, help="class_aware sampler block size")
+    group.add_argument("--drw_epoch", type=int, default=160, help="DRW: 0-based epoch re-weighting starts")
+    group.add_argument("--cb_beta", type=float, default=0.9999, help="effective-number beta")
+    group.add_argument("--focal_gamma", type=float, default=1.0)
+    group.add_argument("--ldam_max_margin", type=float, default=0.5)
+    group.add_argument("--ldam_scale", type=float, default=30.0)
+    group.add_argument("--la_tau", type=float, default=1.0, help="logit-adjustment loss tau")
+
+
+def resolve(args, method: Optional[str]):
+    """(loss, train_rule, sampler) from --method and the paper flags; contradictions are errors."""
+    from utils.config import ConfigError
+
+    loss, rule, sampler = PRESETS.get(method or "ce")
+    if args.loss_type is not None:
+        flag_loss = LOSS_TYPES[args.loss_type]
+        if method is not None and flag_loss != loss:
+            raise ConfigError(f"--method {method} trains with the '{loss}' loss but --loss_type "
+                              f"{args.loss_type} asks for '{flag_loss}': drop one of them")
+        loss = flag_loss
+    if args.train_rule is not None:
+        flag_rule, flag_sampler = TRAIN_RULE_FLAGS[args.train_rule]
+        if method is not None and (flag_rule, flag_sampler) != (rule, sampler):
+            raise ConfigError(f"--method {method} and --train_rule {args.train_rule} disagree: drop one")
+        rule, sampler = flag_rule, flag_sampler
+    if args.sampler is not None:
+        if sampler is not None and sampler != args.sampler:
+            raise ConfigError(f"--sampler {args.sampler} contradicts the '{sampler}' re-sampling "
+                              "that --method/--train_rule already select")
+        sampler = args.sampler
+    return loss, rule, sampler
+
+
+def options_from_args(args, loss: str, rule: str) -> Dict[str, Any]:
+    loss_options = {"focal": {"gamma": args.focal_gamma},
+                    "ldam": {"max_margin": args.ldam_max_margin, "scale": args.ldam_scale},
+                    "logit_adjust": {"tau": args.la_tau}}.get(loss, {})
+    return dict(loss=loss, loss_options=loss_options, train_rule=rule, drw_epoch=args.drw_epoch,
+                cb_beta=args.cb_beta)

@@ -1,0 +1,136 @@
+"""Metrics on small hand-made predictions whose answers are worked out in the comments."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from utils.metrics import (
+    expected_calibration_error,
+    format_shot_table,
+    negative_log_likelihood,
+    per_class_accuracy,
+    shot_accuracy,
+    shot_groups,
+    summarize,
+    topk_accuracy,
+)
+
+
+def test_topk_accuracy_hand_ranks():
+    descending = [0.5, 0.4, 0.3, 0.2, 0.1, 0.0]
+    logits = torch.tensor(
+        [
+            [0.1, 0.9, 0.0, 0.0, 0.0, 0.0],  # target 1 ranked 1st
+            descending,  # target 4 ranked 5th
+            descending,  # target 5 ranked 6th
+            [0.0, 0.0, 1.0, 0.5, 0.0, 0.0],  # target 3 ranked 2nd
+        ]
+    )
+    targets = torch.tensor([1, 4, 5, 3])
+    assert topk_accuracy(logits, targets) == {1: 25.0, 5: 75.0}
+    assert topk_accuracy(logits, targets, ks=(2,)) == {2: 50.0}
+
+
+def test_topk_clipped_to_num_classes():
+    logits = torch.tensor([[0.0, 1.0, 2.0], [3.0, 2.0, 1.0]])
+    assert topk_accuracy(logits, torch.tensor([0, 0])) == {1: 50.0, 5: 100.0}
+
+
+def test_per_class_accuracy_with_absent_class():
+    predictions = [0, 0, 1, 1, 1, 2]
+    targets = [0, 1, 1, 1, 0, 2]
+    accuracy = per_class_accuracy(predictions, targets, num_classes=4)
+    # class 0: 1 of 2, class 1: 2 of 3, class 2: 1 of 1, class 3: no test sample
+    assert accuracy[:3].tolist() == pytest.approx([50.0, 200.0 / 3, 100.0])
+    assert math.isnan(accuracy[3])
+    assert accuracy.dtype == np.float64
+    with pytest.raises(ValueError):
+        per_class_accuracy([0], [4], num_classes=4)
+
+
+def test_shot_groups_thresholds_are_strict():
+    # > 100 many, < 20 few; exactly 100 and exactly 20 are medium (OLTR)
+    groups = shot_groups([500, 101, 100, 20, 19, 5])
+    assert groups == {"many": [0, 1], "medium": [2, 3], "few": [4, 5]}
+
+
+def test_shot_accuracy_empty_group_is_none():
+    result = shot_accuracy(np.array([80.0, 60.0, 40.0]), [500, 200, 50])
+    assert result == {"many": 70.0, "medium": 40.0, "few": None}
+    # a class without test samples (NaN) is skipped, not counted as 0
+    result = shot_accuracy(np.array([80.0, np.nan, 40.0, 10.0]), [500, 200, 50, 5])
+    assert result == {"many": 80.0, "medium": 40.0, "few": 10.0}
+    assert shot_accuracy(np.array([np.nan, 40.0]), [500, 50])["many"] is None
+
+
+# Four samples, three classes: confidences 0.9 (right), 0.7 (wrong), 0.5 (right), 0.85 (wrong).
+PROBS = torch.tensor(
+    [
+        [0.90, 0.05, 0.05],
+        [0.70, 0.20, 0.10],
+        [0.30, 0.50, 0.20],
+        [0.05, 0.10, 0.85],
+    ]
+)
+PROB_TARGETS = torch.tensor([0, 1, 1, 0])
+
+
+def test_ece_five_bins_by_hand():
+    # bins of width 0.2: (0.8, 1] holds 0.9 and 0.85 -> acc 0.5, conf 0.875, weight 2/4;
+    # (0.6, 0.8] holds 0.7 -> acc 0, weight 1/4; (0.4, 0.6] holds 0.5 -> acc 1, weight 1/4.
+    expected = 100 * (abs(0.5 - 0.875) * 2 / 4 + abs(0.0 - 0.7) / 4 + abs(1.0 - 0.5) / 4)
+    assert expected == pytest.approx(48.75)
+    assert expected_calibration_error(PROBS, PROB_TARGETS, n_bins=5) == pytest.approx(expected, abs=1e-5)
+
+
+def test_ece_fifteen_bins_by_hand():
+    # with 15 bins every sample is alone in its bin: ECE = mean |correct - confidence|
+    expected = 100 * (0.1 + 0.7 + 0.5 + 0.85) / 4
+    assert expected_calibration_error(PROBS, PROB_TARGETS) == pytest.approx(expected, abs=1e-5)
+
+
+def test_ece_perfect_calibration_and_edge_bin():
+    # confidence exactly 1.0 lands in the last bin; right and sure -> ECE 0
+    probs = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert expected_calibration_error(probs, torch.tensor([0, 1])) == 0.0
+
+
+def test_nll_hand_value():
+    logits = torch.tensor([[2.0, 1.0, 0.1], [0.5, 2.5, 0.0]])
+    row0 = math.log(math.exp(2.0) + math.exp(1.0) + math.exp(0.1)) - 2.0
+    row1 = math.log(math.exp(0.5) + math.exp(2.5) + math.exp(0.0)) - 0.0
+    assert negative_log_likelihood(logits, torch.tensor([0, 2])) == pytest.approx((row0 + row1) / 2, rel=1e-6)
+
+
+def test_summarize_and_table():
+    train_counts = [500, 50, 5, 3]  # many: {0}; medium: {1}; few: {2, 3}
+    # class 3 has no test sample; one-hot style logits make the predictions explicit
+    predictions = [0, 0, 1, 0, 2, 1]
+    targets = torch.tensor([0, 0, 1, 1, 2, 2])
+    logits = torch.nn.functional.one_hot(torch.tensor(predictions), 4).float() * 4.0
+
+    summary = summarize(logits, targets, train_counts)
+    assert summary["top1"] == pytest.approx(100 * 4 / 6)
+    assert summary["top5"] == 100.0  # clipped to 4 classes
+    assert summary["per_class"][:3] == pytest.approx([100.0, 50.0, 50.0])
+    assert summary["per_class"][3] is None
+    assert summary["mean_per_class"] == pytest.approx(200.0 / 3)
+    assert (summary["many"], summary["medium"], summary["few"]) == pytest.approx((100.0, 50.0, 50.0))
+    assert summary["group_sizes"] == {"many": 1, "medium": 1, "few": 2}
+    assert summary["num_samples"] == 6
+    # each row: p = e^4 / (e^4 + 3) on the predicted class
+    confidence = math.exp(4) / (math.exp(4) + 3)
+    assert summary["nll"] == pytest.approx(
+        (4 * -math.log(confidence) + 2 * -math.log(1 / (math.exp(4) + 3))) / 6, rel=1e-6
+    )
+    assert summary["ece"] == pytest.approx(100 * abs(4 / 6 - confidence), abs=1e-4)
+    json.dumps(summary, allow_nan=False)  # results.json must be strict JSON
+
+    table = format_shot_table(summary)
+    assert "66.67" in table and "n/a" not in table
+    no_few = summarize(logits[:4, :2], targets[:4], [500, 50])
+    assert no_few["few"] is None and "n/a" in format_shot_table(no_few)

@@ -1,0 +1,140 @@
+"""Flags shared by the entry scripts, with the papers' spellings kept as aliases.
+
+Defaults that differ between papers (lr, weight decay, schedule) are ``None`` here and filled
+from the entry script's per-method defaults, so an explicit flag always wins and an omitted one
+means what it meant in the paper's own repository.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from typing import Any, Callable, Dict, Optional
+
+from datasets import DATASETS, DataOptions, DatasetError
+from datasets.augment import TRANSFORMS
+from models import HEADS, MODELS
+from utils.checkpoint import CheckpointError
+from utils.config import ConfigError, OptimConfig, RunConfig, add_bool_flag
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", default=default_dataset, choices=DATASETS.names(), help="dataset")
+    group.add_argument("--data_root", "--data", dest="data_root", default="./data",
+                       help="dataset folder (CIFAR pickles below it, or the image root of list datasets)")
+    group.add_argument("--imb_type", default="exp", choices=["exp", "step"], help="per-class count profile")
+    group.add_argument("--imb_factor", type=float, default=0.01, help="1 / imbalance ratio, in (0, 1]")
+    group.add_argument("--lt_selection", default=None, choices=["shuffle", "first"],
+                       help="which images of each class form the LT subset")
+    group.add_argument("--lt_seed", type=int, default=0, help="seed of the 'shuffle' selection")
+    group.add_argument("--val_per_class", type=int, default=0,
+                       help="balanced validation images per class, taken from unused training images")
+    group.add_argument("--split_dir", default=None, help="folder of ImageNet-LT / iNat / Places-LT lists")
+    group.add_argument("--train_list", default=None)
+    group.add_argument("--val_list", default=None)
+    group.add_argument("--test_list", default=None)
+    add_bool_flag(group, "--download", default=True, help="download missing CIFAR files")
+    group.add_argument("--workers", "-j", type=int, default=4, help="DataLoader workers")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, default_arch: Optional[str]) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--arch", default=default_arch, choices=MODELS.names(), help="backbone")
+    add_bool_flag(group, "--use_norm", "--use-norm", default=None,
+                  help="cosine (normalised) classifier; default depends on the method")
+    group.add_argument("--head_scale", type=float, default=None, help="scale of the cosine classifier")
+
+
+def add_optim_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("optimisation")
+    group.add_argument("--epochs", type=int, default=None)
+    group.add_argument("-b", "--batch_size", "--batch-size", dest="batch_size", type=int, default=None,
+                       help="global batch size")
+    group.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=None)
+    group.add_argument("--momentum", type=float, default=0.9)
+    group.add_argument("--wd", "--weight_decay", "--weight-decay", dest="weight_decay", type=float, default=None)
+    add_bool_flag(group, "--cos", default=None, help="cosine schedule after warm-up (else step decays)")
+    group.add_argument("--schedule", type=int, nargs="+", default=None, help="step-decay epochs (0-based)")
+    group.add_argument("--lr_gamma", type=float, default=None, help="step-decay factor")
+    group.add_argument("--warmup_epochs", type=int, default=None, help="linear warm-up epochs")
+    add_bool_flag(group, "--nesterov", default=False, help="Nesterov momentum")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("run")
+    group.add_argument("--root_log", default="log", help="parent folder of run folders")
+    group.add_argument("--out_dir", default=None, help="run folder (default: a name under --root_log)")
+    group.add_argument("--resume", default=None, help="checkpoint or run folder to continue, or 'auto'")
+    group.add_argument("--seed", type=int, default=None)
+    add_bool_flag(group, "--deterministic", default=False, help="deterministic algorithms")
+    group.add_argument("--gpu", default=None, help="GPU id, or ids like 0,1,2,3 for DataParallel")
+    group.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast precision")
+    add_bool_flag(group, "--channels_last", default=False, help="NHWC memory format")
+    add_bool_flag(group, "--compile", default=False, help="torch.compile the network")
+    group.add_argument("--limit_batches", type=int, default=None, help="batches per epoch (smoke runs)")
+    group.add_argument("--log_interval", type=int, default=50, help="steps between log synchronisations")
+    group.add_argument("--eval_interval", type=int, default=1, help="evaluate every N epochs")
+    add_bool_flag(group, "--progress", default=True, help="tqdm progress bars")
+    add_bool_flag(group, "--tta_flip", default=False, help="also report flip test-time augmentation")
+    add_bool_flag(group, "--tb_save", default=True,
+                  help="kept for command compatibility: tensorboardX curves are always written")
+    group.add_argument("--select_on", default=None, choices=["val", "test"],
+                       help="split that chooses best.pth (default: val when --val_per_class > 0)")
+
+
+def add_aug_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("augmentation")
+    group.add_argument("--aug", nargs="+", default=None, choices=TRANSFORMS.names(),
+                       help="training recipe (one per view)")
+    group.add_argument("--randaug_n", type=int, default=None, help="RandAugment operations per image")
+    group.add_argument("--randaug_m", type=int, default=None, help="RandAugment magnitude")
+
+
+def pick(value, default):
+    return default if value is None else value
+
+
+def data_options(args: argparse.Namespace, default_selection: str) -> DataOptions:
+    return DataOptions(data_root=args.data_root, imb_type=args.imb_type, imb_factor=args.imb_factor,
+                       lt_selection=pick(args.lt_selection, default_selection), lt_seed=args.lt_seed,
+                       val_per_class=args.val_per_class, split_dir=args.split_dir,
+                       train_list=args.train_list, val_list=args.val_list, test_list=args.test_list,
+                       download=args.download)
+
+
+def optim_config(args: argparse.Namespace, defaults: Dict[str, Any]) -> OptimConfig:
+    return OptimConfig(lr=pick(args.lr, defaults["lr"]), momentum=args.momentum,
+                       weight_decay=pick(args.weight_decay, defaults["weight_decay"]),
+                       epochs=pick(args.epochs, defaults["epochs"]),
+                       warmup_epochs=pick(args.warmup_epochs, defaults["warmup_epochs"]),
+                       cosine=pick(args.cos, defaults["cos"]),
+                       milestones=tuple(pick(args.schedule, defaults["schedule"])),
+                       gamma=pick(args.lr_gamma, defaults["lr_gamma"]), nesterov=args.nesterov)
+
+
+def run_config(args: argparse.Namespace, default_seed: int) -> RunConfig:
+    return RunConfig(out_dir=args.out_dir, root_log=args.root_log, resume=args.resume,
+                     seed=pick(args.seed, default_seed), deterministic=args.deterministic, gpu=args.gpu,
+                     amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+                     workers=args.workers, limit_batches=args.limit_batches,
+                     log_interval=args.log_interval, eval_interval=args.eval_interval,
+                     progress=args.progress, tta_flip=args.tta_flip)
+
+
+def run_guarded(prog: str, body: Callable[[], Any]) -> int:
+    """Runs an entry script's body; expected failures become one line on stderr and exit 2."""
+    from utils.engine import NonFiniteLossError
+
+    try:
+        body()
+    except (ConfigError, DatasetError, CheckpointError, NonFiniteLossError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; continue with --resume auto (or the run's last.pth)", file=sys.stderr)
+        return 130
+    except Exception:  # an unexpected bug: keep the traceback, it is needed to fix it
+        traceback.print_exc()
+        return 1
+    return 0

@@ -1,0 +1,179 @@
+"""Devices and parallelism in one place: CPU, one GPU, DataParallel (``--gpu 0,1,2,3``) or DDP.
+
+DDP is detected from the environment that ``torchrun`` sets (RANK / WORLD_SIZE / LOCAL_RANK), so
+the same entry scripts run everywhere. Only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from utils.config import ConfigError
+
+
+@dataclass(frozen=True)
+class DeviceContext:
+    """Where this process computes and which replicas it belongs to."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    data_parallel_ids: List[int] = field(default_factory=list)  # > 1 ids: DataParallel
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def data_parallel(self) -> bool:
+        return len(self.data_parallel_ids) > 1
+
+
+def parse_gpu_ids(gpu: Optional[str]) -> Optional[List[int]]:
+    """'0' -> [0]; '0,1,2,3' -> [0, 1, 2, 3]; None -> None (use the default device)."""
+    if gpu is None or str(gpu).strip() in ("", "None", "none"):
+        return None
+    try:
+        ids = [int(part) for part in str(gpu).split(",") if part.strip() != ""]
+    except ValueError:
+        raise ConfigError(f"--gpu takes GPU ids like 0 or 0,1,2,3; got '{gpu}'") from None
+    if not ids or any(i < 0 for i in ids) or len(set(ids)) != len(ids):
+        raise ConfigError(f"--gpu takes distinct non-negative GPU ids like 0,1,2,3; got '{gpu}'")
+    return ids
+
+
+def setup_devices(gpu: Optional[str], backend: Optional[str] = None) -> DeviceContext:
+    """Initialises DDP under torchrun, otherwise picks CPU, one GPU, or several for DataParallel."""
+    ids = parse_gpu_ids(gpu)
+    has_cuda = torch.cuda.is_available()
+    if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if has_cuda:
+            torch.cuda.set_device(local_rank)
+            device = torch.device("cuda", local_rank)
+        else:
+            device = torch.device("cpu")
+        if not dist.is_initialized():
+            dist.init_process_group(backend or ("nccl" if has_cuda else "gloo"))
+        return DeviceContext(device, rank, world, local_rank)
+    if ids is not None and not has_cuda:
+        warnings.warn(f"--gpu {gpu} was given but CUDA is not available: running on CPU", stacklevel=2)
+        return DeviceContext(torch.device("cpu"))
+    if not has_cuda:
+        return DeviceContext(torch.device("cpu"))
+    ids = ids or [0]
+    count = torch.cuda.device_count()
+    if max(ids) >= count:
+        raise ConfigError(f"--gpu {gpu} names a GPU that does not exist (this machine has {count})")
+    torch.cuda.set_device(ids[0])
+    return DeviceContext(torch.device("cuda", ids[0]), data_parallel_ids=ids)
+
+
+def wrap_network(network: nn.Module, ctx: DeviceContext) -> nn.Module:
+    """Returns what the training step calls: DDP, DataParallel, or the network itself."""
+    if ctx.distributed:
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(network, device_ids=device_ids)
+    if ctx.data_parallel:
+        return nn.DataParallel(network, device_ids=ctx.data_parallel_ids)
+    return network
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """Strips DataParallel / DDP / torch.compile wrappers."""
+    while True:
+        if isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            module = module.module
+        elif hasattr(module, "_orig_mod"):
+            module = module._orig_mod
+        else:
+            return module
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather that lets gradients flow back to this rank's slice (contrastive losses)."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        gathered = [torch.zeros_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, tensor.contiguous())
+        return torch.cat(gathered, 0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        # Every rank computed the same global loss on its own copy; summing the gradient slices
+        # over ranks and DDP's mean over ranks then give the single-process gradient.
+        dist.all_reduce(grad)
+        size = grad.shape[0] // dist.get_world_size()
+        return grad[dist.get_rank() * size:(dist.get_rank() + 1) * size]
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenates a same-shaped tensor from all ranks (rank order); identity without DDP."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    return _GatherWithGrad.apply(tensor)
+
+
+@torch.no_grad()
+def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenates same-shaped tensors from all ranks without gradient; identity without DDP."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    gathered = [torch.zeros_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, tensor.contiguous())
+    return torch.cat(gathered, 0)
+
+
+@torch.no_grad()
+def gather_variable(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenates tensors whose first dimension differs between ranks (evaluation shards)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    size = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = gather_no_grad(size).tolist()
+    padded = torch.zeros((max(sizes),) + tuple(tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[: tensor.shape[0]] = tensor
+    pieces = gather_no_grad(padded).split(max(sizes))
+    return torch.cat([piece[:n] for piece, n in zip(pieces, sizes)], 0)
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks (for logged scalars); identity without DDP."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    tensor = tensor.clone()
+    dist.all_reduce(tensor)
+    return tensor / dist.get_world_size()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(value, src: int = 0):
+    """Sends a picklable object from rank `src` to every rank (e.g. the run folder name)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

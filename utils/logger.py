@@ -1,0 +1,84 @@
+"""Run folder, log file and tensorboardX curves; only rank 0 writes."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+
+def _jsonable(value: Any) -> Any:
+    """Converts numpy / torch scalars and NaN into what json.dump writes portably."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):
+        return _jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return _jsonable(float(value))
+    return value
+
+
+def write_json(path: str, payload: Dict[str, Any]) -> None:
+    """Writes JSON through a temporary file and a rename, like checkpoints."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as stream:
+        json.dump(_jsonable(payload), stream, indent=2)
+        stream.write("\n")
+    os.replace(tmp, path)
+
+
+class RunLogger:
+    """Prints to stdout and appends to ``<run>/log.txt``; tensorboardX scalars in ``<run>/tb``."""
+
+    def __init__(self, run_dir: Optional[str], is_main: bool = True, tensorboard: bool = True):
+        self.run_dir, self.is_main = run_dir, is_main
+        self._file = None
+        self._writer = None
+        if is_main and run_dir:
+            os.makedirs(run_dir, exist_ok=True)
+            self._file = open(os.path.join(run_dir, "log.txt"), "a")
+            if tensorboard:
+                from tensorboardX import SummaryWriter
+
+                self._writer = SummaryWriter(os.path.join(run_dir, "tb"))
+
+    def info(self, message: str) -> None:
+        if not self.is_main:
+            return
+        print(message, file=sys.stdout, flush=True)
+        if self._file:
+            self._file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+            self._file.flush()
+
+    def scalars(self, values: Dict[str, Optional[float]], step: int) -> None:
+        if self._writer is None:
+            return
+        for tag, value in values.items():
+            if value is not None and math.isfinite(float(value)):
+                self._writer.add_scalar(tag, float(value), step)
+
+    def histogram(self, tag: str, values, step: int) -> None:
+        if self._writer is not None:
+            self._writer.add_histogram(tag, np.asarray(values, dtype=np.float64), step)
+
+    def write_json(self, name: str, payload: Dict[str, Any]) -> None:
+        if self.is_main and self.run_dir:
+            write_json(os.path.join(self.run_dir, name), payload)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,210 @@
+"""From a TrainConfig to a finished run folder: data, model, method, devices, resume, results.
+
+Entry scripts parse their flags into a ``TrainConfig`` and call ``run_training``; this module is
+the only place that wires components together, so every script trains the same way.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import random
+import time
+from typing import Any, Callable, Dict, Optional
+
+import numpy as np
+import torch
+
+from datasets import DATASETS, LongTailData, build_dataset
+from datasets.augment import build_transform, build_views
+from datasets.loaders import build_eval_loader, build_train_loader
+from datasets.samplers import build_sampler
+from methods import build_method
+from models import build_model
+from utils import dist
+from utils.checkpoint import (build_payload, capture_rng_state, git_commit, load_checkpoint,
+                              restore_rng_state, save_atomic)
+from utils.config import ConfigError, TrainConfig
+from utils.engine import DeviceInputs, evaluate, fit
+from utils.logger import RunLogger
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def describe_dataset(data: LongTailData, config: TrainConfig) -> Dict[str, Any]:
+    """What test.py needs to rebuild the evaluation data and the shot groups."""
+    return {"name": data.name, "num_classes": data.num_classes, "train_counts": list(data.train_counts),
+            "mean": list(data.mean), "std": list(data.std), "image_size": data.image_size,
+            "style": data.style, "class_names": list(data.class_names),
+            "options": dataclasses.asdict(config.data)}
+
+
+def default_run_name(config: TrainConfig, label: str) -> str:
+    ratio = round(1 / config.data.imb_factor) if config.data.imb_factor > 0 else 0
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{config.dataset}_{config.data.imb_type}{ratio}_{label}_{config.arch}_{stamp}"
+
+
+def find_resume(config: TrainConfig, label: str) -> Optional[str]:
+    """`--resume auto`: last.pth of --out_dir, else of the newest run folder with the same name
+    stem under --root_log; None when there is nothing to continue."""
+    if config.run.out_dir:
+        path = os.path.join(config.run.out_dir, "last.pth")
+        return path if os.path.isfile(path) else None
+    stem = default_run_name(config, label).rsplit("_", 1)[0]
+    candidates = sorted(glob.glob(os.path.join(config.run.root_log, stem + "_*", "last.pth")),
+                        key=os.path.getmtime)
+    return candidates[-1] if candidates else None
+
+
+def check_resume_matches(config: TrainConfig, payload: Dict[str, Any]) -> None:
+    """Continuing a run with other data, architecture or method would silently mix two runs."""
+    saved = payload["config"]
+    for key in ("dataset", "arch", "head", "method", "method_options", "batch_size"):
+        if saved.get(key) != dataclasses.asdict(config).get(key):
+            raise ConfigError(f"--resume {payload['path']}: the checkpoint has {key}={saved.get(key)!r} "
+                              f"but this command has {getattr(config, key)!r}; use the run's own flags")
+
+
+def build_loaders(config: TrainConfig, data: LongTailData, ctx, num_views: int) -> Dict[str, Any]:
+    if config.batch_size % ctx.world_size:
+        raise ConfigError(f"-b/--batch_size {config.batch_size} must be divisible by the "
+                          f"{ctx.world_size} DDP processes")
+    per_rank = config.batch_size // ctx.world_size
+    recipes = config.train_aug if len(config.train_aug) == num_views else config.train_aug * num_views
+    if len(recipes) != num_views:
+        raise ConfigError(f"method '{config.method}' needs {num_views} views but --aug gave "
+                          f"{len(config.train_aug)} recipes")
+    transform = build_views(list(recipes), data.style, data.image_size, **config.aug_options)
+    sampler = None
+    if config.sampler:
+        sampler = build_sampler(config.sampler, data.train.targets, data.num_classes, seed=config.run.seed,
+                                rank=ctx.rank, world_size=ctx.world_size, **config.sampler_options)
+    pin = ctx.device.type == "cuda"
+    loaders = {"train": build_train_loader(data.train, transform, per_rank, sampler=sampler,
+                                           workers=config.run.workers, drop_last=config.drop_last,
+                                           seed=config.run.seed, rank=ctx.rank,
+                                           world_size=ctx.world_size, pin_memory=pin)}
+    eval_transform = None if data.style == "cifar" else build_transform("test", data.style, data.image_size)
+    eval_batch = max(per_rank, 256 if data.style == "cifar" else 64)
+    splits = {"test": data.test, "val": data.val}
+    for split, source in splits.items():
+        if source is not None and len(source):
+            loaders[split] = build_eval_loader(source, eval_transform, eval_batch, workers=config.run.workers,
+                                               rank=ctx.rank, world_size=ctx.world_size, pin_memory=pin)
+    return loaders
+
+
+def run_training(config: TrainConfig, label: str, prepare_method: Optional[Callable] = None) -> Dict[str, Any]:
+    """Builds everything, trains, writes results.json, and returns the results dict.
+
+    `prepare_method(method, data, logger)` runs after construction (e.g. a pre-trained load).
+    """
+    wall_start = time.time()
+    ctx = dist.setup_devices(config.run.gpu)
+    seed_everything(config.run.seed, config.run.deterministic)
+    data = build_dataset(config.dataset, config.data)
+    model_kwargs = {"arch": config.arch, "num_classes": data.num_classes, "head": config.head,
+                    "scale": config.head_scale}
+    method = build_method(config.method, build_model(**model_kwargs), data.train_counts, **config.method_options)
+
+    resume_path = config.run.resume
+    if resume_path == "auto":
+        resume_path = find_resume(config, label)
+    payload = load_checkpoint(resume_path, prefer="last.pth") if resume_path else None
+    if payload is not None:
+        check_resume_matches(config, payload)
+        run_dir = os.path.dirname(payload["path"])
+    else:
+        run_dir = config.run.out_dir or os.path.join(config.run.root_log, default_run_name(config, label))
+    run_dir = dist.broadcast_object(run_dir)
+    logger = RunLogger(run_dir, is_main=ctx.is_main)
+    logger.info(f"run folder: {run_dir}")
+    logger.info(f"{data.name}: {len(data.train)} training images in {data.num_classes} classes "
+                f"(head {max(data.train_counts)}, tail {min(data.train_counts)}), {len(data.test)} test"
+                + (f", {len(data.val)} validation" if data.val is not None else ""))
+    if payload is None:
+        logger.write_json("config.json", {**config.to_dict(), "git_commit": git_commit()})
+        if prepare_method is not None:
+            prepare_method(method, data, logger)
+    else:
+        method.load_state_dict(payload["state_dict"], strict=True)
+
+    method.to(ctx.device)
+    if config.run.channels_last:
+        method.to(memory_format=torch.channels_last)
+    wrap = (lambda net: dist.wrap_network(torch.compile(net) if config.run.compile else net, ctx))
+    method.wrap(wrap)
+    loaders = build_loaders(config, data, ctx, method.num_views)
+    inputs = DeviceInputs(data.mean, data.std, ctx.device, config.run.channels_last)
+    dataset_info = describe_dataset(data, config)
+
+    def save_checkpoint(name, epoch, optimizer, scaler, records):
+        if not ctx.is_main:
+            return
+        save_atomic(build_payload(
+            method_name=config.method, method_kwargs=method.init_kwargs, model_kwargs=model_kwargs,
+            dataset=dataset_info, config=config.to_dict(), state_dict=method.state_dict(), epoch=epoch,
+            optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), records=records,
+            rng=capture_rng_state()), os.path.join(run_dir, name))
+
+    if payload is not None and payload.get("rng"):
+        restore_rng_state(payload["rng"])
+    records = fit(config, method, data, ctx, loaders, inputs, logger, save_checkpoint, resume=payload)
+    results = finalize(config, method, data, ctx, loaders, inputs, records, logger)
+    results["wall_time_s"] = time.time() - wall_start
+    results["train_time_s"] = records.get("elapsed_s")
+    logger.write_json("results.json", results)
+    logger.info(f"results written to {os.path.join(run_dir, 'results.json')}")
+    logger.close()
+    dist.barrier()
+    return results
+
+
+def finalize(config, method, data, ctx, loaders, inputs, records, logger) -> Dict[str, Any]:
+    """Labels each reported number with the rule that produced it; adds test-time variants of
+    the last-epoch model (flip TTA, post-hoc logit adjustment, tau-normalisation) when asked."""
+    from losses.priors import posthoc_logit_adjust
+    from models.heads import tau_normalize_head
+
+    results: Dict[str, Any] = {
+        "dataset": data.name, "method": config.method, "arch": config.arch, "seed": config.run.seed,
+        "imb_factor": config.data.imb_factor, "train_counts": list(data.train_counts),
+        "git_commit": git_commit(),
+        "last": {**records.get("last", {}), "rule": "last epoch"},
+        "best_on_test": {**records.get("best_on_test", {}),
+                         "rule": "best top-1 on the TEST set (test-set selection, as in the papers' "
+                                 "code: optimistic, not a clean estimate)"},
+        "selected_checkpoint": {"file": "best.pth", "rule": f"best top-1 on the {config.select_on} split"},
+    }
+    if "best_on_val" in records:
+        results["best_on_val"] = {**records["best_on_val"], "rule": "best top-1 on the validation split"}
+    results.update({k: v for k, v in records.items() if k.startswith("method/")})
+    counts = torch.tensor(data.train_counts, dtype=torch.float)
+    variants = {}
+    if config.run.tta_flip:
+        variants["last_flip_tta"] = (method.predict, True)
+    if config.eval_posthoc_tau is not None:
+        tau = config.eval_posthoc_tau
+        variants[f"last_posthoc_la_tau{tau:g}"] = (
+            lambda x: posthoc_logit_adjust(method.predict(x).float(), counts.to(x.device), tau), False)
+    if config.eval_tau_norm is not None:
+        net = method.classifier()
+        tau_net = type(net)(net.backbone, tau_normalize_head(net.head, config.eval_tau_norm))
+        variants[f"last_tau_norm{config.eval_tau_norm:g}"] = (tau_net, False)
+    method.eval()
+    for name, (predict, flip) in variants.items():
+        summary = evaluate(predict, loaders["test"], inputs, ctx, data.train_counts, config.run.amp, flip)
+        results[name] = {**summary, "rule": f"last epoch, {name.split('_', 1)[1]}"}
+        logger.info(f"{name}: top1={summary['top1']:.2f}")
+    return results
