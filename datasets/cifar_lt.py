@@ -58,7 +58,8 @@ CIFAR100 = CifarLayout(
 
 def _missing_files(root: str, layout: CifarLayout) -> List[str]:
     names = (*layout.train_files, layout.test_file, layout.meta_file)
-    return [os.path.join(root, layout.folder, n) for n in names if not os.path.isfile(os.path.join(root, layout.folder, n))]
+    paths = [os.path.join(root, layout.folder, name) for name in names]
+    return [path for path in paths if not os.path.isfile(path)]
 
 
 def _not_found_message(root: str, layout: CifarLayout, missing: Sequence[str], reason: str) -> str:

@@ -40,7 +40,9 @@ def class_counts(n_max: int, num_classes: int, imb_type: str = "exp", imb_factor
     return [int(n_max * imb_factor ** (c / (num_classes - 1.0))) for c in range(num_classes)]
 
 
-def select_indices(targets: Sequence[int], counts: Sequence[int], selection: str = "shuffle", seed: int = 0) -> np.ndarray:
+def select_indices(
+    targets: Sequence[int], counts: Sequence[int], selection: str = "shuffle", seed: int = 0
+) -> np.ndarray:
     """Positions of the long-tailed subset in the original training file.
 
     ``shuffle`` reproduces the LDAM-DRW indices exactly: the reference seeds NumPy's global

@@ -48,8 +48,12 @@ class Method(nn.Module):
         """The module whose forward pass carries gradients (wrapped by DataParallel / DDP)."""
         return self.model
 
-    def wrap(self, wrap_fn: Callable[[nn.Module], nn.Module]) -> None:
-        object.__setattr__(self, "_network", wrap_fn(self.trainable_network()))
+    def wrap(self, wrap_train: Callable[[nn.Module], nn.Module],
+             wrap_eval: Callable[[nn.Module], nn.Module]) -> None:
+        """`wrap_train` gives DDP / DataParallel / compile for the trained network; `wrap_eval`
+        gives DataParallel (or nothing) for forward-only networks such as a frozen teacher, which
+        DDP cannot wrap. Subclasses with such networks extend this."""
+        object.__setattr__(self, "_network", wrap_train(self.trainable_network()))
 
     def network(self, *args, **kwargs):
         net = self._network if self._network is not None else self.trainable_network()
@@ -83,3 +87,28 @@ class Method(nn.Module):
                 and self.trainable_network() is self.classifier():
             return self._network(images)
         return self.classifier()(images)
+
+
+# ---- command line ------------------------------------------------------------------------------
+class MethodChoice:
+    """What a method's command-line module decides from the parsed flags.
+
+    ``defaults`` fills the optimisation flags the user left out (lr, weight_decay, epochs,
+    warmup_epochs, cos, schedule, lr_gamma, batch_size, aug, seed), so an omitted flag means what
+    it meant in the paper whose method this is.
+    """
+
+    def __init__(self, method: str, method_options: Dict[str, Any], label: str, defaults: Dict[str, Any],
+                 head: str = "linear", head_scale: Optional[float] = None, sampler: Optional[str] = None,
+                 sampler_options: Optional[Dict[str, Any]] = None, drop_last: bool = False,
+                 aug_options: Optional[Dict[str, Any]] = None):
+        self.method, self.method_options, self.label, self.defaults = method, method_options, label, defaults
+        self.head, self.head_scale, self.sampler = head, head_scale, sampler
+        self.sampler_options = sampler_options or {}
+        self.drop_last = drop_last
+        self.aug_options = aug_options or {}
+
+
+# Command-line modules of the methods main.py exposes. Each entry is an object (usually a module)
+# with `names` (its --method values), `add_arguments(parser)` and `choose(args) -> MethodChoice`.
+METHOD_CLIS = Registry("method command line")

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from losses import LOSSES
 from losses.priors import drw_weights, effective_number_weights
-from methods.base import METHODS, Method
+from methods.base import METHOD_CLIS, METHODS, Method, MethodChoice
 
 TRAIN_RULES = ("none", "reweight", "drw")
 
@@ -119,9 +119,42 @@ def resolve(args, method: Optional[str]):
     return loss, rule, sampler
 
 
-def options_from_args(args, loss: str, rule: str) -> Dict[str, Any]:
+def choose(args) -> MethodChoice:
+    """The ERM run the flags describe (semi-self spellings or --method shorthands)."""
+    from utils.config import ConfigError
+
+    method = args.method if args.method in PRESETS else None
+    loss, rule, sampler = resolve(args, method)
+    label = method or "_".join(p for p in (loss, rule if rule != "none" else "", sampler or "") if p)
+    normed = loss == "ldam" if args.use_norm is None else args.use_norm
+    if loss == "ldam" and not normed:
+        raise ConfigError("the LDAM loss expects cosine logits: drop --use_norm False")
+    if not normed and args.head_scale is not None:
+        raise ConfigError("--head_scale applies to the cosine classifier only: add --use_norm True")
+    # LDAM scales cosine logits itself (s = 30); other losses on a cosine head need the scale.
+    head_scale = args.head_scale if args.head_scale is not None else (
+        (1.0 if loss == "ldam" else 30.0) if normed else None)
     loss_options = {"focal": {"gamma": args.focal_gamma},
                     "ldam": {"max_margin": args.ldam_max_margin, "scale": args.ldam_scale},
                     "logit_adjust": {"tau": args.la_tau}}.get(loss, {})
-    return dict(loss=loss, loss_options=loss_options, train_rule=rule, drw_epoch=args.drw_epoch,
-                cb_beta=args.cb_beta)
+    sampler_options = {"class_aware": {"samples_per_class": args.samples_per_class},
+                       "effective_number": {"beta": args.cb_beta}}.get(sampler, {})
+    options = dict(loss=loss, loss_options=loss_options, train_rule=rule, drw_epoch=args.drw_epoch,
+                   cb_beta=args.cb_beta)
+    return MethodChoice("erm", options, label, DEFAULTS, head="normed" if normed else "linear",
+                        head_scale=head_scale, sampler=sampler, sampler_options=sampler_options)
+
+
+class _CommandLine:
+    names = tuple(sorted(PRESETS))
+    add_arguments = staticmethod(add_arguments)
+    choose = staticmethod(choose)
+
+    @staticmethod
+    def claims(args) -> bool:
+        """ERM is chosen by a shorthand, or implicitly by the semi-self paper's flags."""
+        return args.method in PRESETS or (args.method is None and (
+            args.loss_type is not None or args.train_rule is not None or args.sampler is not None))
+
+
+METHOD_CLIS.register("erm")(_CommandLine)

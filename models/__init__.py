@@ -85,7 +85,11 @@ def build_model(arch: str, num_classes: int, head: str = "linear", scale: float 
     backbone_factory = MODELS.get(arch)
     head_factory = HEADS.get(head)
     backbone = backbone_factory()
-    return Classifier(backbone, head_factory(backbone.out_dim, num_classes, scale))
+    classifier_head = head_factory(backbone.out_dim, num_classes, scale)
+    if getattr(backbone, "kaiming_init", False) and isinstance(classifier_head, nn.Linear):
+        # The LDAM-DRW ResNet-32 initialises its linear classifier with Kaiming-normal too.
+        nn.init.kaiming_normal_(classifier_head.weight)
+    return Classifier(backbone, classifier_head)
 
 
 __all__ = [

@@ -75,8 +75,9 @@ def normed_head(in_dim: int, num_classes: int, scale: float | None = None) -> No
 def tau_normalized_weight(weight: Tensor, tau: float) -> Tensor:
     """Row-wise ``w_c / ||w_c||_2 ** tau`` (tau-normalisation, Kang et al., ICLR 2020, Sec. 4).
 
-    tau = 0 returns the weights unchanged, tau = 1 gives unit rows, values in between (or above, as
-    LCSL's 1.9) interpolate how strongly the norm imbalance between classes is removed.
+    tau = 0 returns the weights unchanged and tau = 1 gives unit rows; values in between remove the
+    norm imbalance between classes partially, values above 1 (LCSL uses 1.9) reverse it, so classes
+    whose weights had large norms (the frequent ones) end up with the smaller ones.
 
     Args:
         weight: C x D class weight matrix (``nn.Linear.weight`` layout).

@@ -130,6 +130,7 @@ class CifarResNet(nn.Module):
             self.add_module(f"layer{index + 1}", nn.Sequential(*stage))
         self.num_stages = len(widths)
         self.out_dim: int = in_planes
+        self.kaiming_init = kaiming_init  # build_model gives a linear head the same init
         if kaiming_init:
             self._init_kaiming()
 

@@ -83,6 +83,24 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                        help="split that chooses best.pth (default: val when --val_per_class > 0)")
 
 
+def add_semi_self_arguments(parser: argparse.ArgumentParser) -> None:
+    """Yang & Xu (NeurIPS 2020): pseudo-labelled extra data and self-supervised initialisation."""
+    group = parser.add_argument_group("semi-/self-supervised")
+    group.add_argument("--pretrained_model", default=None,
+                       help="initialise the backbone from this checkpoint (rotation / MoCo / any run)")
+    group.add_argument("--unlabeled", default=None,
+                       help="pseudo-label file (scripts/gen_pseudolabels.py) whose images join training")
+    group.add_argument("--imb_factor_unlabel", type=float, default=None,
+                       help="imbalance of the selected pseudo-labelled subset (default: --imb_factor)")
+    group.add_argument("--unlabel_size_factor", type=float, default=5.0,
+                       help="pseudo-labelled images per labelled image")
+
+
+def semi_self_fields(args: argparse.Namespace) -> Dict[str, Any]:
+    return dict(pretrained_model=args.pretrained_model, unlabeled=args.unlabeled,
+                imb_factor_unlabel=args.imb_factor_unlabel, unlabel_size_factor=args.unlabel_size_factor)
+
+
 def add_aug_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("augmentation")
     group.add_argument("--aug", nargs="+", default=None, choices=TRANSFORMS.names(),

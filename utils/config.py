@@ -120,12 +120,18 @@ class TrainConfig:
     drop_last: bool = False  # drop the last incomplete training batch
     eval_posthoc_tau: Optional[float] = None  # also report post-hoc logit adjustment with this tau
     eval_tau_norm: Optional[float] = None  # also report the tau-normalised classifier
+    pretrained_model: Optional[str] = None  # start from these (self-supervised) backbone weights
+    unlabeled: Optional[str] = None  # pseudo-label file whose images join the training set
+    imb_factor_unlabel: Optional[float] = None  # imbalance of the pseudo-labelled subset (None: --imb_factor)
+    unlabel_size_factor: float = 5.0  # pseudo-labelled images per labelled image
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise ConfigError(f"-b/--batch_size must be at least 1, got {self.batch_size}")
         if self.select_on not in ("val", "test"):
             raise ConfigError(f"--select_on must be val or test, got '{self.select_on}'")
+        if self.unlabeled is None and self.imb_factor_unlabel is not None:
+            raise ConfigError("--imb_factor_unlabel needs --unlabeled FILE (a pseudo-label file)")
         if self.select_on == "val" and self.data.val_per_class < 1:
             raise ConfigError("--select_on val needs a validation split: add --val_per_class N "
                               "(or pass --select_on test to select on the test set, as the papers did)")

@@ -91,6 +91,14 @@ def wrap_network(network: nn.Module, ctx: DeviceContext) -> nn.Module:
     return network
 
 
+def wrap_forward_only(network: nn.Module, ctx: DeviceContext) -> nn.Module:
+    """DataParallel for a network without trained parameters (a teacher); DDP needs gradients,
+    so under DDP each rank runs such a network on its own shard as it is."""
+    if ctx.data_parallel:
+        return nn.DataParallel(network, device_ids=ctx.data_parallel_ids)
+    return network
+
+
 def unwrap(module: nn.Module) -> nn.Module:
     """Strips DataParallel / DDP / torch.compile wrappers."""
     while True:

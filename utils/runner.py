@@ -114,6 +114,12 @@ def run_training(config: TrainConfig, label: str, prepare_method: Optional[Calla
     ctx = dist.setup_devices(config.run.gpu)
     seed_everything(config.run.seed, config.run.deterministic)
     data = build_dataset(config.dataset, config.data)
+    if config.unlabeled is not None:
+        from datasets.semi import add_pseudo_labeled
+
+        data = add_pseudo_labeled(data, config.unlabeled, imb_factor_unlabel=config.imb_factor_unlabel
+                                  or config.data.imb_factor, size_factor=config.unlabel_size_factor,
+                                  seed=config.data.lt_seed)
     model_kwargs = {"arch": config.arch, "num_classes": data.num_classes, "head": config.head,
                     "scale": config.head_scale}
     method = build_method(config.method, build_model(**model_kwargs), data.train_counts, **config.method_options)
@@ -135,6 +141,10 @@ def run_training(config: TrainConfig, label: str, prepare_method: Optional[Calla
                 + (f", {len(data.val)} validation" if data.val is not None else ""))
     if payload is None:
         logger.write_json("config.json", {**config.to_dict(), "git_commit": git_commit()})
+        if config.pretrained_model is not None:
+            from utils.pretrained import load_pretrained
+
+            load_pretrained(method, config.pretrained_model, logger)
         if prepare_method is not None:
             prepare_method(method, data, logger)
     else:
@@ -143,8 +153,8 @@ def run_training(config: TrainConfig, label: str, prepare_method: Optional[Calla
     method.to(ctx.device)
     if config.run.channels_last:
         method.to(memory_format=torch.channels_last)
-    wrap = (lambda net: dist.wrap_network(torch.compile(net) if config.run.compile else net, ctx))
-    method.wrap(wrap)
+    method.wrap(lambda net: dist.wrap_network(torch.compile(net) if config.run.compile else net, ctx),
+                lambda net: dist.wrap_forward_only(net, ctx))
     loaders = build_loaders(config, data, ctx, method.num_views)
     inputs = DeviceInputs(data.mean, data.std, ctx.device, config.run.channels_last)
     dataset_info = describe_dataset(data, config)

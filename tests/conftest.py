@@ -1,0 +1,118 @@
+"""Shared fixtures: tiny synthetic CIFAR pickle folders and list-file datasets in tmp_path.
+
+The pickles use the official layout and keys (N x 3072 channel-planar uint8 rows), and each
+image carries its own position in the training file in its first two red pixels, so a test can
+check that a subset holds exactly the images its indices name.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from typing import List
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@dataclass
+class SyntheticCifar:
+    """What a fixture wrote, for the tests to compare against."""
+
+    root: str  # the data_root (the pickle folder sits below it)
+    train_rows: np.ndarray  # uint8, N x 3072, in file order
+    train_labels: np.ndarray
+    test_labels: np.ndarray
+    class_names: List[str]
+
+
+def _rows(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    rows = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
+    positions = np.arange(len(labels))
+    # Red plane, pixels (0, 0) and (0, 1): the image's position in its file, little-endian.
+    rows[:, 0] = positions % 256
+    rows[:, 1] = positions // 256
+    return rows
+
+
+def _dump(path: str, entry: dict) -> None:
+    with open(path, "wb") as handle:
+        pickle.dump(entry, handle)
+
+
+def write_cifar(
+    root: str, num_classes: int, train_per_class: int, test_per_class: int, seed: int = 0
+) -> SyntheticCifar:
+    """Writes ``cifar-10-batches-py`` (C = 10) or ``cifar-100-python`` (C = 100) below ``root``.
+
+    Training labels are shuffled, as in the real files, so selection order matters.
+    """
+    rng = np.random.default_rng(seed)
+    train_labels = rng.permutation(np.repeat(np.arange(num_classes), train_per_class))
+    test_labels = np.repeat(np.arange(num_classes), test_per_class)
+    train_rows, test_rows = _rows(train_labels, rng), _rows(test_labels, rng)
+    names = [f"class_{c:02d}" for c in range(num_classes)]
+    if num_classes == 10:
+        folder = os.path.join(root, "cifar-10-batches-py")
+        os.makedirs(folder, exist_ok=True)
+        for i, (rows, labels) in enumerate(zip(np.array_split(train_rows, 5), np.array_split(train_labels, 5)), 1):
+            _dump(os.path.join(folder, f"data_batch_{i}"), {"data": rows, "labels": labels.tolist()})
+        _dump(os.path.join(folder, "test_batch"), {"data": test_rows, "labels": test_labels.tolist()})
+        _dump(os.path.join(folder, "batches.meta"), {"label_names": names, "num_vis": 3072})
+    else:
+        folder = os.path.join(root, "cifar-100-python")
+        os.makedirs(folder, exist_ok=True)
+        for name, rows, labels in (("train", train_rows, train_labels), ("test", test_rows, test_labels)):
+            entry = {
+                "data": rows,
+                "fine_labels": labels.tolist(),
+                "coarse_labels": (labels // 5).tolist(),
+                "filenames": [f"{name}_{i}.png" for i in range(len(labels))],
+            }
+            _dump(os.path.join(folder, name), entry)
+        _dump(os.path.join(folder, "meta"), {"fine_label_names": names, "coarse_label_names": names[::5]})
+    return SyntheticCifar(root, train_rows, train_labels, test_labels, names)
+
+
+@pytest.fixture
+def cifar10_root(tmp_path) -> SyntheticCifar:
+    """CIFAR-10 layout, 40 training and 4 test images per class."""
+    return write_cifar(str(tmp_path / "data"), 10, 40, 4)
+
+
+@pytest.fixture
+def cifar100_root(tmp_path) -> SyntheticCifar:
+    """CIFAR-100 layout, 12 training and 2 test images per class."""
+    return write_cifar(str(tmp_path / "data"), 100, 12, 2, seed=1)
+
+
+@dataclass
+class SyntheticLists:
+    """A folder of images and a folder of split files named as upstream."""
+
+    data_root: str
+    split_dir: str
+    train_counts: List[int]
+
+
+def write_image_lists(tmp_path, prefix: str, splits: List[str], train_counts: List[int] = (5, 3, 1)) -> SyntheticLists:
+    """Small PNGs under ``data_root/<split>/<class>/`` and ``<prefix>_<split>.txt`` lists."""
+    data_root, split_dir = tmp_path / "images", tmp_path / "splits"
+    split_dir.mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        counts = list(train_counts) if split == "train" else [2] * len(train_counts)
+        lines = []
+        for label, count in enumerate(counts):
+            folder = data_root / split / f"c{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.new("RGB", (8, 6), (label * 40, i * 20, 7)).save(folder / f"{i}.png")
+                lines.append(f"{split}/c{label}/{i}.png {label}\n")
+        (split_dir / f"{prefix}_{split}.txt").write_text("".join(lines))
+    return SyntheticLists(str(data_root), str(split_dir), list(train_counts))
+
+
+@pytest.fixture
+def imagenet_lt_lists(tmp_path) -> SyntheticLists:
+    return write_image_lists(tmp_path, "ImageNet_LT", ["train", "val", "test"])

@@ -1,0 +1,71 @@
+"""Command-line parsing: the papers' spellings, real booleans, and contradictions as errors."""
+import subprocess
+import sys
+
+import pytest
+
+import main as main_script
+from utils.config import ConfigError, str2bool
+
+
+def parse(*argv):
+    return main_script.get_args_parser().parse_args(list(argv))
+
+
+@pytest.mark.parametrize("text,value", [("True", True), ("False", False), ("false", False), ("1", True),
+                                        ("0", False), ("yes", True), ("no", False)])
+def test_str2bool(text, value):
+    assert str2bool(text) is value
+
+
+def test_booleans_are_parsed_not_truthy():
+    args = parse("--cos", "False", "--use-norm", "False")
+    assert args.cos is False and args.use_norm is False
+    assert parse("--cos").cos is True
+    assert parse("--cos", "True").cos is True
+
+
+def test_paper_spellings_are_aliases():
+    args = parse("-b", "64", "--wd", "5e-4", "--use-norm", "True", "--tb_save", "--gpu", "0")
+    assert (args.batch_size, args.weight_decay, args.use_norm, args.gpu) == (64, 5e-4, True, "0")
+    assert parse("--batch-size", "32").batch_size == 32
+    assert parse("--weight_decay", "1e-3").weight_decay == 1e-3
+    assert parse("--use_norm", "True").use_norm is True
+
+
+def test_semi_self_flags_compose_the_method():
+    config, label = main_script.build_config(parse("--loss_type", "LDAM", "--train_rule", "DRW"))
+    assert config.method == "erm"
+    assert config.method_options["loss"] == "ldam" and config.method_options["train_rule"] == "drw"
+    assert config.head == "normed" and config.head_scale == 1.0  # LDAM's loss applies s=30
+    config, _ = main_script.build_config(parse("--loss_type", "CE", "--train_rule", "Resample"))
+    assert config.sampler == "effective_number" and config.method_options["train_rule"] == "none"
+    config, _ = main_script.build_config(parse("--loss_type", "Focal", "--train_rule", "Reweight"))
+    assert config.method_options["loss"] == "focal" and config.method_options["train_rule"] == "reweight"
+
+
+def test_recipe_defaults_follow_the_semi_self_code():
+    config, _ = main_script.build_config(parse("--method", "ce"))
+    optim = config.optim
+    assert (optim.lr, optim.weight_decay, optim.warmup_epochs, optim.milestones, optim.gamma, optim.cosine) == \
+        (0.1, 2e-4, 5, (160, 180), 0.01, False)
+    assert config.batch_size == 128 and config.select_on == "test"
+    assert main_script.build_config(parse("--val_per_class", "5"))[0].select_on == "val"
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (("--method", "ldam_drw", "--loss_type", "CE"), "--loss_type"),
+    (("--method", "ce", "--train_rule", "DRW"), "--train_rule"),
+    (("--train_rule", "Resample", "--sampler", "class_aware"), "--sampler"),
+    (("--method", "ldam", "--use_norm", "False"), "--use_norm"),
+    (("--select_on", "val"), "--val_per_class"),
+])
+def test_contradictions_are_config_errors(argv, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        main_script.build_config(parse(*argv))
+
+
+def test_unknown_flag_is_one_line_exit_2():
+    result = subprocess.run([sys.executable, "main.py", "--no_such_flag", "1"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "--no_such_flag" in result.stderr
