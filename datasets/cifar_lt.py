@@ -1,8 +1,8 @@
 """CIFAR-10-LT and CIFAR-100-LT from the standard pickle files (ALGORITHMS.md 4.1).
 
-The pickles are read directly, without torchvision's md5 check, so re-encoded copies (such as
-the JPEG-derived batches of the shared data folder) load. Only a missing folder triggers a
-download, and that one is md5-checked by torchvision.
+The pickles are read directly, without torchvision's md5 check, so re-encoded copies (whose
+md5 differs from the official files') load. Only missing files trigger a download, and the
+downloaded archive is md5-checked by torchvision.
 """
 from __future__ import annotations
 

@@ -46,6 +46,7 @@ def read_list(list_path: str, data_root: str) -> ImageSource:
     """
     if not os.path.isfile(list_path):
         raise DatasetError(f"list file not found: {list_path} (set --split_dir or the --*_list flags)")
+    root = os.path.abspath(data_root)  # ImageSource keeps absolute paths, valid from any cwd
     paths: List[str] = []
     labels: List[int] = []
     with open(list_path, encoding="utf-8") as handle:
@@ -58,7 +59,7 @@ def read_list(list_path: str, data_root: str) -> ImageSource:
                 raise DatasetError(
                     f"{list_path}:{line_number}: expected 'relative/path label' with a label >= 0, got {line!r}"
                 )
-            paths.append(os.path.join(data_root, fields[0]))
+            paths.append(os.path.join(root, fields[0]))
             labels.append(int(fields[1]))
     if not paths:
         raise DatasetError(f"list file is empty: {list_path}")

@@ -4,6 +4,10 @@
 images per class, JPEG files with ``train.txt`` / ``test.txt`` / ``classes.txt``; see
 ``scripts/make_sample.py``). It is decoded into memory like the CIFAR pickles and cut with the
 same long-tail recipe, with n_max = 500, so ``--imb_factor 0.01`` gives 500, 299, ..., 5.
+
+``--data_root`` may point at any folder with the same layout instead; a full CIFAR-10 JPEG folder
+(5,000 images per class, train.txt in the original order) then gives n_max = 5000 and the same
+images as ``--dataset cifar10`` on pickles made from those JPEGs.
 """
 from __future__ import annotations
 

@@ -1,0 +1,123 @@
+"""Classifier re-training (cRT) of Kang et al., "Decoupling Representation and Classifier for
+Long-Tailed Recognition" (ICLR 2020), Sec. 4, as used in the ImageNet-LT / iNaturalist tables of
+Yang & Xu (NeurIPS 2020) (ALGORITHMS.md 3.5, configs ``cls_crt.yaml``).
+
+Stage 2 of decoupled training: the backbone of a finished run (or an SSP checkpoint) is loaded
+with ``--pretrained_model`` and frozen, the classifier is re-initialised and trained alone with
+class-aware sampling (4 images per class visit) and cross-entropy. Only the head receives
+gradients, so the backbone runs without autograd, outside DDP. The run writes to its own folder,
+never over the run it reads.
+
+BatchNorm: the reference puts every network in train mode each epoch, so the frozen backbone's
+running statistics drift towards the class-balanced batches; here the backbone stays in eval
+mode (a truly fixed representation) unless ``--crt_update_bn True`` asks for the reference's
+behaviour.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from methods.base import METHOD_CLIS, METHODS, MethodChoice
+from methods.erm import ERM
+
+
+@METHODS.register("crt")
+class ClassifierRetraining(ERM):
+    """Cross-entropy on a frozen backbone; only ``model.head`` is optimised."""
+
+    name = "crt"
+
+    def __init__(self, model: nn.Module, class_counts: Sequence[int], loss: str = "ce",
+                 loss_options: Optional[dict] = None, update_bn: bool = False):
+        super().__init__(model, class_counts, loss=loss, loss_options=loss_options)
+        self.init_kwargs = dict(loss=loss, loss_options=dict(loss_options or {}), update_bn=update_bn)
+        self.update_bn = update_bn
+        for param in model.backbone.parameters():
+            param.requires_grad_(False)
+        object.__setattr__(self, "_features", model.backbone)
+
+    def trainable_network(self) -> nn.Module:
+        return self.model.head
+
+    def wrap(self, wrap_train, wrap_eval) -> None:
+        super().wrap(wrap_train, wrap_eval)
+        object.__setattr__(self, "_features", wrap_eval(self.model.backbone))
+
+    def train(self, mode: bool = True) -> "ClassifierRetraining":
+        super().train(mode)
+        if mode and not self.update_bn:
+            self.model.backbone.eval()
+        return self
+
+    def training_step(self, images, targets, epoch, indices=None):
+        # With --crt_update_bn the forward still refreshes BN statistics; no gradient either way.
+        with torch.no_grad():
+            features = self._features(images)
+        logits = self.network(features)
+        loss = self.criterion(logits, targets)
+        return {"loss": loss, "logits": logits, "parts": {f"loss/{self.loss_name}": loss.detach()}}
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        # Both halves through their DataParallel wrappers when there are some (DDP is bypassed).
+        head = self._network if isinstance(self._network, nn.DataParallel) else self.model.head
+        return head(self._features(images))
+
+
+# ---- command line ------------------------------------------------------------------------------
+# cls_crt.yaml (ImageNet-LT): batch 512, 10 epochs, lr 0.2, wd 5e-4, cosine (iNat: 30 epochs, wd 1e-4).
+DEFAULTS = dict(lr=0.2, weight_decay=5e-4, epochs=10, warmup_epochs=0, cos=True, schedule=(160, 180),
+                lr_gamma=0.1, batch_size=512, aug=("standard",), seed=0)
+
+
+def add_arguments(parser) -> None:
+    from utils.config import add_bool_flag
+
+    group = parser.add_argument_group("classifier re-training (--method crt)")
+    add_bool_flag(group, "--crt_update_bn", default=False,
+                  help="let the frozen backbone's BatchNorm statistics follow the re-sampled batches "
+                       "(the reference's behaviour)")
+
+
+def _same_place(out_dir: Optional[str], pretrained: str) -> bool:
+    if out_dir is None:
+        return False
+    source = os.path.abspath(pretrained)
+    source_dir = source if os.path.isdir(source) else os.path.dirname(source)
+    return os.path.abspath(out_dir) == source_dir
+
+
+def choose(args) -> MethodChoice:
+    from utils.config import ConfigError
+
+    if args.pretrained_model is None:
+        raise ConfigError("--method crt re-trains the classifier of a trained backbone: give the run "
+                          "folder or checkpoint with --pretrained_model")
+    if _same_place(args.out_dir, args.pretrained_model):
+        raise ConfigError(f"--out_dir {args.out_dir} is the folder of --pretrained_model: cRT writes "
+                          "its own run and must not overwrite the run it reads")
+    if args.use_norm or args.head_scale is not None:
+        raise ConfigError("--method crt re-trains a linear classifier: drop --use_norm / --head_scale")
+    sampler = args.sampler or "class_aware"
+    sampler_options = {"class_aware": {"samples_per_class": args.samples_per_class},
+                       "effective_number": {"beta": args.cb_beta}}.get(sampler, {})
+    # The reference caps an epoch at floor(N / batch) steps: drop the last partial batch.
+    return MethodChoice("crt", {"update_bn": args.crt_update_bn}, "crt", DEFAULTS, sampler=sampler,
+                        sampler_options=sampler_options, drop_last=True)
+
+
+class _CommandLine:
+    names = ("crt",)
+    add_arguments = staticmethod(add_arguments)
+    choose = staticmethod(choose)
+
+    @staticmethod
+    def claims(args) -> bool:
+        return args.method in _CommandLine.names
+
+
+METHOD_CLIS.register("crt")(_CommandLine)

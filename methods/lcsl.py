@@ -1,0 +1,235 @@
+"""LCSL: Long-tailed Classification via Self-Labeling (Vu, Phung, Wang and Mai, IEEE TCSVT 2024,
+doi:10.1109/TCSVT.2024.3421942), as its released code trains it (ALGORITHMS.md 1.2).
+
+Two networks of one architecture: the *student* S, trained by SGD, and the *teacher* T (the
+paper's "preceding network"), never trained by gradient. Every batch is mixed (mixup, lambda ~
+Beta(1, 1)); T labels each mixed image, and a label counts only when T is confident and names a
+minority class. The student learns from both signals:
+
+    L = beta * [lambda * CE(S(x~), y) + (1 - lambda) * CE(S(x~), y_pi)]
+        + alpha * (1 / B) * sum_i m_i * CE(S(x~)_i, yhat_i),
+    yhat_i = argmax softmax(T_flip(x~)_i / tau),  m_i = 1[max softmax >= conf] * 1[yhat_i in M],
+
+where T_flip averages T's logits on the image and its mirror and M is the set of classes with
+fewer training images than the mean. At the start of each epoch T's classifier rows are scaled
+to unit L2 norm; after each evaluation T is replaced by S whenever S's mean per-class accuracy on
+the selection split improves (the same S the engine saves as best.pth, see ``on_epoch_end``).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from datasets.longtail import minority_classes
+from methods.base import METHODS, Method, StepOutput
+from models import build_model
+from models.heads import normalize_rows_
+
+SELECTION_SPLITS = ("val", "test")
+# Scores are percentages. Two epochs with the same number of correct images on a balanced split
+# have equal accuracy, but the per-class mean can differ from the overall top-1 in the last bit;
+# one image more on a split of a million images is still 1e-4 points, far above this tolerance.
+SCORE_TOLERANCE = 1e-6
+
+
+# ---- pure pieces (tested against hand-computed values) -------------------------------------------
+def draw_mixup(batch_size: int, mixup_alpha: float, device: torch.device) -> Tuple[Tensor, Tensor]:
+    """lambda ~ Beta(a, a) as a 0-d tensor on ``device``, and the pairing permutation.
+
+    Mixup (Zhang et al., ICLR 2018, Eq. 1). Sampling on the device keeps the step free of host
+    synchronisation; ``validate_args=False`` skips the argument checks, which would read the
+    tensor back. a = 0 means no mixing (lambda = 1), as in the reference.
+    """
+    if mixup_alpha > 0:
+        concentration = torch.full((), float(mixup_alpha), device=device)
+        lam = torch.distributions.Beta(concentration, concentration, validate_args=False).sample()
+    else:
+        lam = torch.ones((), device=device)
+    return lam, torch.randperm(batch_size, device=device)
+
+
+def mix_images(images: Tensor, lam: Tensor, perm: Tensor) -> Tensor:
+    """x~_i = lambda * x_i + (1 - lambda) * x_pi(i); images: B x 3 x H x W."""
+    lam = lam.to(images.dtype)
+    return lam * images + (1 - lam) * images[perm]
+
+
+def self_labels(teacher_logits: Tensor, tau: float, threshold: float,
+                minority: Tensor) -> Tuple[Tensor, Tensor]:
+    """The teacher's label for each image and whether it counts (ALGORITHMS.md 1.2, steps 2-3).
+
+    Args:
+        teacher_logits: B x C (already averaged over the image and its flip).
+        tau: softmax temperature.
+        threshold: minimum confidence (``--lambda_init``), compared with ``>=``.
+        minority: C booleans, True for classes with fewer training images than the mean.
+    Returns:
+        labels (B,) long and mask (B,) float in {0, 1}.
+    """
+    probs = F.softmax(teacher_logits.float() / tau, dim=1)
+    confidence, labels = probs.max(dim=1)
+    mask = (confidence >= threshold) & minority[labels]
+    return labels, mask.float()
+
+
+def lcsl_loss(logits: Tensor, targets: Tensor, perm: Tensor, lam: Tensor, pseudo_labels: Tensor,
+              mask: Tensor, alpha: float, beta: float) -> Tuple[Tensor, Dict[str, Tensor]]:
+    """beta * mixup CE + alpha * masked self-labeling CE, both averaged over the whole batch.
+
+    The self-labeling term divides by B, not by the number of counted labels, as the released
+    code does: it is weak while few labels pass the filter. Returns the loss and the unweighted
+    parts ``loss/mix`` and ``loss/sl`` (detached) for logging.
+    """
+    logits = logits.float()  # B x C; CE in float32 whatever the autocast dtype
+    lam = lam.float()
+    mix = lam * F.cross_entropy(logits, targets) + (1 - lam) * F.cross_entropy(logits, targets[perm])
+    sl = (F.cross_entropy(logits, pseudo_labels, reduction="none") * mask).mean()
+    loss = beta * mix + alpha * sl
+    return loss, {"loss/mix": mix.detach(), "loss/sl": sl.detach()}
+
+
+def flip_averaged_logits(network: nn.Module, images: Tensor) -> Tensor:
+    """(network(x) + network(flip(x))) / 2 in one forward pass of 2B images.
+
+    Only valid for a network in eval mode (batch statistics would otherwise mix the two halves),
+    which the teacher always is.
+    """
+    both = network(torch.cat([images, torch.flip(images, dims=[3])]))  # 2B x C
+    plain, flipped = both.chunk(2)
+    return (plain + flipped) / 2
+
+
+@METHODS.register("lcsl")
+class LCSL(Method):
+    """Student + teacher; see the module docstring for the loss and the teacher's rules.
+
+    Args:
+        model: the student (a ``models.Classifier`` with a linear head).
+        class_counts: training images per class; defines the minority set M.
+        arch: the backbone name, used to build the teacher as a separate randomly initialised
+            network of the student's architecture (as the reference does).
+        alpha: weight of the self-labeling loss (``--alpha``).
+        beta: weight of the mixup loss (``--beta``; the released code fixed it to 1).
+        tau: temperature of the teacher's softmax (``--tau``).
+        threshold: confidence a teacher label needs (``--lambda_init``).
+        fc_norm: L2-normalise the teacher's classifier rows at each epoch start (``--fc_norm > 0``).
+        select_on: split whose mean per-class accuracy decides teacher replacement.
+        mixup_alpha: Beta concentration of mixup (1.0, hard-coded in the reference).
+    """
+
+    name = "lcsl"
+
+    def __init__(self, model: nn.Module, class_counts: Sequence[int], arch: str = "resnet32",
+                 alpha: float = 1.0, beta: float = 1.0, tau: float = 1.0, threshold: float = 0.5,
+                 fc_norm: bool = True, select_on: str = "val", mixup_alpha: float = 1.0):
+        super().__init__(model, class_counts)
+        if select_on not in SELECTION_SPLITS:
+            raise ValueError(f"select_on must be one of {SELECTION_SPLITS}, got '{select_on}'")
+        if not tau > 0:
+            raise ValueError(f"tau (--tau) must be positive, got {tau}")
+        if alpha < 0 or beta < 0 or mixup_alpha < 0:
+            raise ValueError(f"alpha, beta and mixup_alpha must be >= 0, got {alpha}, {beta}, {mixup_alpha}")
+        self.init_kwargs = dict(arch=arch, alpha=alpha, beta=beta, tau=tau, threshold=threshold,
+                                fc_norm=fc_norm, select_on=select_on, mixup_alpha=mixup_alpha)
+        self.alpha, self.beta, self.tau, self.threshold = alpha, beta, tau, threshold
+        self.fc_norm, self.select_on, self.mixup_alpha = fc_norm, select_on, mixup_alpha
+
+        self.teacher = build_model(arch, self.num_classes, head="linear")
+        self._check_same_architecture()
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+        # Checkpointed with the weights, so a resumed run continues with the same teacher and
+        # the same bar for replacing it. 0 = the random initial teacher.
+        self.register_buffer("best_score", torch.full((), float("-inf"), dtype=torch.float64))
+        self.register_buffer("teacher_epoch", torch.zeros((), dtype=torch.long))
+        # Derived from class_counts, so not stored in checkpoints.
+        minority = torch.zeros(self.num_classes, dtype=torch.bool)
+        minority[minority_classes(list(class_counts))] = True
+        self.register_buffer("minority", minority, persistent=False)
+        object.__setattr__(self, "_teacher_network", None)
+
+    def _check_same_architecture(self) -> None:
+        student = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        teacher = {k: tuple(v.shape) for k, v in self.teacher.state_dict().items()}
+        if student != teacher:
+            differing = sorted(set(student.items()) ^ set(teacher.items()))[:3]
+            raise ValueError(f"LCSL's teacher ('{self.init_kwargs['arch']}' with a linear head) does "
+                             f"not match the student's weights, e.g. {differing}: the student must "
+                             "be that architecture with a linear classifier")
+
+    # ---- modes and parallelism --------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "LCSL":
+        super().train(mode)
+        # The teacher labels with running BN statistics and no dropout, in every phase.
+        self.teacher.eval()
+        return self
+
+    def wrap(self, wrap_train, wrap_eval) -> None:
+        super().wrap(wrap_train, wrap_eval)
+        # DataParallel replicates the teacher from its current weights on every call, so the
+        # in-place normalisation and replacement below reach the replicas; DDP gets it as is.
+        object.__setattr__(self, "_teacher_network", wrap_eval(self.teacher))
+
+    @torch.no_grad()
+    def teacher_logits(self, images: Tensor) -> Tensor:
+        """B x C flip-averaged teacher logits, without a graph (and under the engine's autocast)."""
+        network = self._teacher_network if self._teacher_network is not None else self.teacher
+        return flip_averaged_logits(network, images)
+
+    # ---- training ---------------------------------------------------------------------------------
+    def draw_mixup(self, batch_size: int, device: torch.device) -> Tuple[Tensor, Tensor]:
+        """lambda and the pairing permutation of one batch (a method so tests can fix them)."""
+        return draw_mixup(batch_size, self.mixup_alpha, device)
+
+    def training_step(self, images: Tensor, targets: Tensor, epoch: int,
+                      indices: Optional[Tensor] = None) -> StepOutput:
+        lam, perm = self.draw_mixup(targets.shape[0], images.device)
+        mixed = mix_images(images, lam, perm)  # B x 3 x H x W; the only images S and T see
+        pseudo, mask = self_labels(self.teacher_logits(mixed), self.tau, self.threshold, self.minority)
+        logits = self.network(mixed)  # B x C, the one forward with a graph
+        loss, parts = lcsl_loss(logits, targets, perm, lam, pseudo, mask, self.alpha, self.beta)
+        parts["sl/mask_rate"] = mask.mean()  # share of the batch whose teacher label counts
+        return {"loss": loss, "logits": logits, "parts": parts}
+
+    # ---- teacher rules ----------------------------------------------------------------------------
+    def on_epoch_start(self, epoch: int) -> None:
+        """Unit-L2 classifier rows for the teacher (``utils.Normalizer`` in the reference), so head
+        classes lose the weight-norm advantage before the teacher labels minority samples."""
+        if self.fc_norm:
+            normalize_rows_(self.teacher.head)
+
+    @torch.no_grad()
+    def replace_teacher(self) -> None:
+        """T <- S: parameters and BN statistics; the teacher keeps requires_grad=False."""
+        self.teacher.load_state_dict(self.model.state_dict())
+
+    def on_epoch_end(self, epoch: int, evaluations: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+        """Replaces the teacher when the student's mean per-class accuracy on ``select_on``
+        strictly improves (reference ``train_LCSL.py``: ``if acc > best``).
+
+        The engine saves best.pth when top-1 on the same split strictly improves. On a balanced
+        split (equal images per present class; train_LCSL.py checks it before training) the two
+        accuracies are the same number, so both rules pick the same epochs and best.pth holds
+        the student the teacher was copied from. Returns records for results.json.
+        """
+        if not evaluations:  # an epoch skipped by --eval_interval
+            return {}
+        if self.select_on not in evaluations:
+            from utils.config import ConfigError
+
+            raise ConfigError(f"LCSL replaces its teacher by the {self.select_on} split, but this run "
+                              f"evaluates only {', '.join(sorted(evaluations))}: add --val_per_class N "
+                              "or use --select_on test")
+        score = float(evaluations[self.select_on]["mean_per_class"])
+        if not score > float(self.best_score) + SCORE_TOLERANCE:
+            return {}
+        self.best_score.fill_(score)
+        self.teacher_epoch.fill_(epoch + 1)
+        self.replace_teacher()
+        return {"method/teacher_epoch": epoch + 1, "method/teacher_score": score,
+                "method/teacher_rule": f"student copied into the teacher when its mean per-class "
+                                       f"accuracy on the {self.select_on} split improved"}

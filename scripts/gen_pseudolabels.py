@@ -1,0 +1,137 @@
+"""Pseudo-label an unlabelled pool with a trained run (step 2 of the semi-supervised pipeline of
+Yang & Xu, NeurIPS 2020, ALGORITHMS.md 3.2).
+
+    python scripts/gen_pseudolabels.py --path RUN --pool leftover --out pseudo.pkl
+    python scripts/gen_pseudolabels.py --path RUN --pool data/ti_80M_selected.pickle --out pseudo.pkl
+    python scripts/gen_pseudolabels.py --path RUN --pool svhn_extra --out pseudo_svhn.pkl
+    python scripts/gen_pseudolabels.py --path RUN --pool FOLDER_OR_LIST.txt --out pseudo.pkl [--threshold 0.95]
+
+The run's classifier is rebuilt from its checkpoint alone and applied in eval mode, without
+test-time augmentation, to every pool image; the file (format in ``datasets/semi.py``) holds hard
+labels, confidences, the pool's reference labels where known (used only to select images, as in
+the paper) and the checkpoint path. ``--threshold`` keeps only predictions at least that
+confident (the paper kept all). Train on the result with ``main.py --unlabeled FILE``.
+
+POOL: ``leftover`` (the training images the run's long-tailed cut left out), ``svhn_extra``
+(SVHN's extra split under --pool_root, default the run's data folder), a ``.pickle``/``.pkl`` in
+the ``ti_80M_selected.pickle`` format, a folder of images, or a ``path [label]`` list file
+(paths relative to --pool_root, default the list's folder).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+# Runnable as ``python scripts/gen_pseudolabels.py`` from the repo root: make the packages importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.config import ConfigError, OneLineErrorParser, add_bool_flag  # noqa: E402
+
+# Pre-training runs have no classifier of the dataset's classes worth trusting for labels.
+SELF_SUPERVISED = ("rotation", "moco")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--path", required=True, help="run folder or checkpoint of the base classifier")
+    parser.add_argument("--which", choices=["last", "best"], default="last", help="checkpoint of a run folder")
+    parser.add_argument("--pool", required=True, help="leftover | svhn_extra | PICKLE | FOLDER | LIST")
+    parser.add_argument("--pool_root", default=None, help="SVHN .mat folder, or the root of a list's paths")
+    parser.add_argument("--out", required=True, help="pseudo-label file to write")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="keep predictions with confidence >= T only (default: keep all, as the paper)")
+    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    parser.add_argument("--data_root", "--data", dest="data_root", default=None,
+                        help="override the run's data folder (leftover pool)")
+    add_bool_flag(parser, "--download", default=False, help="download missing SVHN files")
+    parser.add_argument("--gpu", default=None)
+    parser.add_argument("-b", "--batch_size", "--batch-size", dest="batch_size", type=int, default=256)
+    parser.add_argument("--workers", "-j", type=int, default=4)
+    parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    return parser
+
+
+def open_pool(spec: str, payload, args):
+    """The Pool that --pool names, in memory for CIFAR-style runs."""
+    from datasets import semi
+
+    info = payload["dataset"]
+    if spec == "leftover":
+        from test import evaluation_set
+
+        data, _ = evaluation_set(payload, args.data_root, "test")
+        pool = semi.leftover_pool(data)
+    elif spec == "svhn_extra":
+        pool = semi.svhn_extra_pool(args.pool_root or args.data_root or info["options"]["data_root"], args.download)
+    elif os.path.isdir(spec):
+        pool = semi.image_folder_pool(spec)
+    elif not os.path.isfile(spec):
+        raise ConfigError(f"--pool {spec}: no such file or folder (or use leftover / svhn_extra)")
+    elif spec.endswith((".pickle", ".pkl")):
+        pool = semi.ti_pickle_pool(spec)
+    else:
+        pool = semi.image_list_pool(spec, args.pool_root)
+    if info["style"] == "cifar":
+        pool = semi.decode_pool(pool, info["image_size"])
+    return pool
+
+
+def predict_pool(method, pool, info, args):
+    """(pseudo labels, confidences) as NumPy arrays, one per pool image, in pool order."""
+    import torch
+
+    from datasets.augment import build_transform
+    from datasets.loaders import build_eval_loader
+    from utils import dist
+    from utils.engine import DeviceInputs, collect_logits
+
+    ctx = dist.setup_devices(args.gpu)
+    network = method.classifier().to(ctx.device).eval()
+    transform = None if pool.images is not None else build_transform("test", info["style"], info["image_size"])
+    loader = build_eval_loader(pool.source(), transform, args.batch_size, workers=args.workers)
+    inputs = DeviceInputs(info["mean"], info["std"], ctx.device)
+    with torch.no_grad():
+        logits, _ = collect_logits(network, loader, inputs, ctx, args.amp)
+    confidences, labels = logits.softmax(dim=1).max(dim=1)
+    return labels.numpy(), confidences.numpy()
+
+
+def main(args: argparse.Namespace) -> None:
+    from datasets import semi
+    from test import rebuild
+    from utils.checkpoint import CheckpointError, load_checkpoint
+
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise ConfigError(f"--threshold must lie in [0, 1], got {args.threshold}")
+    if os.path.exists(args.out) and not args.force:
+        raise ConfigError(f"--out {args.out} exists; pass --force to overwrite it")
+    payload = load_checkpoint(args.path, prefer=f"{args.which}.pth")
+    if payload["method"] in SELF_SUPERVISED:
+        raise CheckpointError(f"{payload['path']} is a {payload['method']} pre-training run; pseudo-label with a "
+                              "classifier trained on the labelled set (e.g. --method ce)")
+    info = payload["dataset"]
+    method = rebuild(payload)
+    pool = open_pool(args.pool, payload, args)
+    print(f"pool {pool.name}: {len(pool)} images; predicting with {payload['path']} (epoch {payload['epoch']})")
+    labels, confidences = predict_pool(method, pool, info, args)
+    entry = semi.save_pseudo_labels(args.out, pool, labels, confidences, num_classes=info["num_classes"],
+                                    dataset=info["name"], prediction_model=os.path.abspath(payload["path"]),
+                                    threshold=args.threshold, force=args.force)
+    kept = len(entry["pseudo_labels"])
+    histogram = np.bincount(entry["pseudo_labels"], minlength=info["num_classes"]).tolist()
+    agreement = ""
+    if entry["reference_labels"] is not None and kept:
+        agreement = (f"; agreement with the reference labels {100.0 * np.mean(entry['pseudo_labels'] == entry['reference_labels']):.2f}%")
+    print(f"wrote {args.out}: {kept} of {len(pool)} images"
+          + (f" (confidence >= {args.threshold:g})" if args.threshold is not None else "")
+          + f"; pseudo labels per class {histogram}{agreement}")
+
+
+if __name__ == "__main__":
+    from utils.cli import run_guarded
+
+    arguments = get_args_parser().parse_args()
+    sys.exit(run_guarded("gen_pseudolabels.py", lambda: main(arguments)))

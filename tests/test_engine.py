@@ -1,0 +1,211 @@
+"""The engine end to end: run folder contents, test.py, checkpoints, resume, NaN stops, DDP."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from datasets.base import ImageSource, LongTailData
+from datasets.loaders import build_eval_loader, build_train_loader
+from datasets.augment import build_transform
+from methods import build_method
+from models import Classifier
+from utils import dist
+from utils.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from utils.config import OptimConfig, RunConfig, TrainConfig
+from utils.engine import DeviceInputs, NonFiniteLossError, fit
+from utils.runner import run_training
+
+import main as main_script
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_args(data_root, out_dir, *extra):
+    return ["--dataset", "cifar10", "--data_root", data_root, "--imb_factor", "0.1", "--method", "ce",
+            "--epochs", "2", "-b", "16", "--workers", "0", "--progress", "False", "--download", "False",
+            "--out_dir", out_dir, *extra]
+
+
+def config_for(data_root, out_dir, *extra):
+    config, _ = main_script.build_config(main_script.get_args_parser().parse_args(tiny_args(data_root, out_dir, *extra)))
+    return config
+
+
+def test_main_then_test_script(cifar10_root, tmp_path):
+    run = str(tmp_path / "run")
+    result = subprocess.run([sys.executable, "main.py", *tiny_args(cifar10_root.root, run)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("config.json", "log.txt", "last.pth", "best.pth", "results.json"):
+        assert os.path.isfile(os.path.join(run, name)), name
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(run, "tb")))
+    results = json.load(open(os.path.join(run, "results.json")))
+    assert results["last"]["epoch"] == 2 and 0.0 <= results["last"]["top1"] <= 100.0
+    assert results["last"]["group_sizes"] == {"many": 0, "medium": 3, "few": 7}  # counts 40, 31, 24, 18 ... 4
+    assert results["last"]["many"] is None  # an empty group is n/a, never 0
+    assert "TEST set" in results["best_on_test"]["rule"]
+    assert len(results["last"]["per_class"]) == 10
+
+    out_json = str(tmp_path / "eval.json")
+    result = subprocess.run([sys.executable, "test.py", "--path", run, "--json", out_json,
+                             "--data_root", cifar10_root.root, "--tta_flip", "--tau_norm", "1.0"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "many" in result.stdout and "n/a" in result.stdout
+    summary = json.load(open(out_json))
+    assert summary["num_samples"] == 40 and summary["epoch"] == 2
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all"])
+def test_test_script_rejects_bad_files_in_one_line(tmp_path, content):
+    path = tmp_path / "bad.pth"
+    path.write_bytes(content)
+    result = subprocess.run([sys.executable, "test.py", "--path", str(path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert str(path) in result.stderr and result.stderr.strip().count("\n") == 0
+
+
+def test_foreign_torch_file_is_refused(tmp_path):
+    path = str(tmp_path / "foreign.pth")
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(CheckpointError, match="not an ltkit checkpoint"):
+        load_checkpoint(path)
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = str(tmp_path / "last.pth")
+    save_atomic({"format": "ltkit-checkpoint", "epoch": 1}, path)
+
+    def broken_save(obj, stream):
+        stream.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_atomic({"format": "ltkit-checkpoint", "epoch": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=False)["epoch"] == 1
+    assert os.listdir(tmp_path) == ["last.pth"]  # no temporary file left behind
+
+
+def test_kill_and_resume_reproduces_the_uninterrupted_run(cifar10_root, tmp_path):
+    straight = str(tmp_path / "straight")
+    run_training(config_for(cifar10_root.root, straight), "ce")
+    interrupted = str(tmp_path / "interrupted")
+    run_training(config_for(cifar10_root.root, interrupted, "--epochs", "1"), "ce")
+    # The continuation restores model, optimiser momentum, RNG states and the epoch counter.
+    run_training(config_for(cifar10_root.root, interrupted, "--resume", "auto"), "ce")
+    a = load_checkpoint(os.path.join(straight, "last.pth"))
+    b = load_checkpoint(os.path.join(interrupted, "last.pth"))
+    assert a["epoch"] == b["epoch"] == 2
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert a["records"]["last"]["top1"] == b["records"]["last"]["top1"]
+
+
+def test_resume_with_other_flags_is_refused(cifar10_root, tmp_path):
+    run = str(tmp_path / "run")
+    run_training(config_for(cifar10_root.root, run, "--epochs", "1"), "ce")
+    with pytest.raises(Exception, match="--resume"):
+        run_training(config_for(cifar10_root.root, run, "--resume", "auto", "--arch", "resnet34_cifar"), "ce")
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(cifar10_root, tmp_path, monkeypatch):
+    run = str(tmp_path / "run")
+    from methods.erm import ERM
+
+    original = ERM.training_step
+
+    def poisoned(self, images, targets, epoch, indices=None):
+        out = original(self, images, targets, epoch, indices)
+        if epoch == 1:
+            out["loss"] = out["loss"] * float("nan")
+            out["parts"] = {"loss/ce": out["loss"].detach()}
+        return out
+
+    monkeypatch.setattr(ERM, "training_step", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 1 .*loss/ce"):
+        run_training(config_for(cifar10_root.root, run), "ce")
+    assert load_checkpoint(os.path.join(run, "last.pth"))["epoch"] == 1
+
+
+# ---- DDP (gloo, 2 CPU processes) equals one process on the same global batch --------------------
+class _Flat(nn.Module):
+    """A batch-independent backbone (no BatchNorm), so per-rank and global batches agree exactly."""
+
+    out_dim = 8
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(3 * 8 * 8, 8)
+
+    def forward(self, x):
+        return torch.relu(self.layer(x.flatten(1)))
+
+
+def _tiny_data():
+    rng = np.random.default_rng(0)
+    train = ImageSource(rng.integers(0, 4, 48), array=rng.integers(0, 256, (48, 8, 8, 3), dtype=np.uint8))
+    test = ImageSource(rng.integers(0, 4, 20), array=rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8))
+    counts = np.bincount(train.targets, minlength=4).tolist()
+    return LongTailData("tiny", 4, train, test, counts, (0.5,) * 3, (0.25,) * 3, 8)
+
+
+def _train_tiny(ctx, out):
+    torch.manual_seed(0)
+    data = _tiny_data()
+    method = build_method("erm", Classifier(_Flat(), nn.Linear(8, 4)), data.train_counts)
+    method.wrap(lambda net: dist.wrap_network(net, ctx), lambda net: net)
+    config = TrainConfig(script="test", dataset="tiny", data=__import__("datasets").DataOptions(), arch="flat",
+                         head="linear", head_scale=None, method="erm", method_options={}, batch_size=8,
+                         train_aug=("test",), aug_options={}, sampler=None, sampler_options={}, select_on="test",
+                         optim=OptimConfig(lr=0.5, epochs=2, warmup_epochs=0, milestones=()),
+                         run=RunConfig(progress=False, workers=0))
+    per_rank = config.batch_size // ctx.world_size
+    loaders = {"train": build_train_loader(data.train, build_transform("test", "cifar", 8), per_rank,
+                                           seed=0, rank=ctx.rank, world_size=ctx.world_size),
+               "test": build_eval_loader(data.test, None, 6, rank=ctx.rank, world_size=ctx.world_size)}
+    records = fit(config, method, data, ctx, loaders, DeviceInputs(data.mean, data.std, ctx.device), _Quiet(),
+                  lambda *a: None)
+    if ctx.is_main:
+        torch.save({"state": method.model.state_dict(), "top1": records["last"]["top1"],
+                    "nll": records["last"]["nll"]}, out)
+
+
+class _Quiet:
+    def info(self, *a):
+        pass
+
+    def scalars(self, *a):
+        pass
+
+
+def _ddp_worker(rank, world, port, out):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    ctx = dist.setup_devices(None, backend="gloo")
+    try:
+        _train_tiny(ctx, out)
+    finally:
+        dist.cleanup()
+
+
+def test_ddp_gloo_matches_single_process(tmp_path):
+    single = str(tmp_path / "single.pt")
+    _train_tiny(dist.DeviceContext(torch.device("cpu")), single)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ddp = str(tmp_path / "ddp.pt")
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, ddp), nprocs=2, join=True)
+    a, b = torch.load(single), torch.load(ddp)
+    for key in a["state"]:
+        torch.testing.assert_close(a["state"][key], b["state"][key], rtol=1e-4, atol=1e-5)  # float summation order differs
+    assert a["top1"] == b["top1"] and a["nll"] == pytest.approx(b["nll"], rel=1e-5)

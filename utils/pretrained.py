@@ -1,0 +1,141 @@
+"""Backbone initialisation from a pre-trained checkpoint (``--pretrained_model``).
+
+The self-supervised pre-training (SSP) of Yang & Xu, "Rethinking the Value of Labels for
+Improving Class-Imbalanced Learning" (NeurIPS 2020), Sec. 4: stage 1 learns a backbone without
+labels (rotation, MoCo v2), stage 2 trains any long-tailed method from it with a fresh classifier.
+Also the first half of decoupled training (cRT), whose backbone comes from a finished run.
+
+Accepted files: an ltkit checkpoint of any method (its ``model.backbone`` is taken), a raw state
+dict, or a dict holding one under ``state_dict`` (MoCo and the paper's checkpoints) or
+``state_dict_best['feat_model']`` (the paper's ImageNet-LT stage checkpoints). Wrapper prefixes
+(``module.`` from DataParallel / DDP, ``_orig_mod.`` from torch.compile) are stripped and the
+sub-tree of the backbone is selected (``encoder_q.`` of MoCo, ``model.`` / ``backbone.`` of
+ltkit), so the keys become the backbone's own (torchvision's names for ResNet-50).
+
+The load must be complete: every backbone tensor must come from the file with its shape, and the
+only tensors of the file left over must be classifier / projection ones (``fc``, ``linear``,
+``head``, ``classifier``, ``projector``), so the network's only untouched parameters are exactly
+its classifier head. The paper's code loaded with ``strict=False`` and, on DataParallel keys,
+silently loaded nothing (ALGORITHMS.md 3.8 item 2); here that is an error.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Mapping, Tuple
+
+import torch
+
+from utils.checkpoint import FORMAT_NAME, CheckpointError, resolve_checkpoint_path
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Sub-trees that hold the backbone, tried in this order: MoCo's query encoder, an ltkit method's
+# network, an ltkit Classifier's trunk, the paper's ImageNet-LT stage model.
+SUBTREE_PREFIXES = ("encoder_q.", "model.", "backbone.", "feat_model.")
+# Top-level names of classifier / projection layers, which stage 2 re-initialises.
+CLASSIFIER_NAMES = ("fc", "linear", "head", "classifier", "projector")
+
+
+def read_weights(path: str) -> Tuple[Dict[str, torch.Tensor], str]:
+    """The tensors of a checkpoint file (or run folder, whose last.pth is used) and what it was."""
+    path = resolve_checkpoint_path(path, prefer="last.pth")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # truncated zip, pickle garbage, wrong file type
+        raise CheckpointError(f"--pretrained_model {path}: cannot read it ({type(error).__name__})") from None
+    kind = "state dict"
+    if isinstance(payload, dict) and payload.get("format") == FORMAT_NAME:
+        payload, kind = payload["state_dict"], f"ltkit {payload.get('method')} checkpoint"
+    elif isinstance(payload, dict) and isinstance(payload.get("state_dict_best"), dict):
+        payload, kind = payload["state_dict_best"].get("feat_model", {}), "stage checkpoint (feat_model)"
+    elif isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
+        payload, kind = payload["state_dict"], "checkpoint with a state_dict"
+    if not isinstance(payload, Mapping):
+        raise CheckpointError(f"--pretrained_model {path}: no state dict inside ({type(payload).__name__})")
+    tensors = {str(k): v for k, v in payload.items() if isinstance(v, torch.Tensor)}
+    return tensors, kind
+
+
+def _strip_wrappers(key: str) -> str:
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix):], True
+    return key
+
+
+def backbone_keys(state: Mapping[str, torch.Tensor], target_keys: List[str]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Renames checkpoint keys to the backbone's: strips wrappers, then narrows to the backbone's
+    sub-tree while one is present (a prefix the backbone itself uses is never stripped).
+
+    Returns the renamed tensors and the prefixes that were selected, for the log line.
+    """
+    state = {_strip_wrappers(k): v for k, v in state.items()}
+    selected: List[str] = []
+    narrowed = True
+    while narrowed:
+        narrowed = False
+        for prefix in SUBTREE_PREFIXES:
+            if any(k.startswith(prefix) for k in target_keys):
+                continue
+            if any(k.startswith(prefix) for k in state):
+                state = {_strip_wrappers(k[len(prefix):]): v for k, v in state.items() if k.startswith(prefix)}
+                selected.append(prefix)
+                narrowed = True
+                break
+    return state, selected
+
+
+def _examples(keys, count: int = 3) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:count]) + (" ..." if len(keys) > count else "")
+
+
+def load_pretrained(method, path: str, logger) -> Dict[str, Any]:
+    """Loads ``path`` into ``method.model.backbone``; the classifier head keeps its fresh init.
+
+    Raises ``CheckpointError`` when nothing matches, a shape differs, a backbone tensor is
+    missing, or the file holds tensors that are neither backbone nor classifier / projection.
+    Returns counts for the caller: loaded, ignored classifier tensors, head tensors left as built.
+    """
+    resolved = resolve_checkpoint_path(path, prefer="last.pth")
+    run_dir = getattr(logger, "run_dir", None)
+    if run_dir and os.path.abspath(os.path.dirname(resolved)) == os.path.abspath(run_dir):
+        raise CheckpointError(f"--pretrained_model {path} lies in this run's own folder {run_dir}: its "
+                              "checkpoints would be overwritten; write the run elsewhere (--out_dir)")
+    backbone = method.model.backbone
+    target = backbone.state_dict()
+    raw, kind = read_weights(resolved)
+    source, selected = backbone_keys(raw, list(target))
+    arch = type(backbone).__name__
+    matched = [k for k in source if k in target]
+    if not matched:
+        raise CheckpointError(
+            f"--pretrained_model {resolved}: none of its {len(raw)} tensors matches the {arch} backbone "
+            f"(after stripping prefixes its keys look like '{_examples(source)}'; the backbone expects "
+            f"'{_examples(target)}'); is it a checkpoint of another --arch?")
+    for key in matched:
+        if source[key].shape != target[key].shape:
+            raise CheckpointError(f"--pretrained_model {resolved}: {key} has shape {tuple(source[key].shape)} "
+                                  f"there but {tuple(target[key].shape)} in the {arch} backbone (another --arch?)")
+    # BatchNorm's step counter is absent from some older files and never used by training here.
+    missing = [k for k in target if k not in source and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise CheckpointError(f"--pretrained_model {resolved}: {len(missing)} of the {arch} backbone's tensors "
+                              f"are not in it ({_examples(missing)}); a partial load would train a half-random "
+                              "network")
+    leftover = [k for k in source if k not in target]
+    classifier = [k for k in leftover if k.split(".", 1)[0] in CLASSIFIER_NAMES]
+    unexpected = sorted(set(leftover) - set(classifier))
+    if unexpected:
+        raise CheckpointError(f"--pretrained_model {resolved}: {len(unexpected)} tensors are neither backbone nor "
+                              f"classifier / projection ({_examples(unexpected)}); is it a checkpoint of another "
+                              "--arch?")
+    result = backbone.load_state_dict({k: source[k] for k in matched}, strict=False)
+    assert not result.unexpected_keys and all(k.endswith("num_batches_tracked") for k in result.missing_keys)
+    head_tensors = len(method.model.head.state_dict())
+    logger.info(f"pretrained: loaded {len(matched)} tensors into the {arch} backbone from {resolved} ({kind}"
+                + (f", sub-tree {''.join(selected)}" if selected else "") + f"); ignored {len(classifier)} "
+                f"classifier / projection tensors; the classifier head ({head_tensors} tensors) is newly initialised")
+    return {"loaded": len(matched), "ignored": len(classifier), "head": head_tensors}
