@@ -1,0 +1,363 @@
+"""BCCL: its losses against hand-computed values, the class queues, batched k-means, checkpoints,
+the command line, resume, DDP gathering, and the paper's command end to end."""
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import main as main_script
+from datasets.augment import build_views
+from losses import LOSSES
+from losses.supcon import centroid_loss, class_averaged_supcon
+from methods import build_method
+from methods.bccl import BCCL, ClassQueues
+from models import build_model
+from utils.checkpoint import build_payload, load_checkpoint, save_atomic
+from utils.config import ConfigError
+from utils.kmeans import batched_kmeans
+from utils.runner import run_training
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAPER_COMMAND = ["--dataset", "cifar10", "--arch", "resnet32", "--epochs", "200", "--temp", "0.1", "--lr", "0.15",
+                 "--use-norm", "True", "--wd", "5e-4", "--cos", "True", "-b", "128", "--feat_dim", "128", "--tb_save"]
+
+# Four unit vectors in the plane: two images x two views, view-major as the losses flatten them.
+A0, A1, A2, A3 = (1.0, 0.0), (0.0, 1.0), (0.6, 0.8), (0.8, 0.6)
+
+
+def two_view_batch():
+    """Images 0 and 1 (labels 0 and 1); view 1 = A0, A1, view 2 = A2, A3. Features: N x V x D."""
+    features = torch.tensor([[A0, A2], [A1, A3]])
+    return features, torch.tensor([0, 1])
+
+
+def parse(*argv):
+    return main_script.get_args_parser().parse_args(list(argv))
+
+
+# ---- losses --------------------------------------------------------------------------------------
+def test_supcon_two_views_hand_computed():
+    # Anchors A0 (y 0), A1 (y 1), A2 (y 0), A3 (y 1); one image per class, so every weight
+    # b_c - [positive] is 0 -> 1 or 1: plain SupCon. Dots / T (T = 0.5):
+    # A0.A1 = 0 -> 0, A0.A2 = .6 -> 1.2, A0.A3 = .8 -> 1.6, A1.A2 = .8 -> 1.6, A1.A3 = .6 -> 1.2, A2.A3 = .96 -> 1.92
+    l0 = -(1.2 - math.log(math.exp(0.0) + math.exp(1.2) + math.exp(1.6)))  # positive A2
+    l1 = -(1.2 - math.log(math.exp(0.0) + math.exp(1.6) + math.exp(1.2)))  # positive A3
+    l2 = -(1.2 - math.log(math.exp(1.2) + math.exp(1.6) + math.exp(1.92)))  # positive A0
+    l3 = -(1.2 - math.log(math.exp(1.6) + math.exp(1.2) + math.exp(1.92)))  # positive A1
+    features, labels = two_view_batch()
+    loss = class_averaged_supcon(features, labels, temperature=0.5)
+    assert loss.item() == pytest.approx((l0 + l1 + l2 + l3) / 4, rel=1e-6)
+
+
+def test_supcon_class_averaging_hand_computed():
+    # One view, labels 0, 0, 0, 1: b_0 = 3, b_1 = 1. For a class-0 anchor a class-0 term is divided
+    # by b_0 - 1 = 2 and the class-1 term by b_1 = 1; the class-1 anchor has no positive -> 0.
+    # z = A0, (0.6, 0.8), (0, 1), (-0.6, 0.8); dots / 0.5: 01 1.2, 02 0, 03 -1.2, 12 1.6, 13 0.56, 23 1.6.
+    features = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-0.6, 0.8]]).unsqueeze(1)  # 4 x 1 x 2
+    d0 = math.exp(1.2) / 2 + math.exp(0.0) / 2 + math.exp(-1.2)
+    d1 = math.exp(1.2) / 2 + math.exp(1.6) / 2 + math.exp(0.56)
+    d2 = math.exp(0.0) / 2 + math.exp(1.6) / 2 + math.exp(1.6)
+    l0 = -((1.2 - math.log(d0)) + (0.0 - math.log(d0))) / 2
+    l1 = -((1.2 - math.log(d1)) + (1.6 - math.log(d1))) / 2
+    l2 = -((0.0 - math.log(d2)) + (1.6 - math.log(d2))) / 2
+    loss = class_averaged_supcon(features, torch.tensor([0, 0, 0, 1]), temperature=0.5)
+    assert loss.item() == pytest.approx((l0 + l1 + l2 + 0.0) / 4, rel=1e-6)
+
+
+def test_supcon_matches_a_loop_over_anchors():
+    generator = torch.Generator().manual_seed(0)
+    features = F.normalize(torch.randn(6, 2, 5, generator=generator), dim=2)
+    labels = torch.tensor([0, 2, 0, 1, 0, 2])
+    anchors = features.transpose(0, 1).reshape(12, 5).tolist()
+    anchor_labels = labels.repeat(2).tolist()
+    per_class = {c: labels.tolist().count(c) for c in set(labels.tolist())}
+    total = 0.0
+    for i in range(12):
+        dots = [sum(a * b for a, b in zip(anchors[i], anchors[j])) / 0.1 for j in range(12)]
+        positives = [j for j in range(12) if j != i and anchor_labels[j] == anchor_labels[i]]
+        weights = [per_class[anchor_labels[j]] - (j in positives) or 1 for j in range(12)]
+        log_denominator = math.log(sum(math.exp(dots[j]) / weights[j] for j in range(12) if j != i))
+        total += -sum(dots[p] - log_denominator for p in positives) / max(len(positives), 1)
+    assert class_averaged_supcon(features, labels, 0.1).item() == pytest.approx(total / 12, rel=1e-5)
+
+
+def test_centroid_loss_hand_computed():
+    # Centroids: class 0 (1, 0), (0, .5); class 1 (0, 1), (-.5, 0). s = z.mu per column (c, k):
+    # A0 y0: [1, 0, 0, -.5]    -> -(1 + 0) + (0 - .5)  = -1.5
+    # A1 y1: [0, .5, 1, 0]     -> -(1 + 0) + (0 + .5)  = -0.5
+    # A2 y0: [.6, .4, .8, -.3] -> -(.6 + .4) + (.8 - .3) = -0.5
+    # A3 y1: [.8, .3, .6, -.4] -> -(.6 - .4) + (.8 + .3) =  0.9   sum -1.6 over 4 x 2 x 2 entries
+    centroids = torch.tensor([[[1.0, 0.0], [0.0, 0.5]], [[0.0, 1.0], [-0.5, 0.0]]])
+    features, labels = two_view_batch()
+    loss = centroid_loss(features, labels, centroids)
+    assert loss.item() == pytest.approx(-1.6 / 16, rel=1e-6)
+    # The reference's own expression, -mean(log(exp(s * m) / exp(s * (1 - m)))), gives the same.
+    rows = [([1, 0, 0, -0.5], 0), ([0, 0.5, 1, 0], 1), ([0.6, 0.4, 0.8, -0.3], 0), ([0.8, 0.3, 0.6, -0.4], 1)]
+    terms = [math.log(math.exp(s * (k // 2 == y)) / math.exp(s * (k // 2 != y)))
+             for s_row, y in rows for k, s in enumerate(s_row)]
+    assert loss.item() == pytest.approx(-sum(terms) / len(terms), rel=1e-6)
+
+
+def test_logit_adjusted_ce_with_uniform_prior_is_ce():
+    logits, targets = torch.randn(8, 3, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    uniform = LOSSES.build("logit_adjust", class_counts=[7, 7, 7], tau=1.0)
+    assert uniform(logits, targets).item() == pytest.approx(F.cross_entropy(logits, targets).item(), rel=1e-6)
+    skewed = LOSSES.build("logit_adjust", class_counts=[6, 3, 1], tau=1.0)
+    prior = torch.tensor([0.6, 0.3, 0.1]).log()
+    assert skewed(logits, targets).item() == pytest.approx(F.cross_entropy(logits + prior, targets).item(), rel=1e-6)
+
+
+# ---- queues ---------------------------------------------------------------------------------------
+def test_queue_wraps_around_keeping_features_with_their_labels():
+    queues = ClassQueues(num_classes=3, size=4, dim=2)
+    history = {0: [], 1: [], 2: []}
+    # Feature = (running id, label); class 0 gets 6 > 4 entries in one push (the newest 4 must win).
+    pushes = [[0, 0, 1], [1, 1, 1, 0, 2], [0, 0, 0, 0, 0, 0, 1], [2, 1]]
+    next_id = 0
+    for labels in pushes:
+        ids = list(range(next_id, next_id + len(labels)))
+        next_id += len(labels)
+        queues.push(torch.tensor([[i, c] for i, c in zip(ids, labels)], dtype=torch.float), torch.tensor(labels))
+        for i, c in zip(ids, labels):
+            history[c].append(i)
+    features, labels = queues.entries()
+    assert torch.equal(features[:, 1].long(), labels)  # every feature sits in its own class's queue
+    for c in range(3):
+        assert features[labels == c, 0].long().tolist() == history[c][-4:]  # newest 4, oldest first
+    assert queues.count.tolist() == [4, 4, 2]
+    assert queues.valid_mask().sum(1).tolist() == [4, 4, 2]
+
+
+# ---- k-means ---------------------------------------------------------------------------------------
+def planted(classes=3, clusters=4, per_cluster=25, dim=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    centres = 5 * torch.randn(classes, clusters, dim, generator=generator)
+    noise = 0.1 * torch.randn(classes, clusters, per_cluster, dim, generator=generator)
+    points = (centres.unsqueeze(2) + noise).reshape(classes, clusters * per_cluster, dim)
+    return centres, points[:, torch.randperm(clusters * per_cluster, generator=generator)]
+
+
+def test_kmeans_recovers_planted_clusters_in_every_class_at_once():
+    centres, points = planted()
+    valid = torch.ones(points.shape[:2], dtype=torch.bool)
+    valid[2, 70:] = False  # a partially filled queue: padding must not move its centroids
+    points[2, 70:] = 1e3
+    result = batched_kmeans(points, valid, 4, generator=torch.Generator().manual_seed(0), init="kmeans++")
+    for c in range(3):
+        error = torch.cdist(result.centroids[c], centres[c]).min(1).values
+        assert error.max() < 0.2, (c, error)
+        assert len(set(torch.cdist(centres[c], result.centroids[c]).argmin(1).tolist())) == 4
+    assert (result.assignments[2, 70:] == -1).all() and result.num_points.tolist() == [100, 100, 70]
+    again = batched_kmeans(points, valid, 4, generator=torch.Generator().manual_seed(0), init="kmeans++")
+    assert torch.equal(result.centroids, again.centroids)  # deterministic under a seed
+    random_init = batched_kmeans(points, valid, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(random_init.centroids,
+                       batched_kmeans(points, valid, 4, generator=torch.Generator().manual_seed(0)).centroids)
+
+
+def test_kmeans_reseeds_empty_clusters_at_the_farthest_point():
+    # Four copies of (1, 1) and one (10, 1): drawing two copies as initial centroids leaves one
+    # cluster empty (ties go to the first); 20 classes make that certain to happen somewhere.
+    # kmeans-gpu would set it to the zero vector; the farthest point, (10, 1), is where it belongs.
+    single = torch.tensor([[1.0, 1.0]] * 4 + [[10.0, 1.0]])
+    points = single.expand(20, 5, 2).contiguous()
+    result = batched_kmeans(points, torch.ones(20, 5, dtype=torch.bool), 2, generator=torch.Generator().manual_seed(3))
+    for c in range(20):
+        assert sorted(result.centroids[c].tolist()) == [[1.0, 1.0], [10.0, 1.0]]
+
+
+def test_kmeans_with_fewer_points_than_clusters():
+    points = torch.arange(30, dtype=torch.float).view(3, 5, 2)
+    valid = torch.tensor([[True, True, False, False, False], [False] * 5, [True] * 5])
+    result = batched_kmeans(points, valid, 5, generator=torch.Generator().manual_seed(0))
+    few = result.centroids[0].tolist()  # 2 points for 5 centroids: both, repeated cyclically
+    assert sorted(map(tuple, few[:2])) == [(0.0, 1.0), (2.0, 3.0)] and few[2:] == [few[0], few[1], few[0]]
+    assert result.num_points.tolist() == [2, 0, 5] and (result.centroids[1] == 0).all()
+    assert sorted(map(tuple, result.centroids[2].tolist())) == [tuple(p) for p in points[2].tolist()]
+
+
+# ---- the method ------------------------------------------------------------------------------------
+def tiny_method(**options):
+    torch.manual_seed(0)
+    model = build_model("resnet32", num_classes=3, head="normed", scale=1 / 0.03)
+    return build_method("bccl", model, [6, 3, 1], **{"feat_dim": 8, "queue_size": 6, "num_centroids": 2, **options})
+
+
+def tiny_batch(step):
+    generator = torch.Generator().manual_seed(step)
+    views = [torch.randn(6, 3, 8, 8, generator=generator) for _ in range(2)]
+    return views, torch.tensor([0, 0, 1, 2, 0, 1])
+
+
+def test_training_step_queues_centroids_and_gradients():
+    method = tiny_method(warmup_epochs=1, kmeans_every=10)
+    method.train()
+    out = method.training_step(*tiny_batch(0), epoch=0)  # warm-up: no centroid loss
+    assert set(out["parts"]) == {"loss/ce", "loss/scl"} and out["logits"].shape == (6, 3)
+    out["loss"].backward()
+    assert method.projector[0].weight.grad is not None and method.model.head.weight.grad is not None
+    assert method.queues.count.tolist() == [6, 4, 2]  # both views of every image were queued
+    out = method.training_step(*tiny_batch(1), epoch=1)  # first epoch after warm-up: re-clustered
+    assert "loss/centroid" in out["parts"] and torch.isfinite(out["loss"])
+    assert int(method.kmeans_runs) == 1 and (method.centroids.norm(dim=2) > 0).all()
+    before = method.centroids.clone()
+    method.training_step(*tiny_batch(2), epoch=2)  # 2 % 10 != 0: the centroids stay
+    assert int(method.kmeans_runs) == 1 and torch.equal(method.centroids, before)
+    method.training_step(*tiny_batch(3), epoch=10)  # every step of epoch 10 re-clusters
+    method.training_step(*tiny_batch(4), epoch=10)
+    assert int(method.kmeans_runs) == 3
+
+
+def test_epoch_refresh_mode_clusters_once_per_epoch():
+    method = tiny_method(warmup_epochs=0, kmeans_refresh="epoch")
+    method.train()
+    method.training_step(*tiny_batch(0), epoch=0)
+    method.on_epoch_start(10)
+    for step in range(2):
+        method.training_step(*tiny_batch(step + 1), epoch=10)
+    assert int(method.kmeans_runs) == 1
+
+
+def test_checkpoint_round_trip_restores_queues_and_centroids(tmp_path):
+    import test as test_script
+
+    method = tiny_method(warmup_epochs=0)
+    method.train()
+    for step in range(3):
+        method.training_step(*tiny_batch(step), epoch=0)
+    path = str(tmp_path / "last.pth")
+    model_kwargs = {"arch": "resnet32", "num_classes": 3, "head": "normed", "scale": 1 / 0.03}
+    save_atomic(build_payload(method_name="bccl", method_kwargs=method.init_kwargs, model_kwargs=model_kwargs,
+                              dataset={"train_counts": [6, 3, 1]}, config={}, state_dict=method.state_dict(),
+                              epoch=1), path)
+    restored = test_script.rebuild(load_checkpoint(path))  # strict load, as test.py does
+    assert isinstance(restored, BCCL)
+    for name in ("queues.features", "queues.ptr", "queues.count", "centroids", "kmeans_runs"):
+        assert torch.equal(restored.state_dict()[name], method.state_dict()[name]), name
+    assert int(restored.kmeans_runs) == 3 and restored.queues.count.tolist() == [6, 6, 6]
+
+
+# ---- command line and views -------------------------------------------------------------------------
+def test_paper_command_gives_the_bccl_recipe():
+    config, label = main_script.build_config(parse(*PAPER_COMMAND))
+    optim = config.optim
+    assert config.method == "bccl" and label == "bccl" and config.drop_last
+    assert (optim.lr, optim.weight_decay, optim.warmup_epochs, optim.cosine, optim.epochs) == (0.15, 5e-4, 10, True, 200)
+    assert config.head == "normed" and config.head_scale == pytest.approx(1 / 0.03)
+    assert config.train_aug == ("autoaug", "simclr") and config.run.seed == 42 and config.batch_size == 128
+    options = config.method_options
+    assert (options["temperature"], options["feat_dim"], options["queue_size"], options["num_centroids"]) == (0.1, 128, 100, 5)
+    imagenet, _ = main_script.build_config(parse("--dataset", "imagenet_lt", "--temp", "0.07", "--feat_dim", "2048"))
+    assert imagenet.train_aug == ("simclr", "simclr") and imagenet.method_options["feat_dim"] == 2048
+
+
+@pytest.mark.parametrize("views,recipes", [("sim-sim", ("autoaug", "simclr")), ("sim-rand", ("randaug", "simclr")),
+                                           ("rand-rand", ("randaug", "randaug"))])
+def test_every_view_pair_builds_and_runs(views, recipes):
+    uses_randaug = "rand" in views
+    config, _ = main_script.build_config(parse("--cl_views", views, *(["--randaug_n", "3"] if uses_randaug else [])))
+    assert config.train_aug == recipes
+    assert config.aug_options == ({"randaug_n": 3, "randaug_m": 10} if uses_randaug else {})
+    transform = build_views(list(config.train_aug), "cifar", 32, **config.aug_options)
+    outputs = transform(Image.new("RGB", (32, 32), (120, 40, 200)))
+    assert len(outputs) == 2 and all(o.shape == (3, 32, 32) and o.dtype == torch.uint8 for o in outputs)
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (("--cl_views", "sim-rand", "--randaug", "False"), "--randaug"),
+    (("--randaug_m", "5"), "--randaug_n/--randaug_m"),
+    (("--use_norm", "False", "--head_scale", "10"), "--head_scale"),
+])
+def test_contradictory_flags_are_config_errors(argv, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        main_script.build_config(parse(*argv))
+
+
+# ---- end to end ---------------------------------------------------------------------------------------
+def test_paper_command_smoke_run_then_test_script(tmp_path):
+    run = str(tmp_path / "run")
+    extra = ["--epochs", "2", "--limit_batches", "3", "--dataset", "cifar10_sample", "--workers", "0",
+             "--out_dir", run, "--progress", "False", "-b", "32"]
+    result = subprocess.run([sys.executable, "main.py", *PAPER_COMMAND, *extra], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.load(open(os.path.join(run, "results.json")))
+    assert results["method"] == "bccl" and results["last"]["epoch"] == 2
+    assert 0.0 <= results["last"]["top1"] <= 100.0 and math.isfinite(results["last"]["nll"])
+    result = subprocess.run([sys.executable, "test.py", "--path", run, "--workers", "0"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "top-1" in result.stdout
+
+
+def test_resume_continues_queues_and_centroids_exactly(cifar10_root, tmp_path):
+    def config(out_dir, *extra):
+        argv = ["--dataset", "cifar10", "--data_root", cifar10_root.root, "--imb_factor", "0.1", "--download",
+                "False", "--epochs", "2", "--warmup_epochs", "1", "-b", "16", "--limit_batches", "2",
+                "--workers", "0", "--progress", "False", "--queue_size", "8", "--out_dir", out_dir, *extra]
+        return main_script.build_config(parse(*argv))[0]
+
+    straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
+    run_training(config(straight), "bccl")
+    run_training(config(interrupted, "--epochs", "1"), "bccl")
+    run_training(config(interrupted, "--resume", "auto"), "bccl")
+    a = load_checkpoint(os.path.join(straight, "last.pth"))["state_dict"]
+    b = load_checkpoint(os.path.join(interrupted, "last.pth"))["state_dict"]
+    assert int(a["kmeans_runs"]) == 2  # epoch 1 (the first after warm-up) re-clustered at both steps
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
+
+
+# ---- DDP: gathered features give the single-process loss, gradient and queues --------------------------
+def _ddp_step(rank, world, port, out):
+    import torch.distributed as torch_dist
+
+    from utils.dist import gather_no_grad, gather_with_grad
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch_dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        features, labels = _ddp_inputs()
+        local = features[rank * 4:(rank + 1) * 4].clone().requires_grad_(True)
+        gathered, all_labels = gather_with_grad(local), gather_no_grad(labels[rank * 4:(rank + 1) * 4])
+        loss = class_averaged_supcon(gathered, all_labels, 0.1)
+        loss.backward()
+        queues = ClassQueues(3, 5, 4)
+        queues.push(gathered.detach().transpose(0, 1).reshape(-1, 4), all_labels.repeat(2))
+        # DDP averages parameter gradients over ranks; for this feature gradient that is the
+        # all-reduced sum / world, which must equal the single-process gradient of the global loss.
+        grad = gather_no_grad(local.grad) / world
+        torch.save({"loss": loss.item(), "grad": grad, "queue": queues.features}, f"{out}.{rank}")
+    finally:
+        torch_dist.destroy_process_group()
+
+
+def _ddp_inputs():
+    generator = torch.Generator().manual_seed(0)
+    return F.normalize(torch.randn(8, 2, 4, generator=generator), dim=2), torch.tensor([0, 1, 0, 2, 1, 0, 0, 2])
+
+
+def test_ddp_gathers_features_before_the_loss_and_the_queue(tmp_path):
+    features, labels = _ddp_inputs()
+    features.requires_grad_(True)
+    loss = class_averaged_supcon(features, labels, 0.1)
+    loss.backward()
+    queues = ClassQueues(3, 5, 4)
+    queues.push(features.detach().transpose(0, 1).reshape(-1, 4), labels.repeat(2))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = str(tmp_path / "ddp")
+    torch.multiprocessing.spawn(_ddp_step, args=(2, port, out), nprocs=2, join=True)
+    for rank in range(2):
+        result = torch.load(f"{out}.{rank}")
+        assert result["loss"] == pytest.approx(loss.item(), rel=1e-6)
+        torch.testing.assert_close(result["grad"], features.grad, rtol=1e-5, atol=1e-7)
+        assert torch.equal(result["queue"], queues.features)  # every rank holds the same queues
