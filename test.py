@@ -31,7 +31,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", choices=["test", "val"], default="test")
     parser.add_argument("--gpu", default=None)
     parser.add_argument("-b", "--batch_size", "--batch-size", dest="batch_size", type=int, default=256)
-    parser.add_argument("--workers", "-j", type=int, default=4)
+    parser.add_argument("--workers", "-j", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     parser.add_argument("--tta_flip", action="store_true", help="average with the mirrored image")
     parser.add_argument("--tau_norm", type=float, default=None, help="tau-normalise the classifier")
@@ -79,9 +79,6 @@ def print_summary(title: str, summary: Dict[str, Any]) -> None:
     from utils.metrics import format_shot_table
 
     print(f"== {title}")
-    print(f"top-1 {summary['top1']:.2f}  top-5 {summary['top5']:.2f}  mean per-class "
-          f"{summary['mean_per_class']:.2f}  ECE {summary['ece']:.2f}  NLL {summary['nll']:.4f}  "
-          f"({summary['num_samples']} images)")
     print(format_shot_table(summary))
 
 

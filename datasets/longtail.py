@@ -14,8 +14,6 @@ import numpy as np
 IMB_TYPES = ("exp", "step")
 SELECTIONS = ("shuffle", "first")
 # OLTR's shot thresholds, used by every repo: many > 100 training images, few < 20.
-MANY_SHOT = 100
-FEW_SHOT = 20
 
 
 def class_counts(n_max: int, num_classes: int, imb_type: str = "exp", imb_factor: float = 0.01) -> List[int]:
@@ -127,14 +125,3 @@ def unlabeled_class_counts(
         return [0] * num_classes
     scale = total / sum(base)
     return [int(n * scale) for n in base]
-
-
-def shot_groups(counts: Sequence[int], many: int = MANY_SHOT, few: int = FEW_SHOT) -> Dict[str, List[int]]:
-    """Many / medium / few-shot class lists from TRAINING counts (OLTR's ``shot_acc`` split).
-
-    many: count > ``many``; few: count < ``few``; medium: the rest (``few`` to ``many`` inclusive).
-    """
-    groups: Dict[str, List[int]] = {"many": [], "medium": [], "few": []}
-    for c, n in enumerate(counts):
-        groups["many" if n > many else "few" if n < few else "medium"].append(c)
-    return groups

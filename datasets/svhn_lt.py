@@ -97,7 +97,7 @@ def profile_rank(digits: np.ndarray) -> np.ndarray:
 
 @DATASETS.register("svhn")
 def svhn_lt(options: DataOptions) -> LongTailData:
-    """SVHN-LT: up to 1000 training images per digit, digit 0 last; rho = 100 keeps 4,550."""
+    """SVHN-LT: up to 1000 training images per digit, digit 0 last; rho = 100 keeps 2,478."""
     train = read_svhn_split(options.data_root, "train", options.download)
     test = read_svhn_split(options.data_root, "test", options.download)
     try:

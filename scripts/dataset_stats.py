@@ -20,7 +20,8 @@ from typing import List
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets import DATASETS, DataOptions, DatasetError, LongTailData, build_dataset  # noqa: E402
-from datasets.longtail import IMB_TYPES, SELECTIONS, shot_groups  # noqa: E402
+from datasets.longtail import IMB_TYPES, SELECTIONS  # noqa: E402
+from utils.metrics import shot_groups  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -25,6 +25,9 @@ from utils.kmeans import batched_kmeans
 from utils.runner import run_training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Subprocesses run single-threaded: the test machines share two cores, and oversubscribed
+# OpenMP threads there make a run several times slower, not faster.
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 PAPER_COMMAND = ["--dataset", "cifar10", "--arch", "resnet32", "--epochs", "200", "--temp", "0.1", "--lr", "0.15",
                  "--use-norm", "True", "--wd", "5e-4", "--cos", "True", "-b", "128", "--feat_dim", "128", "--tb_save"]
 
@@ -284,15 +287,15 @@ def test_contradictory_flags_are_config_errors(argv, fragment):
 def test_paper_command_smoke_run_then_test_script(tmp_path):
     run = str(tmp_path / "run")
     extra = ["--epochs", "2", "--limit_batches", "3", "--dataset", "cifar10_sample", "--workers", "0",
-             "--out_dir", run, "--progress", "False", "-b", "32"]
-    result = subprocess.run([sys.executable, "main.py", *PAPER_COMMAND, *extra], cwd=ROOT,
+             "--out_dir", run, "--progress", "False", "-b", "32", "--eval_interval", "2"]
+    result = subprocess.run([sys.executable, "main.py", *PAPER_COMMAND, *extra], cwd=ROOT, env=SUBPROCESS_ENV,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.load(open(os.path.join(run, "results.json")))
     assert results["method"] == "bccl" and results["last"]["epoch"] == 2
     assert 0.0 <= results["last"]["top1"] <= 100.0 and math.isfinite(results["last"]["nll"])
     result = subprocess.run([sys.executable, "test.py", "--path", run, "--workers", "0"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
+                            env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "top-1" in result.stdout
 
@@ -355,7 +358,8 @@ def test_ddp_gathers_features_before_the_loss_and_the_queue(tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     out = str(tmp_path / "ddp")
-    torch.multiprocessing.spawn(_ddp_step, args=(2, port, out), nprocs=2, join=True)
+    # Forked workers inherit the imported modules, which spawned ones would import again (slow).
+    torch.multiprocessing.start_processes(_ddp_step, args=(2, port, out), nprocs=2, join=True, start_method="fork")
     for rank in range(2):
         result = torch.load(f"{out}.{rank}")
         assert result["loss"] == pytest.approx(loss.item(), rel=1e-6)

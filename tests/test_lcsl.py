@@ -3,6 +3,7 @@ hand-computed values, resume restoring the teacher, and the paper's README comma
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -25,6 +26,21 @@ SAMPLE = os.path.join(ROOT, "sample_data", "cifar10_sample")
 README_COMMAND = ["--dataset=cifar100", "--batch_size=64", "--imb_factor=0.01", "--alpha=1.", "--beta=1.",
                   "--lr=0.01", "--gpu=0", "--weight_decay=5e-3", "--epochs=300", "--lambda_init=0.5"]
 COUNTS = [50, 40, 30, 20, 10, 8, 6, 4, 2, 1]  # mean 17.1: classes 4..9 are the minority
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The test machines are small and shared; two OpenMP threads fighting for busy cores make
+    these tiny batches ten times slower than one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_script(*argv, timeout=600):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def parse(*argv):
@@ -55,9 +71,10 @@ def test_mask_needs_confidence_and_a_minority_class():
     _, mask = self_labels(logits, tau=2.0, threshold=0.5, minority=minority)
     assert mask.tolist() == [0.0, 1.0, 0.0, 0.0]
     # The threshold is inclusive (>=), as in the reference's `ge`.
-    confidence = float(torch.softmax(logits[1:2], dim=1).max())
-    assert self_labels(logits[1:2], 1.0, confidence, minority)[1].item() == 1.0
-    assert self_labels(logits[1:2], 1.0, math.nextafter(confidence, 1.0), minority)[1].item() == 0.0
+    confidence = torch.softmax(logits[1:2], dim=1).max()  # float32, as compared in self_labels
+    above = torch.nextafter(confidence, torch.tensor(1.0))
+    assert self_labels(logits[1:2], 1.0, confidence.item(), minority)[1].item() == 1.0
+    assert self_labels(logits[1:2], 1.0, above.item(), minority)[1].item() == 0.0
 
 
 def test_loss_matches_hand_computation():
@@ -218,13 +235,13 @@ def test_an_unbalanced_selection_split_is_refused():
 # ---- end to end -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_sample(tmp_path_factory):
-    """The bundled sample cut to 200 training and 10 test images per class (same files), so the
-    runs below spend their time training rather than evaluating 1,000 test images."""
+    """The bundled sample cut to 120 training and 10 test images per class (the same files), so
+    the runs below spend their time training rather than decoding and evaluating."""
     root = tmp_path_factory.mktemp("sample")
     for name in ("train", "test"):
         os.symlink(os.path.join(SAMPLE, name), root / name)
     (root / "classes.txt").write_text(open(os.path.join(SAMPLE, "classes.txt")).read())
-    for name, keep in (("train.txt", 200), ("test.txt", 10)):
+    for name, keep in (("train.txt", 120), ("test.txt", 10)):
         seen, lines = {}, []
         for line in open(os.path.join(SAMPLE, name)):
             label = line.split()[-1]
@@ -241,42 +258,15 @@ def smoke_args(data_root, out_dir, *extra):
             "--val_per_class", "5", "--batch_size", "32", *extra]
 
 
-def test_resume_restores_the_teacher(small_sample, tmp_path, monkeypatch):
-    from methods.lcsl import LCSL
-    from test import rebuild
-    from utils.runner import run_training
-
-    run = str(tmp_path / "run")
-    args = parse(*smoke_args(small_sample, run, "--epochs", "1", "--limit_batches", "1"))
-    config, label = script.build_config(args)
-    run_training(config, label)
-    payload = load_checkpoint(os.path.join(run, "last.pth"))
-    saved = {k[len("teacher."):]: v for k, v in payload["state_dict"].items() if k.startswith("teacher.")}
-    assert int(payload["state_dict"]["teacher_epoch"]) == 1  # the first evaluation always replaces it
-    assert all(torch.equal(rebuild(payload).teacher.state_dict()[k], v) for k, v in saved.items())
-
-    seen = {}
-    original = LCSL.on_epoch_start
-
-    def spy(self, epoch):
-        seen.update(epoch=epoch, teacher={k: v.clone() for k, v in self.teacher.state_dict().items()},
-                    best=float(self.best_score))
-        original(self, epoch)
-
-    monkeypatch.setattr(LCSL, "on_epoch_start", spy)
-    args = parse(*smoke_args(small_sample, run, "--epochs", "2", "--limit_batches", "1", "--start_epoch", "2"))
-    config, label = script.build_config(args)
-    config = script.dataclasses.replace(config, run=script.dataclasses.replace(
-        config.run, resume=script.resolve_resume(config, label, args.start_epoch)))
-    run_training(config, label)
-    assert seen["epoch"] == 1 and seen["best"] == payload["state_dict"]["best_score"].item()
-    assert all(torch.equal(seen["teacher"][k], v) for k, v in saved.items())
+@pytest.fixture(scope="module")
+def smoke_run(small_sample, tmp_path_factory):
+    """The paper's README command with --epochs 2 --limit_batches 3 added, run once."""
+    run = str(tmp_path_factory.mktemp("lcsl") / "run")
+    return run, run_script("train_LCSL.py", *smoke_args(small_sample, run))
 
 
-def test_readme_command_end_to_end_then_test_script(small_sample, tmp_path):
-    run = str(tmp_path / "run")
-    result = subprocess.run([sys.executable, "train_LCSL.py", *smoke_args(small_sample, run)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
+def test_readme_command_end_to_end_then_test_script(smoke_run, tmp_path):
+    run, result = smoke_run
     assert result.returncode == 0, result.stderr[-2000:]
     assert "LCSL final report" in result.stdout and "selected_tau_norm1.9_flip_tta" in result.stdout
     results = json.load(open(os.path.join(run, "results.json")))
@@ -292,7 +282,39 @@ def test_readme_command_end_to_end_then_test_script(small_sample, tmp_path):
     assert config["optim"]["epochs"] == 2 and config["method_options"]["alpha"] == 1.0
 
     out_json = str(tmp_path / "best.json")
-    result = subprocess.run([sys.executable, "test.py", "--path", run, "--which", "best", "--json", out_json],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = run_script("test.py", "--path", run, "--which", "best", "--json", out_json)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.load(open(out_json))["top1"] == pytest.approx(results["selected"]["top1"])
+
+
+def test_resume_restores_the_teacher(smoke_run, small_sample, tmp_path, monkeypatch):
+    from methods.lcsl import LCSL
+    from test import rebuild
+    from utils.runner import run_training
+
+    run = str(tmp_path / "run")
+    shutil.copytree(smoke_run[0], run)
+    payload = load_checkpoint(os.path.join(run, "last.pth"))
+    saved = {k[len("teacher."):]: v for k, v in payload["state_dict"].items() if k.startswith("teacher.")}
+    assert payload["epoch"] == 2 and int(payload["state_dict"]["teacher_epoch"]) >= 1
+    assert all(torch.equal(rebuild(payload).teacher.state_dict()[k], v) for k, v in saved.items())
+
+    seen = {}
+    original = LCSL.on_epoch_start
+
+    def spy(self, epoch):
+        seen.update(epoch=epoch, teacher={k: v.clone() for k, v in self.teacher.state_dict().items()},
+                    best=float(self.best_score), teacher_epoch=int(self.teacher_epoch))
+        original(self, epoch)
+
+    monkeypatch.setattr(LCSL, "on_epoch_start", spy)
+    args = parse(*smoke_args(small_sample, run, "--epochs", "3", "--limit_batches", "1", "--start_epoch", "3"))
+    config, label = script.build_config(args)
+    resume = script.resolve_resume(config, label, args.start_epoch)
+    assert resume == os.path.join(run, "last.pth")
+    run_training(script.dataclasses.replace(config, run=script.dataclasses.replace(config.run, resume=resume)), label)
+    assert seen["epoch"] == 2 and seen["best"] == payload["state_dict"]["best_score"].item()
+    assert seen["teacher_epoch"] == int(payload["state_dict"]["teacher_epoch"])
+    assert all(torch.equal(seen["teacher"][k], v) for k, v in saved.items())
+    with pytest.raises(ConfigError, match="pass --start_epoch 4"):
+        script.resolve_resume(config, label, start_epoch=3)

@@ -10,9 +10,9 @@ from datasets.longtail import (
     leftover_indices,
     minority_classes,
     select_indices,
-    shot_groups,
     unlabeled_class_counts,
 )
+from utils.metrics import shot_groups
 
 CIFAR10_GOLDEN = {
     0.01: [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50],

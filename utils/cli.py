@@ -7,6 +7,7 @@ means what it meant in the paper's own repository.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from typing import Any, Callable, Dict, Optional
@@ -35,7 +36,8 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str) ->
     group.add_argument("--val_list", default=None)
     group.add_argument("--test_list", default=None)
     add_bool_flag(group, "--download", default=True, help="download missing CIFAR files")
-    group.add_argument("--workers", "-j", type=int, default=4, help="DataLoader workers")
+    group.add_argument("--workers", "-j", type=int, default=min(4, os.cpu_count() or 1),
+                       help="DataLoader workers for the PIL pipeline (default: up to 4, at most the CPU count)")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default_arch: Optional[str]) -> None:

@@ -1,0 +1,388 @@
+"""Semi-/self-supervised pieces (Yang & Xu, NeurIPS 2020): rotation batches, pseudo-label files and
+D_U selection, pre-trained loading, the MoCo queue, cRT, SVHN-LT, and the pipelines end to end."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import urllib.error
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+import main as main_script
+from conftest import write_cifar
+from datasets import DATASETS, DataOptions, DatasetError, ImageSource, LongTailData
+from datasets import semi
+from datasets.longtail import class_counts
+from methods import build_method
+from methods.moco import MoCo
+from methods.rotation import rotate_images, rotation_labels
+from models import build_model
+from utils.checkpoint import CheckpointError, build_payload, save_atomic
+from utils.cli import run_guarded
+from utils.config import ConfigError
+from utils.pretrained import load_pretrained
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COUNTS = [20, 10, 5]
+
+
+class ListLogger:
+    def __init__(self, run_dir=None):
+        self.run_dir, self.messages = run_dir, []
+
+    def info(self, message):
+        self.messages.append(message)
+
+
+def erm(arch="resnet32", counts=COUNTS):
+    return build_method("erm", build_model(arch, len(counts)), counts)
+
+
+# ---- rotation ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("batch", [1, 3, 8, 33])
+def test_rotation_labels_are_a_shuffled_balanced_list(batch):
+    labels = rotation_labels(batch, torch.Generator().manual_seed(batch))
+    counts = torch.bincount(labels, minlength=4)
+    assert labels.shape == (batch,) and counts.sum() == batch
+    assert counts.max() - counts.min() <= 1 if batch >= 4 else counts.max() <= 1
+
+
+def test_rotate_images_matches_rot90_image_by_image():
+    images, labels = torch.randn(7, 3, 5, 5), torch.tensor([0, 1, 2, 3, 3, 1, 0])
+    rotated = rotate_images(images, labels)
+    for i in range(7):
+        torch.testing.assert_close(rotated[i], torch.rot90(images[i], int(labels[i]), [1, 2]))
+    square = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).expand(1, 1, 2, 2)
+    # A quarter turn counter-clockwise moves the top-right pixel to the top-left.
+    assert rotate_images(square, torch.tensor([1]))[0, 0].tolist() == [[2.0, 4.0], [1.0, 3.0]]
+
+
+def test_rotation_step_feeds_rotated_images_with_their_labels():
+    method = build_method("rotation", build_model("resnet32", 3), COUNTS)
+    images, targets = torch.randn(8, 3, 8, 8), torch.randint(0, 3, (8,))
+    seen = []
+    method.model.backbone.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    torch.manual_seed(5)
+    expected = rotation_labels(8)
+    torch.manual_seed(5)
+    out = method.training_step(images, targets, epoch=0)
+    torch.testing.assert_close(seen[0], rotate_images(images, expected))
+    torch.testing.assert_close(out["parts"]["loss/rotation"], torch.nn.functional.cross_entropy(out["logits"], expected))
+    assert out["logits"].shape == (8, 4) and torch.isfinite(out["loss"])
+    method.eval()
+    assert method.predict(images).shape == (8, 3)
+    record = method.on_epoch_end(0, {})
+    assert 0.0 <= record["method/rotation_top1"] <= 100.0 and method.on_epoch_end(1, {}) == {}
+
+
+# ---- pseudo-label files and D_U ----------------------------------------------------------------------
+def pool_of(labels, start=0):
+    """Images whose first pixel stores their position, so selections can be read back."""
+    images = np.zeros((len(labels), 4, 4, 3), dtype=np.uint8)
+    images[:, 0, 0, 0] = np.arange(start, start + len(labels))
+    return semi.Pool("synthetic", images=images, reference_labels=np.asarray(labels))
+
+
+def test_pseudo_label_file_round_trip_threshold_and_overwrite(tmp_path):
+    pool, path = pool_of([0, 1, 2, 1]), str(tmp_path / "p.pkl")
+    pseudo, conf = np.array([0, 2, 2, 1]), np.array([0.9, 0.4, 0.8, 0.99])
+    semi.save_pseudo_labels(path, pool, pseudo, conf, num_classes=3, dataset="toy", prediction_model="ckpt.pth")
+    entry = semi.load_pseudo_labels(path)
+    assert entry["pseudo_labels"].tolist() == [0, 2, 2, 1] and entry["reference_labels"].tolist() == [0, 1, 2, 1]
+    np.testing.assert_allclose(entry["confidences"], conf, rtol=1e-6)
+    np.testing.assert_array_equal(entry["images"], pool.images)
+    assert (entry["prediction_model"], entry["num_classes"], entry["pool_size"]) == ("ckpt.pth", 3, 4)
+    with pytest.raises(DatasetError, match="--force"):
+        semi.save_pseudo_labels(path, pool, pseudo, conf, num_classes=3, dataset="toy", prediction_model="x")
+    semi.save_pseudo_labels(path, pool, pseudo, conf, num_classes=3, dataset="toy", prediction_model="x",
+                            threshold=0.8, force=True)
+    entry = semi.load_pseudo_labels(path)
+    assert entry["pseudo_labels"].tolist() == [0, 2, 1] and entry["images"][:, 0, 0, 0].tolist() == [0, 2, 3]
+    assert entry["threshold"] == 0.8 and entry["pool_size"] == 4
+    (tmp_path / "bad.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(DatasetError, match="bad.pkl"):
+        semi.load_pseudo_labels(str(tmp_path / "bad.pkl"))
+
+
+def test_unlabeled_sizes_by_hand_and_the_papers_numbers():
+    # |D_L| = 14, x2 = 28; floor(28 / 3) = 9; 9 * 0.25^(c/2) -> 9, 4, 2 (sum 15); * 28/15 -> 16, 7, 3.
+    assert semi.unlabeled_targets_by_rank([8, 4, 2], 0.25, 2) == [16, 7, 3]
+    # The head of D_U follows the head of D_L (SVHN-LT's head is digit 1).
+    assert semi.unlabeled_targets_by_rank([2, 8, 4], 0.25, 2) == [3, 16, 7]
+    labeled = class_counts(5000, 10, "exp", 0.02)  # CIFAR-10-LT rho = 50, |D_L| = 13,996
+    assert semi.unlabeled_targets_by_rank(labeled, 0.02, 5) == [24999, 16186, 10477, 6784, 4390, 2843, 1839,
+                                                                 1189, 771, 496]
+    assert semi.unlabeled_targets_by_rank(labeled, 1.0, 5) == [6998] * 10
+
+
+def toy_data(counts=(8, 4, 2)):
+    targets = np.repeat(np.arange(len(counts)), counts)
+    array = np.full((len(targets), 4, 4, 3), 255, dtype=np.uint8)
+    return LongTailData("toy", len(counts), ImageSource(targets, array=array), ImageSource(targets, array=array),
+                        list(counts), (0.5,) * 3, (0.5,) * 3, 4, train_indices=np.arange(len(targets)))
+
+
+def test_add_pseudo_labeled_selects_by_reference_and_trains_on_pseudo_labels(tmp_path):
+    reference = np.array([0] * 5 + [1] * 10 + [2] * 3)  # class 0 can give 5 of the 16 wanted
+    pool, path = pool_of(reference), str(tmp_path / "p.pkl")
+    pseudo = (reference + 1) % 3
+    semi.save_pseudo_labels(path, pool, pseudo, np.ones(18), num_classes=3, dataset="toy", prediction_model="m")
+    messages = []
+    data = semi.add_pseudo_labeled(toy_data(), path, imb_factor_unlabel=0.25, size_factor=2, seed=0,
+                                   log=messages.append)
+    chosen = data.train.array[14:, 0, 0, 0].astype(int)
+    assert np.bincount(reference[chosen], minlength=3).tolist() == [5, 7, 3]
+    assert data.train.targets[14:].tolist() == pseudo[chosen].tolist()
+    assert data.train_counts == [8 + 3, 4 + 5, 2 + 7]  # pseudo labels are counted, as the reference does
+    assert data.train_indices[14:].tolist() == [-1] * 15 and "0 (5 of 16)" in messages[0]
+    again = semi.add_pseudo_labeled(toy_data(), path, 0.25, 2, seed=0, log=messages.append)
+    np.testing.assert_array_equal(again.train.array, data.train.array)  # seeded
+
+
+def test_leftover_pool_of_another_subset_is_refused(tmp_path):
+    pool = pool_of([1, 2])
+    pool.labeled_indices = np.array([5, 6, 7])
+    path = str(tmp_path / "p.pkl")
+    semi.save_pseudo_labels(path, pool, np.array([1, 2]), np.ones(2), num_classes=3, dataset="toy",
+                            prediction_model="m")
+    with pytest.raises(DatasetError, match="another long-tailed subset"):
+        semi.add_pseudo_labeled(toy_data(), path, 0.25, 2, log=lambda _: None)
+
+
+# ---- pre-trained loading -----------------------------------------------------------------------------
+def backbone_weights(seed=1):
+    torch.manual_seed(seed)
+    return {k: v.clone() for k, v in build_model("resnet32", 3).backbone.state_dict().items()}
+
+
+def prefixed(state, prefix):
+    return {prefix + k: v for k, v in state.items()}
+
+
+@pytest.mark.parametrize("case", ["plain_fc", "module", "orig_mod", "moco", "ltkit", "run_folder"])
+def test_pretrained_load_strips_every_wrapper(tmp_path, case):
+    weights = backbone_weights()
+    path = str(tmp_path / "w.pth")
+    if case == "plain_fc":
+        torch.save({**weights, "fc.weight": torch.randn(4, 64), "fc.bias": torch.randn(4)}, path)
+    elif case == "module":  # the paper's DataParallel rotation checkpoint (ALGORITHMS.md 3.8 item 2)
+        torch.save({"state_dict": prefixed({**weights, "linear.weight": torch.randn(4, 64)}, "module.")}, path)
+    elif case == "orig_mod":
+        torch.save(prefixed(weights, "_orig_mod."), path)
+    elif case == "moco":
+        state = {**prefixed(weights, "module.encoder_q."), **prefixed(backbone_weights(2), "module.encoder_k."),
+                 "module.encoder_q.fc.0.weight": torch.randn(64, 64), "module.queue": torch.randn(128, 16)}
+        torch.save({"state_dict": state, "epoch": 3}, path)
+    else:
+        source = build_method("rotation", build_model("resnet32", 3), COUNTS)
+        source.model.backbone.load_state_dict(weights)
+        path = str(tmp_path / "run" / "last.pth")
+        save_atomic(build_payload(method_name="rotation", method_kwargs={}, model_kwargs={}, dataset={}, config={},
+                                  state_dict=source.state_dict(), epoch=1), path)
+        path = os.path.dirname(path) if case == "run_folder" else path
+    method, logger = erm(), ListLogger(str(tmp_path / "new_run"))
+    head_before = {k: v.clone() for k, v in method.model.head.state_dict().items()}
+    stats = load_pretrained(method, path, logger)
+    assert all(torch.equal(v, weights[k]) for k, v in method.model.backbone.state_dict().items())
+    assert all(torch.equal(v, head_before[k]) for k, v in method.model.head.state_dict().items())
+    assert stats["loaded"] == len(weights) == 186 and "loaded 186 tensors" in logger.messages[0]
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda w: {"encoder." + k: v for k, v in w.items()}, "none of its"),
+    (lambda w: {**w, "conv1.weight": torch.randn(8, 3, 3, 3)}, "shape"),
+    (lambda w: {k: v for k, v in w.items() if k != "layer3.4.bn2.weight"}, "not in it"),
+    (lambda w: {**w, "layer9.weight": torch.randn(3)}, "neither backbone"),
+])
+def test_pretrained_load_refuses_partial_or_foreign_weights(tmp_path, change, message):
+    path = str(tmp_path / "w.pth")
+    torch.save(change(backbone_weights()), path)
+    with pytest.raises(CheckpointError, match=message):
+        load_pretrained(erm(), path, ListLogger())
+
+
+def test_pretrained_load_refuses_its_own_run_folder(tmp_path):
+    torch.save(backbone_weights(), str(tmp_path / "last.pth"))
+    with pytest.raises(CheckpointError, match="own folder"):
+        load_pretrained(erm(), str(tmp_path), ListLogger(str(tmp_path)))
+
+
+# ---- MoCo --------------------------------------------------------------------------------------------
+def moco(**options):
+    return build_method("moco", build_model("resnet32", 3), COUNTS, **{"dim": 4, "queue_size": 8, **options})
+
+
+def test_moco_queue_wraps_around():
+    method = moco()
+    start = method.queue.clone()
+    batches = [torch.randn(3, 4) for _ in range(3)]
+    method.enqueue(batches[0])
+    torch.testing.assert_close(method.queue[:3], batches[0])
+    torch.testing.assert_close(method.queue[3:], start[3:])
+    assert int(method.queue_ptr) == 3
+    method.enqueue(batches[1])
+    method.enqueue(batches[2])  # rows 6, 7 and then 0
+    torch.testing.assert_close(method.queue[3:6], batches[1])
+    torch.testing.assert_close(method.queue[[6, 7, 0]], batches[2])
+    torch.testing.assert_close(method.queue[1:3], batches[0][1:])
+    assert int(method.queue_ptr) == 1
+    with pytest.raises(ValueError, match="--moco_k"):
+        method.enqueue(torch.randn(9, 4))
+
+
+def test_moco_key_encoder_is_a_buffer_only_momentum_copy():
+    method = moco(momentum=0.5)
+    assert not list(method.key_encoder.parameters())
+    assert {id(p) for p in method.optim_parameters()}.isdisjoint({id(b) for b in method.key_encoder.buffers()})
+    query = method.model.backbone.conv1.weight
+    key = method.key_encoder.backbone.conv1.weight
+    torch.testing.assert_close(key, query)
+    with torch.no_grad():
+        query.add_(1.0)
+    method.momentum_update()
+    torch.testing.assert_close(key, query - 0.5)
+
+
+def test_moco_step_and_shuffled_keys_keep_their_order():
+    method = moco(queue_size=16, bn_splits=2)
+    views, targets = (torch.randn(8, 3, 8, 8), torch.randn(8, 3, 8, 8)), torch.randint(0, 3, (8,))
+    out = method.training_step(views, targets, epoch=0)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and int(method.queue_ptr) == 8
+    assert method.key_encoder.backbone.conv1.weight.grad is None
+    method.eval()  # batch statistics off: shuffled and plain encodings must agree row by row
+    torch.testing.assert_close(method.encode_keys(views[1]), method.key_encoder(views[1]))
+
+
+# ---- cRT ---------------------------------------------------------------------------------------------
+def test_crt_trains_the_head_alone():
+    method = build_method("crt", build_model("resnet32", 3), COUNTS)
+    assert {id(p) for p in method.optim_parameters()} == {id(p) for p in method.model.head.parameters()}
+    method.train()
+    assert not method.model.backbone.training and method.model.head.training
+    out = method.training_step(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0]), epoch=0)
+    out["loss"].backward()
+    assert all(p.grad is None for p in method.model.backbone.parameters())
+
+
+# ---- SVHN-LT -----------------------------------------------------------------------------------------
+def write_svhn(root, split, per_digit, seed=0):
+    from scipy import io as sio
+
+    rng = np.random.default_rng(seed)
+    digits = rng.permutation(np.repeat(np.arange(10), per_digit))
+    pixels = rng.integers(0, 256, size=(32, 32, 3, len(digits)), dtype=np.uint8)
+    os.makedirs(root, exist_ok=True)
+    sio.savemat(os.path.join(root, f"{split}_32x32.mat"), {"X": pixels, "y": np.where(digits == 0, 10, digits)[:, None]})
+    return digits
+
+
+def test_svhn_lt_counts_digit_zero_last_and_reference_selection(tmp_path):
+    import datasets.svhn_lt as svhn
+
+    profile = class_counts(1000, 10, "exp", 0.01)
+    per_digit = [profile[(d - 1) % 10] + 2 for d in range(10)]
+    digits = write_svhn(str(tmp_path), "train", per_digit)
+    write_svhn(str(tmp_path), "test", [3] * 10)
+    data = DATASETS.build("svhn", DataOptions(data_root=str(tmp_path), imb_factor=0.01, download=False))
+    assert data.train_counts[1] == 1000 and data.train_counts[0] == 10 and sum(data.train_counts) == 2478
+    rng, expected = np.random.RandomState(0), []
+    for digit in [1, 2, 3, 4, 5, 6, 7, 8, 9, 0]:  # the reference's class order
+        idx = np.where(digits == digit)[0]
+        rng.shuffle(idx)
+        expected.append(idx[:profile[(digit - 1) % 10]])
+    np.testing.assert_array_equal(data.train_indices, np.concatenate(expected))
+    assert len(data.unlabeled) == 20 and data.test.array.shape == (30, 32, 32, 3)
+    assert svhn.read_svhn_split(str(tmp_path), "test").targets.max() == 9
+
+
+def test_svhn_download_goes_through_torchvision(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tv_utils
+
+    from datasets.svhn_lt import read_svhn_split
+
+    with pytest.raises(DatasetError, match="download is off"):
+        read_svhn_split(str(tmp_path), "extra", download=False)
+    calls = []
+
+    def offline(url, root, filename=None, md5=None):
+        calls.append((url, filename, md5))
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(tv_utils, "download_url", offline)
+    with pytest.raises(DatasetError, match="cannot download"):
+        read_svhn_split(str(tmp_path), "extra", download=True)
+    assert calls[0][0].endswith("extra_32x32.mat") and len(calls[0][2]) == 32
+    monkeypatch.setattr(tv_utils, "download_url", lambda url, root, filename=None, md5=None:
+                        write_svhn(root, "extra", [2] * 10))
+    pool = semi.svhn_extra_pool(str(tmp_path), download=True)
+    assert len(pool) == 20 and np.bincount(pool.reference_labels).tolist() == [2] * 10
+
+
+# ---- end to end --------------------------------------------------------------------------------------
+def run(*argv, expect=0):
+    # One thread per process: the two chains below run side by side.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, env=env)
+    assert result.returncode == expect, result.stdout[-2000:] + result.stderr[-2000:]
+    return result.stdout + result.stderr
+
+
+def moco_chain(root, common):
+    run("main.py", "--method", "moco", *common, "--moco_k", "64", "--out_dir", str(root / "moco"))
+    return run("main.py", "--method", "crt", *common, "--pretrained_model", str(root / "moco"), "--out_dir",
+               str(root / "crt"))
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """Tiny synthetic CIFAR-10; the MoCo -> cRT chain starts in the background at once."""
+    root = tmp_path_factory.mktemp("semi_self")
+    write_cifar(str(root / "data"), 10, 40, 4)
+    common = ["--dataset", "cifar10", "--data_root", str(root / "data"), "--download", "False", "--imb_factor",
+              "0.1", "--epochs", "1", "--limit_batches", "2", "-b", "32", "--workers", "0", "--progress", "False"]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield root, common, pool.submit(moco_chain, root, common)
+
+
+def gen_script():
+    spec = importlib.util.spec_from_file_location("gen_pseudolabels", os.path.join(REPO, "scripts", "gen_pseudolabels.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rotation_then_ce_then_pseudo_labels_then_semi_supervised(smoke, capsys):
+    root, common, _ = smoke
+    run("main.py", "--method", "rotation", *common, "--out_dir", str(root / "rot"))
+    log = run("main.py", "--method", "ce", *common, "--pretrained_model", str(root / "rot"), "--out_dir", str(root / "ce"))
+    assert "pretrained: loaded 186 tensors" in log
+    out = str(root / "pseudo.pkl")
+    run("scripts/gen_pseudolabels.py", "--path", str(root / "ce"), "--pool", "leftover", "--out", out, "--workers", "0")
+    assert len(semi.load_pseudo_labels(out)["pseudo_labels"]) == 400 - 159  # the images the LT cut left out
+    script = gen_script()
+    for argv, fragment in ((["--path", str(root / "ce"), "--out", out], "--force"),
+                           (["--path", str(root / "nope"), "--out", str(root / "new.pkl")], "not found"),
+                           (["--path", str(root / "rot"), "--out", str(root / "new.pkl")], "pre-training run")):
+        args = script.get_args_parser().parse_args([*argv, "--pool", "leftover", "--workers", "0"])
+        assert run_guarded("gen_pseudolabels.py", lambda: script.main(args)) == 2
+        error = capsys.readouterr().err
+        assert fragment in error and error.strip().count("\n") == 0
+    log = run("main.py", "--method", "ce", *common, "--unlabeled", out, "--out_dir", str(root / "semi"))
+    assert "pseudo-labelled D_U" in log and "short in classes 0 (0 of" in log  # no head-class leftovers
+
+
+def test_moco_then_crt(smoke):
+    root, common, chain = smoke
+    assert "pretrained: loaded 186 tensors" in chain.result()
+    assert os.path.isfile(root / "crt" / "last.pth")
+    argv = ["--method", "crt", "--out_dir", str(root / "moco"), "--pretrained_model", str(root / "moco" / "last.pth")]
+    with pytest.raises(ConfigError, match="must not overwrite"):
+        main_script.build_config(main_script.get_args_parser().parse_args(argv))
+    with pytest.raises(ConfigError, match="--pretrained_model"):
+        main_script.build_config(main_script.get_args_parser().parse_args(["--method", "crt"]))
