@@ -294,10 +294,12 @@ def test_paper_command_smoke_run_then_test_script(tmp_path):
     results = json.load(open(os.path.join(run, "results.json")))
     assert results["method"] == "bccl" and results["last"]["epoch"] == 2
     assert 0.0 <= results["last"]["top1"] <= 100.0 and math.isfinite(results["last"]["nll"])
-    result = subprocess.run([sys.executable, "test.py", "--path", run, "--workers", "0"], cwd=ROOT,
-                            env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=600)
+    summary_path = str(tmp_path / "eval.json")
+    result = subprocess.run([sys.executable, "test.py", "--path", run, "--workers", "0", "--json", summary_path],
+                            cwd=ROOT, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "top-1" in result.stdout
+    summary = json.load(open(summary_path))
+    assert summary["epoch"] == 2 and summary["top1"] == pytest.approx(results["last"]["top1"])
 
 
 def test_resume_continues_queues_and_centroids_exactly(cifar10_root, tmp_path):

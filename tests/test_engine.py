@@ -209,3 +209,15 @@ def test_ddp_gloo_matches_single_process(tmp_path):
     for key in a["state"]:
         torch.testing.assert_close(a["state"][key], b["state"][key], rtol=1e-4, atol=1e-5)  # float summation order differs
     assert a["top1"] == b["top1"] and a["nll"] == pytest.approx(b["nll"], rel=1e-5)
+
+
+def test_bf16_channels_last_and_gpu_flag_without_cuda(cifar10_root, tmp_path, capfd):
+    run = str(tmp_path / "run")
+    results = run_training(config_for(cifar10_root.root, run, "--epochs", "1", "--amp", "bf16",
+                                      "--channels_last", "--gpu", "0", "--tau_norm", "1.0",
+                                      "--posthoc_tau", "1.0", "--tta_flip"), "ce")
+    assert np.isfinite(results["last"]["nll"])
+    for key in ("last_flip_tta", "last_posthoc_la_tau1", "last_tau_norm1"):
+        assert 0.0 <= results[key]["top1"] <= 100.0 and results[key]["rule"].startswith("last epoch")
+    if not torch.cuda.is_available():
+        assert capfd.readouterr().err.count("CUDA is not available") == 1

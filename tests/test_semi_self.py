@@ -39,6 +39,15 @@ class ListLogger:
         self.messages.append(message)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: on a shared CPU, intra-op threads only add synchronisation (often 10x)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def erm(arch="resnet32", counts=COUNTS):
     return build_method("erm", build_model(arch, len(counts)), counts)
 

@@ -6,7 +6,7 @@ the same entry scripts run everywhere. Only rank 0 writes files.
 from __future__ import annotations
 
 import os
-import warnings
+import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -69,7 +69,7 @@ def setup_devices(gpu: Optional[str], backend: Optional[str] = None) -> DeviceCo
             dist.init_process_group(backend or ("nccl" if has_cuda else "gloo"))
         return DeviceContext(device, rank, world, local_rank)
     if ids is not None and not has_cuda:
-        warnings.warn(f"--gpu {gpu} was given but CUDA is not available: running on CPU", stacklevel=2)
+        print(f"warning: --gpu {gpu} was given but CUDA is not available: running on CPU", file=sys.stderr)
         return DeviceContext(torch.device("cpu"))
     if not has_cuda:
         return DeviceContext(torch.device("cpu"))
