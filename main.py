@@ -66,14 +66,15 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     choice = choose_method(args)
     defaults = choice.defaults
     aug_options = {**choice.aug_options, **{k: v for k, v in (("randaug_n", args.randaug_n),
-                                                               ("randaug_m", args.randaug_m)) if v is not None}}
+                                                               ("randaug_m", args.randaug_m),
+                                                               ("color_jitter", args.color_jitter)) if v is not None}}
     config = TrainConfig(
         script="main.py", dataset=args.dataset, data=cli.data_options(args, "shuffle"), arch=args.arch,
         head=choice.head, head_scale=choice.head_scale, method=choice.method,
         method_options=choice.method_options, batch_size=cli.pick(args.batch_size, defaults["batch_size"]),
         train_aug=tuple(cli.pick(args.aug, defaults["aug"])), aug_options=aug_options,
         sampler=choice.sampler, sampler_options=choice.sampler_options,
-        select_on=cli.pick(args.select_on, "val" if args.val_per_class > 0 else "test"),
+        select_on=args.select_on,
         optim=cli.optim_config(args, defaults), run=cli.run_config(args, defaults["seed"]),
         drop_last=choice.drop_last, eval_posthoc_tau=args.posthoc_tau, eval_tau_norm=args.tau_norm,
         **cli.semi_self_fields(args))

@@ -66,9 +66,11 @@ def evaluation_set(payload: Dict[str, Any], data_root, split: str):
     if data_root is not None:
         options["data_root"] = data_root
     data = build_dataset(info["name"], DataOptions(**options))
-    if list(data.train_counts) != list(info["train_counts"]):
+    if list(data.train_counts) != list(info.get("labeled_counts", info["train_counts"])):
         raise DatasetError(f"the data under {options['data_root']} gives other class counts than the "
                            "checkpoint was trained with: point --data_root at the training data")
+    # Shot groups use the counts the model was trained with (pseudo-labelled images included).
+    data.train_counts = list(info["train_counts"])
     source = data.test if split == "test" else data.val
     if source is None:
         raise DatasetError("this run has no validation split (it was trained without --val_per_class)")

@@ -24,9 +24,20 @@ import sys
 import time
 from typing import Any, Dict, Optional, Tuple
 
-from datasets import DATASETS
-from utils import cli
+import numpy as np
+import torch
+
+from datasets import DATASETS, LongTailData, build_dataset
+from datasets.augment import recipe_options
+from models.heads import tau_normalize_head
+from test import rebuild
+from utils import cli, dist
+from utils.checkpoint import load_checkpoint, resolve_checkpoint_path
 from utils.config import ConfigError, OneLineErrorParser, TrainConfig
+from utils.engine import DeviceInputs, collect_logits
+from utils.logger import write_json
+from utils.metrics import format_shot_table, summarize
+from utils.runner import build_loaders, find_resume, run_training
 
 # The reference's --dataset spellings.
 DATASET_ALIASES = {"imagenet": "imagenet_lt", "inaturalist": "inat2018"}
@@ -91,8 +102,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def training_recipe(args: argparse.Namespace, style: str) -> Tuple[str, Dict[str, Any]]:
     """The augmentation recipe and its options from --data_aug (or the toolkit's --aug)."""
-    from datasets.augment import recipe_options
-
     if args.aug:
         if args.data_aug is not None:
             raise ConfigError("--aug and --data_aug both choose the training augmentation: pass one")
@@ -103,14 +112,23 @@ def training_recipe(args: argparse.Namespace, style: str) -> Tuple[str, Dict[str
         recipe = DATA_AUG[args.data_aug or "none"][style]
         # LCSL's ImageNet sim_aug adds Gaussian blur to the SimCLR view (ALGORITHMS.md 1.5).
         options = {"blur": True} if recipe == "simclr" else {}
-    for key in ("randaug_n", "randaug_m"):
-        value = getattr(args, key)
+    for key in ("randaug_n", "randaug_m", "color_jitter"):
+        value = getattr(args, key, None)
         if value is not None:
             if key not in recipe_options(recipe):
-                raise ConfigError(f"--{key} sets RandAugment (--data_aug autoaug on ImageNet-style data), "
-                                  f"but this run trains with the '{recipe}' recipe")
+                raise ConfigError(f"--{key} is an option of other recipes than '{recipe}', the one this "
+                                  "run trains with (--data_aug, or --aug)")
             options[key] = value
     return recipe, options
+
+
+def default_selection(args: argparse.Namespace, val_per_class: int) -> str:
+    """Select on a validation split wherever the data have one: the images --val_per_class cuts
+    from the CIFAR leftovers, or a list dataset's own validation list (ImageNet-LT and Places-LT
+    always have one; iNaturalist's validation list is its test set)."""
+    if args.dataset in CIFAR_DATASETS:
+        return "val" if val_per_class > 0 else "test"
+    return "val" if args.dataset in ("imagenet_lt", "places_lt") or args.val_list else "test"
 
 
 def check_flags(args: argparse.Namespace) -> None:
@@ -135,7 +153,10 @@ def build_config(args: argparse.Namespace) -> Tuple[TrainConfig, str]:
     if arch is None:
         raise ConfigError(f"the LCSL paper names no backbone for --dataset {args.dataset}: pass --arch")
     val_per_class = args.val_per_class if args.val_per_class is not None else (DEFAULT_VAL_PER_CLASS if cifar else 0)
-    select_on = cli.pick(args.select_on, "val" if val_per_class > 0 else "test")
+    select_on = cli.pick(args.select_on, default_selection(args, val_per_class))
+    if select_on == "val" and cifar and val_per_class < 1:
+        raise ConfigError("--select_on val needs a validation split: --val_per_class N (N >= 1) cuts one "
+                          "from the unused training images; or pass --select_on test, as the paper's code")
     recipe, aug_options = training_recipe(args, "cifar" if cifar else "imagenet")
     method_options = dict(arch=arch, alpha=args.alpha, beta=args.beta, tau=args.tau, threshold=args.lambda_init,
                           fc_norm=args.fc_norm > 0, select_on=select_on)
@@ -155,11 +176,11 @@ def resolve_resume(config: TrainConfig, label: str, start_epoch: int) -> Optiona
     """The checkpoint file to continue from (None: a fresh run). ``--start_epoch N > 1`` is the
     reference's way to resume: it means --resume auto, must find a checkpoint, and must name
     the epoch after the last finished one."""
-    from utils.checkpoint import load_checkpoint, resolve_checkpoint_path
-    from utils.runner import find_resume
-
     path = config.run.resume
     if path == "auto" or (path is None and start_epoch > 1):
+        # run_training marks runs with pseudo-labelled data or a pre-trained start in the folder
+        # name; the search must use the name it gives.
+        label += ("_ssp" if config.pretrained_model else "") + ("_semi" if config.unlabeled else "")
         path = find_resume(config, label)
     if start_epoch > 1:
         if path is None:
@@ -173,11 +194,9 @@ def resolve_resume(config: TrainConfig, label: str, start_epoch: int) -> Optiona
     return resolve_checkpoint_path(path, prefer="last.pth") if path else None
 
 
-def check_selection_split(config: TrainConfig, data) -> None:
+def check_selection_split(config: TrainConfig, data: LongTailData) -> None:
     """The teacher is replaced by mean per-class accuracy and best.pth is chosen by top-1 on the
     same split; they are the same number only when every present class has as many images."""
-    import numpy as np
-
     split = config.select_on
     source = data.val if split == "val" else data.test
     if source is None or len(source) == 0:
@@ -192,23 +211,10 @@ def check_selection_split(config: TrainConfig, data) -> None:
                           f"teacher's rule) could pick different students{fix}")
 
 
-def report_selected(config: TrainConfig, run_dir: str, tau: float) -> Dict[str, Any]:
-    """Evaluates best.pth on the test set as the paper's code does at the end, and adds the
-    entries to results.json: plain / flip TTA x trained / tau-normalised classifier."""
-    import torch
-
-    from datasets import build_dataset
-    from models.heads import tau_normalize_head
-    from test import rebuild
-    from utils import dist
-    from utils.checkpoint import load_checkpoint
-    from utils.engine import DeviceInputs, collect_logits
-    from utils.logger import write_json
-    from utils.metrics import format_shot_table, summarize
-    from utils.runner import build_loaders
-
+def evaluate_selected(config: TrainConfig, ctx: dist.DeviceContext, run_dir: str, tau: float) -> Dict[str, Any]:
+    """best.pth on the test set as the paper's code evaluates it at the end: the trained and the
+    tau-normalised classifier, each without and with flip test-time augmentation."""
     began = time.time()
-    ctx = dist.setup_devices(config.run.gpu)
     payload = load_checkpoint(os.path.join(run_dir, "best.pth"))
     method = rebuild(payload)
     data = build_dataset(config.dataset, config.data)
@@ -235,14 +241,20 @@ def report_selected(config: TrainConfig, run_dir: str, tau: float) -> Dict[str, 
             rule = f"{chosen}; test set, {what}, {'flip test-time augmentation' if flip else 'no TTA'}"
             entries[name] = {**summarize(variant, targets, counts), "epoch": epoch, "rule": rule}
     entries["selected_report"] = {
-        "checkpoint": "best.pth", "epoch": epoch, "select_on": split,
+        "checkpoint": "best.pth", "epoch": epoch, "select_on": split, "rule": chosen,
         "teacher_epoch": int(method.teacher_epoch),
         "paper_prints": ["selected_flip_tta", f"selected_tau_norm{tau:g}_flip_tta"],
         "note": "the paper's code prints the selected model's mean per-class test accuracy and "
                 "many/medium/few with flip TTA, then the same for its tau-normalised copy",
         "time_s": time.time() - began}
-    if ctx.is_main:
-        print(f"== LCSL final report: {chosen}")
+    return entries
+
+
+def write_report(run_dir: str, entries: Dict[str, Any], is_main: bool) -> None:
+    """Prints the entries and adds them to the run's results.json (rank 0 only)."""
+    report = entries["selected_report"]
+    if is_main:
+        print(f"== LCSL final report: {report['rule']}")
         for name, entry in entries.items():
             if name != "selected_report":
                 print(f"-- {name}: {entry['rule'].split('; ', 1)[1]}")
@@ -251,18 +263,15 @@ def report_selected(config: TrainConfig, run_dir: str, tau: float) -> Dict[str, 
         with open(path) as stream:
             results = json.load(stream)
         results.update(entries)
-        results["selected_checkpoint"] = {"file": "best.pth", "epoch": epoch,
-                                          "rule": f"best mean per-class accuracy on the {split} split "
-                                                  "(LCSL's teacher rule; equal to top-1 on this balanced split)"}
+        results["selected_checkpoint"] = {"file": "best.pth", "epoch": report["epoch"],
+                                          "rule": f"best mean per-class accuracy on the {report['select_on']} "
+                                                  "split (LCSL's teacher rule; equal to top-1 on this balanced split)"}
         write_json(path, results)
         print(f"selected-model results added to {path}")
     dist.barrier()
-    return entries
 
 
 def main(args: argparse.Namespace) -> None:
-    from utils.runner import run_training
-
     config, label = build_config(args)
     resume = resolve_resume(config, label, args.start_epoch)
     config = dataclasses.replace(config, run=dataclasses.replace(config.run, resume=resume))
@@ -273,7 +282,9 @@ def main(args: argparse.Namespace) -> None:
         run_dir["path"] = logger.run_dir
 
     run_training(config, label, prepare_method=prepare)
-    report_selected(config, run_dir["path"], args.tau_norm)
+    # The same devices as training; the runner has already said when --gpu finds no CUDA.
+    ctx = dist.setup_devices(config.run.gpu if torch.cuda.is_available() else None)
+    write_report(run_dir["path"], evaluate_selected(config, ctx, run_dir["path"], args.tau_norm), ctx.is_main)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ DATASETS.register("inat2018")(inat2018)
 DATASETS.register("places_lt")(places_lt)
 DATASETS.register("image_list")(image_list)
 
+from . import svhn_lt  # noqa: E402,F401  (registers "svhn"; it imports DATASETS from here)
+
 
 def build_dataset(name: str, options: DataOptions) -> LongTailData:
     """The long-tailed data named ``name`` (see ``DATASETS.names()``), built from ``options``."""

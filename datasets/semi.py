@@ -318,11 +318,13 @@ def add_pseudo_labeled(data: LongTailData, path: str, imb_factor_unlabel: float,
         raise DatasetError(f"{path}: pseudo labels outside 0..{data.num_classes - 1}")
     taken = np.bincount(selection_labels[chosen], minlength=data.num_classes)[:data.num_classes]
     short = [f"{c} ({int(taken[c])} of {wanted[c]})" for c in range(data.num_classes) if taken[c] < wanted[c]]
-    log(f"pseudo-labelled D_U from {path}: {len(chosen)} of {sum(wanted)} wanted images "
-        f"(size factor {size_factor:g}, imbalance {1 / imb_factor_unlabel:g}, chosen by "
-        f"{'reference' if by_reference else 'pseudo'} labels, seed {seed}); pseudo labels agree with "
-        + (f"the reference labels on {100.0 * np.mean(pseudo == selection_labels[chosen]):.1f}%"
-           if by_reference and len(chosen) else "no reference labels")
+    agreement = ""
+    if by_reference and len(chosen):
+        agreement = f"; pseudo labels agree with them on {100.0 * np.mean(pseudo == selection_labels[chosen]):.1f}%"
+    log(f"pseudo-labelled D_U from {path}: {len(chosen)} of {sum(wanted)} wanted images (size factor "
+        f"{size_factor:g}, imbalance {1 / imb_factor_unlabel:g}, seed {seed}), chosen by "
+        + ("the pool's reference labels" + agreement if by_reference
+           else "their pseudo labels (the pool has no reference labels)")
         + (f"; the pool is short in classes {', '.join(short)}" if short else ""))
     targets = np.concatenate([data.train.targets, pseudo])
     train_indices = None

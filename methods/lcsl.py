@@ -11,7 +11,8 @@ minority class. The student learns from both signals:
     yhat_i = argmax softmax(T_flip(x~)_i / tau),  m_i = 1[max softmax >= conf] * 1[yhat_i in M],
 
 where T_flip averages T's logits on the image and its mirror and M is the set of classes with
-fewer training images than the mean. At the start of each epoch T's classifier rows are scaled
+fewer training images than the mean. T starts as a separate random network and gives no labels
+until a student first replaces it (``training_step`` says why). At the start of each epoch T's classifier rows are scaled
 to unit L2 norm; after each evaluation T is replaced by S whenever S's mean per-class accuracy on
 the selection split improves (the same S the engine saves as best.pth, see ``on_epoch_end``).
 """
@@ -28,6 +29,7 @@ from datasets.longtail import minority_classes
 from methods.base import METHODS, Method, StepOutput
 from models import build_model
 from models.heads import normalize_rows_
+from utils.config import ConfigError
 
 SELECTION_SPLITS = ("val", "test")
 # Scores are percentages. Two epochs with the same number of correct images on a balanced split
@@ -151,6 +153,9 @@ class LCSL(Method):
         minority[minority_classes(list(class_counts))] = True
         self.register_buffer("minority", minority, persistent=False)
         object.__setattr__(self, "_teacher_network", None)
+        # teacher_epoch > 0, kept on the host so the step never reads the buffer back; refreshed
+        # at every epoch start (after a resume too) and on replacement.
+        self._teacher_trained = False
 
     def _check_same_architecture(self) -> None:
         student = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
@@ -189,7 +194,15 @@ class LCSL(Method):
                       indices: Optional[Tensor] = None) -> StepOutput:
         lam, perm = self.draw_mixup(targets.shape[0], images.device)
         mixed = mix_images(images, lam, perm)  # B x 3 x H x W; the only images S and T see
-        pseudo, mask = self_labels(self.teacher_logits(mixed), self.tau, self.threshold, self.minority)
+        if self._teacher_trained:
+            pseudo, mask = self_labels(self.teacher_logits(mixed), self.tau, self.threshold, self.minority)
+        else:
+            # Until a student first replaces it, the teacher is the random initialisation and
+            # gives no labels. In the reference its unit-norm rows on a ResNet-34 with PyTorch's
+            # default init give near-uniform softmaxes, so the confidence filter drops every label;
+            # a Kaiming-initialised ResNet-32 in eval mode with fresh BN statistics instead emits
+            # features of norm ~1e3 and fully confident random labels, which would be pure noise.
+            pseudo, mask = targets, torch.zeros(targets.shape[0], device=targets.device)
         logits = self.network(mixed)  # B x C, the one forward with a graph
         loss, parts = lcsl_loss(logits, targets, perm, lam, pseudo, mask, self.alpha, self.beta)
         parts["sl/mask_rate"] = mask.mean()  # share of the batch whose teacher label counts
@@ -199,6 +212,7 @@ class LCSL(Method):
     def on_epoch_start(self, epoch: int) -> None:
         """Unit-L2 classifier rows for the teacher (``utils.Normalizer`` in the reference), so head
         classes lose the weight-norm advantage before the teacher labels minority samples."""
+        self._teacher_trained = int(self.teacher_epoch) > 0
         if self.fc_norm:
             normalize_rows_(self.teacher.head)
 
@@ -219,8 +233,6 @@ class LCSL(Method):
         if not evaluations:  # an epoch skipped by --eval_interval
             return {}
         if self.select_on not in evaluations:
-            from utils.config import ConfigError
-
             raise ConfigError(f"LCSL replaces its teacher by the {self.select_on} split, but this run "
                               f"evaluates only {', '.join(sorted(evaluations))}: add --val_per_class N "
                               "or use --select_on test")
@@ -230,6 +242,7 @@ class LCSL(Method):
         self.best_score.fill_(score)
         self.teacher_epoch.fill_(epoch + 1)
         self.replace_teacher()
+        self._teacher_trained = True
         return {"method/teacher_epoch": epoch + 1, "method/teacher_score": score,
                 "method/teacher_rule": f"student copied into the teacher when its mean per-class "
                                        f"accuracy on the {self.select_on} split improved"}

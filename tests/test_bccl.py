@@ -41,6 +41,15 @@ def two_view_batch():
     return features, torch.tensor([0, 1])
 
 
+@pytest.fixture
+def one_thread():
+    """Trains in-process on one thread, as SUBPROCESS_ENV does for subprocesses."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def parse(*argv):
     return main_script.get_args_parser().parse_args(list(argv))
 
@@ -109,7 +118,8 @@ def test_centroid_loss_hand_computed():
 
 
 def test_logit_adjusted_ce_with_uniform_prior_is_ce():
-    logits, targets = torch.randn(8, 3, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    logits = torch.randn(8, 3, generator=torch.Generator().manual_seed(1))
+    targets = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     uniform = LOSSES.build("logit_adjust", class_counts=[7, 7, 7], tau=1.0)
     assert uniform(logits, targets).item() == pytest.approx(F.cross_entropy(logits, targets).item(), rel=1e-6)
     skewed = LOSSES.build("logit_adjust", class_counts=[6, 3, 1], tau=1.0)
@@ -199,7 +209,7 @@ def tiny_batch(step):
     return views, torch.tensor([0, 0, 1, 2, 0, 1])
 
 
-def test_training_step_queues_centroids_and_gradients():
+def test_training_step_queues_centroids_and_gradients(one_thread):
     method = tiny_method(warmup_epochs=1, kmeans_every=10)
     method.train()
     out = method.training_step(*tiny_batch(0), epoch=0)  # warm-up: no centroid loss
@@ -218,7 +228,7 @@ def test_training_step_queues_centroids_and_gradients():
     assert int(method.kmeans_runs) == 3
 
 
-def test_epoch_refresh_mode_clusters_once_per_epoch():
+def test_epoch_refresh_mode_clusters_once_per_epoch(one_thread):
     method = tiny_method(warmup_epochs=0, kmeans_refresh="epoch")
     method.train()
     method.training_step(*tiny_batch(0), epoch=0)
@@ -228,7 +238,7 @@ def test_epoch_refresh_mode_clusters_once_per_epoch():
     assert int(method.kmeans_runs) == 1
 
 
-def test_checkpoint_round_trip_restores_queues_and_centroids(tmp_path):
+def test_checkpoint_round_trip_restores_queues_and_centroids(tmp_path, one_thread):
     import test as test_script
 
     method = tiny_method(warmup_epochs=0)
@@ -252,11 +262,13 @@ def test_paper_command_gives_the_bccl_recipe():
     config, label = main_script.build_config(parse(*PAPER_COMMAND))
     optim = config.optim
     assert config.method == "bccl" and label == "bccl" and config.drop_last
-    assert (optim.lr, optim.weight_decay, optim.warmup_epochs, optim.cosine, optim.epochs) == (0.15, 5e-4, 10, True, 200)
+    assert (optim.lr, optim.weight_decay, optim.warmup_epochs, optim.cosine) == (0.15, 5e-4, 10, True)
+    assert optim.epochs == 200
     assert config.head == "normed" and config.head_scale == pytest.approx(1 / 0.03)
     assert config.train_aug == ("autoaug", "simclr") and config.run.seed == 42 and config.batch_size == 128
     options = config.method_options
-    assert (options["temperature"], options["feat_dim"], options["queue_size"], options["num_centroids"]) == (0.1, 128, 100, 5)
+    assert (options["temperature"], options["feat_dim"]) == (0.1, 128)
+    assert (options["queue_size"], options["num_centroids"], options["warmup_epochs"]) == (100, 5, 10)
     imagenet, _ = main_script.build_config(parse("--dataset", "imagenet_lt", "--temp", "0.07", "--feat_dim", "2048"))
     assert imagenet.train_aug == ("simclr", "simclr") and imagenet.method_options["feat_dim"] == 2048
 
@@ -302,7 +314,7 @@ def test_paper_command_smoke_run_then_test_script(tmp_path):
     assert summary["epoch"] == 2 and summary["top1"] == pytest.approx(results["last"]["top1"])
 
 
-def test_resume_continues_queues_and_centroids_exactly(cifar10_root, tmp_path):
+def test_resume_continues_queues_and_centroids_exactly(cifar10_root, tmp_path, one_thread):
     def config(out_dir, *extra):
         argv = ["--dataset", "cifar10", "--data_root", cifar10_root.root, "--imb_factor", "0.1", "--download",
                 "False", "--epochs", "2", "--warmup_epochs", "1", "-b", "16", "--limit_batches", "2",
@@ -320,50 +332,53 @@ def test_resume_continues_queues_and_centroids_exactly(cifar10_root, tmp_path):
         assert torch.equal(value, b[key]), key
 
 
-# ---- DDP: gathered features give the single-process loss, gradient and queues --------------------------
-def _ddp_step(rank, world, port, out):
-    import torch.distributed as torch_dist
+# ---- DDP: gathered features give the single-process loss, gradient and queue input -------------------
+# Each rank is a plain `python -c` process importing only what the BCCL step uses across ranks
+# (spawning workers from this module would import the whole toolkit twice more).
+DDP_RANK = """
+import os, sys
+import torch
+import torch.distributed as dist
+from losses.supcon import class_averaged_supcon
+from utils.dist import gather_no_grad, gather_with_grad
 
-    from utils.dist import gather_no_grad, gather_with_grad
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch_dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        features, labels = _ddp_inputs()
-        local = features[rank * 4:(rank + 1) * 4].clone().requires_grad_(True)
-        gathered, all_labels = gather_with_grad(local), gather_no_grad(labels[rank * 4:(rank + 1) * 4])
-        loss = class_averaged_supcon(gathered, all_labels, 0.1)
-        loss.backward()
-        queues = ClassQueues(3, 5, 4)
-        queues.push(gathered.detach().transpose(0, 1).reshape(-1, 4), all_labels.repeat(2))
-        # DDP averages parameter gradients over ranks; for this feature gradient that is the
-        # all-reduced sum / world, which must equal the single-process gradient of the global loss.
-        grad = gather_no_grad(local.grad) / world
-        torch.save({"loss": loss.item(), "grad": grad, "queue": queues.features}, f"{out}.{rank}")
-    finally:
-        torch_dist.destroy_process_group()
-
-
-def _ddp_inputs():
-    generator = torch.Generator().manual_seed(0)
-    return F.normalize(torch.randn(8, 2, 4, generator=generator), dim=2), torch.tensor([0, 1, 0, 2, 1, 0, 0, 2])
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+features, labels = torch.load(sys.argv[1])
+share = features.shape[0] // world
+local = features[rank * share:(rank + 1) * share].clone().requires_grad_(True)
+gathered = gather_with_grad(local)  # as BCCL.training_step gathers z ...
+all_labels = gather_no_grad(labels[rank * share:(rank + 1) * share])  # ... and the labels
+loss = class_averaged_supcon(gathered, all_labels, 0.1)
+loss.backward()
+# DDP averages gradients over ranks: for this input that is the all-gathered gradient / world.
+grad = gather_no_grad(local.grad) / world
+torch.save({"loss": loss.item(), "grad": grad, "pushed": (gathered.detach(), all_labels)}, f"{sys.argv[2]}.{rank}")
+dist.destroy_process_group()
+"""
 
 
 def test_ddp_gathers_features_before_the_loss_and_the_queue(tmp_path):
-    features, labels = _ddp_inputs()
-    features.requires_grad_(True)
-    loss = class_averaged_supcon(features, labels, 0.1)
-    loss.backward()
-    queues = ClassQueues(3, 5, 4)
-    queues.push(features.detach().transpose(0, 1).reshape(-1, 4), labels.repeat(2))
+    generator = torch.Generator().manual_seed(0)
+    features = F.normalize(torch.randn(8, 2, 4, generator=generator), dim=2)  # 8 images x 2 views
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 0, 2])
+    inputs, out = str(tmp_path / "inputs.pt"), str(tmp_path / "rank")
+    torch.save((features, labels), inputs)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    out = str(tmp_path / "ddp")
-    # Forked workers inherit the imported modules, which spawned ones would import again (slow).
-    torch.multiprocessing.start_processes(_ddp_step, args=(2, port, out), nprocs=2, join=True, start_method="fork")
+    ranks = [subprocess.Popen([sys.executable, "-c", DDP_RANK, inputs, out], cwd=ROOT, stderr=subprocess.PIPE,
+                              env={**SUBPROCESS_ENV, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                                   "MASTER_PORT": str(port)}) for rank in range(2)]
+    for process in ranks:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr.decode()[-2000:]
+    features.requires_grad_(True)
+    loss = class_averaged_supcon(features, labels, 0.1)
+    loss.backward()
     for rank in range(2):
         result = torch.load(f"{out}.{rank}")
         assert result["loss"] == pytest.approx(loss.item(), rel=1e-6)
         torch.testing.assert_close(result["grad"], features.grad, rtol=1e-5, atol=1e-7)
-        assert torch.equal(result["queue"], queues.features)  # every rank holds the same queues
+        # Every rank pushes the whole global batch, so every rank's queues stay identical.
+        assert torch.equal(result["pushed"][0], features.detach()) and torch.equal(result["pushed"][1], labels)

@@ -24,7 +24,7 @@ SAMPLE_COUNTS = [500, 299, 179, 107, 64, 38, 23, 13, 8, 5]
 
 def test_registry_lists_every_dataset():
     assert DATASETS.names() == sorted(
-        ["cifar10", "cifar100", "cifar10_sample", "imagenet_lt", "inat2018", "places_lt", "image_list"]
+        ["cifar10", "cifar100", "cifar10_sample", "imagenet_lt", "inat2018", "places_lt", "image_list", "svhn"]
     )
     with pytest.raises(KeyError, match="cifar10_sample"):
         build_dataset("cifar1O", DataOptions())

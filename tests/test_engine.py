@@ -221,3 +221,21 @@ def test_bf16_channels_last_and_gpu_flag_without_cuda(cifar10_root, tmp_path, ca
         assert 0.0 <= results[key]["top1"] <= 100.0 and results[key]["rule"].startswith("last epoch")
     if not torch.cuda.is_available():
         assert capfd.readouterr().err.count("CUDA is not available") == 1
+
+
+def test_selection_split_is_resolved_from_the_data(cifar10_root, tmp_path):
+    with pytest.raises(Exception, match="--select_on val needs a validation split"):
+        run_training(config_for(cifar10_root.root, str(tmp_path / "a"), "--select_on", "val"), "ce")
+    results = run_training(config_for(cifar10_root.root, str(tmp_path / "b"), "--epochs", "1",
+                                      "--val_per_class", "2"), "ce")
+    assert results["selected_checkpoint"]["rule"] == "best top-1 on the val split"
+    assert results["best_on_val"]["num_samples"] > 0
+
+
+def test_run_never_writes_into_its_pretrained_input(cifar10_root, tmp_path):
+    source = str(tmp_path / "source")
+    run_training(config_for(cifar10_root.root, source, "--epochs", "1"), "ce")
+    before = open(os.path.join(source, "config.json")).read()
+    with pytest.raises(Exception, match="--pretrained_model"):
+        run_training(config_for(cifar10_root.root, source, "--pretrained_model", source), "ce")
+    assert open(os.path.join(source, "config.json")).read() == before

@@ -1,5 +1,6 @@
 """LCSL (methods/lcsl.py, train_LCSL.py): the mask, the loss and the teacher rules against
 hand-computed values, resume restoring the teacher, and the paper's README command end to end."""
+import dataclasses
 import json
 import math
 import os
@@ -106,7 +107,9 @@ def test_mixing_and_flip_averaging():
 
 def test_training_step_one_student_forward_and_hand_loss():
     method = lcsl(alpha=0.5, beta=2.0).train()
-    with torch.no_grad():  # a teacher sure of class 9 (a minority class) for every image
+    method.teacher_epoch.fill_(1)  # a teacher that a student has replaced ...
+    method.on_epoch_start(0)
+    with torch.no_grad():  # ... and is sure of class 9 (a minority class) for every image
         method.teacher.head.weight.zero_()
         method.teacher.head.bias.zero_()
         method.teacher.head.bias[9] = 20.0
@@ -128,6 +131,23 @@ def test_training_step_one_student_forward_and_hand_loss():
     assert all(p.grad is None and not p.requires_grad for p in method.teacher.parameters())
     assert all(p.grad is not None for p in method.model.parameters())
     assert not method.teacher.training and method.model.training
+
+
+def test_the_random_initial_teacher_gives_no_labels():
+    method = lcsl().train()
+    method.on_epoch_start(0)
+    calls = []
+    method.teacher.register_forward_hook(lambda m, i, o: calls.append(1))
+    out = method.training_step(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 5, 9]), epoch=0)
+    assert calls == [] and out["parts"]["loss/sl"].item() == 0.0 and out["parts"]["sl/mask_rate"].item() == 0.0
+    # The reason: a Kaiming-initialised ResNet-32 with fresh BN statistics is fully confident.
+    with torch.no_grad():
+        confidence = method.teacher_logits(torch.randn(8, 3, 8, 8)).softmax(dim=1).max(dim=1).values
+    assert (confidence > 0.9).all()
+    calls.clear()
+    method.on_epoch_end(0, evaluations(1.0))
+    method.training_step(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 5, 9]), epoch=1)
+    assert calls == [1]  # from the first replacement on, the teacher labels every batch
 
 
 # ---- teacher rules --------------------------------------------------------------------------------
@@ -195,9 +215,10 @@ def test_readme_command_parses_to_the_papers_recipe():
     assert config.train_aug == ("standard",) and config.run.seed == 0 and config.run.gpu == "0"
     imagenet, _ = script.build_config(parse("--dataset", "imagenet", "--data_aug", "sim_aug"))
     assert (imagenet.dataset, imagenet.arch, imagenet.select_on, imagenet.data.val_per_class) == \
-        ("imagenet_lt", "resnext50", "test", 0)
+        ("imagenet_lt", "resnext50", "val", 0)  # ImageNet_LT_val.txt: 20 images per class
     assert imagenet.train_aug == ("simclr",) and imagenet.aug_options == {"blur": True}
-    assert script.build_config(parse("--dataset", "inaturalist", "--data_aug", "autoaug"))[0].train_aug == ("randaug",)
+    inat, _ = script.build_config(parse("--dataset", "inaturalist", "--data_aug", "autoaug"))
+    assert (inat.arch, inat.train_aug, inat.select_on) == ("resnet50", ("randaug",), "test")  # val is its test
     assert script.build_config(parse("--data_aug", "sim_aug"))[0].train_aug == ("autoaug",)  # the reference's CIFAR rule
     assert script.build_config(parse("--arch", "resnet34_cifar", "--select_on", "test"))[0].select_on == "test"
 
@@ -307,15 +328,16 @@ def test_resume_restores_the_teacher(smoke_run, small_sample, tmp_path, monkeypa
         seen.update(epoch=epoch, teacher={k: v.clone() for k, v in self.teacher.state_dict().items()},
                     best=float(self.best_score), teacher_epoch=int(self.teacher_epoch))
         original(self, epoch)
+        seen["labels"] = self._teacher_trained  # a restored, trained teacher labels from the first step
 
     monkeypatch.setattr(LCSL, "on_epoch_start", spy)
     args = parse(*smoke_args(small_sample, run, "--epochs", "3", "--limit_batches", "1", "--start_epoch", "3"))
     config, label = script.build_config(args)
     resume = script.resolve_resume(config, label, args.start_epoch)
     assert resume == os.path.join(run, "last.pth")
-    run_training(script.dataclasses.replace(config, run=script.dataclasses.replace(config.run, resume=resume)), label)
+    run_training(dataclasses.replace(config, run=dataclasses.replace(config.run, resume=resume)), label)
     assert seen["epoch"] == 2 and seen["best"] == payload["state_dict"]["best_score"].item()
-    assert seen["teacher_epoch"] == int(payload["state_dict"]["teacher_epoch"])
+    assert seen["teacher_epoch"] == int(payload["state_dict"]["teacher_epoch"]) and seen["labels"]
     assert all(torch.equal(seen["teacher"][k], v) for k, v in saved.items())
     with pytest.raises(ConfigError, match="pass --start_epoch 4"):
         script.resolve_resume(config, label, start_epoch=3)

@@ -19,7 +19,6 @@ from datasets import DATASETS, DataOptions, DatasetError, ImageSource, LongTailD
 from datasets import semi
 from datasets.longtail import class_counts
 from methods import build_method
-from methods.moco import MoCo
 from methods.rotation import rotate_images, rotation_labels
 from models import build_model
 from utils.checkpoint import CheckpointError, build_payload, save_atomic
@@ -151,6 +150,28 @@ def test_add_pseudo_labeled_selects_by_reference_and_trains_on_pseudo_labels(tmp
     assert data.train_indices[14:].tolist() == [-1] * 15 and "0 (5 of 16)" in messages[0]
     again = semi.add_pseudo_labeled(toy_data(), path, 0.25, 2, seed=0, log=messages.append)
     np.testing.assert_array_equal(again.train.array, data.train.array)  # seeded
+
+
+def test_folder_and_list_pools_join_file_and_memory_training_sets(tmp_path):
+    from PIL import Image
+
+    for i in range(4):
+        Image.new("RGB", (4, 4), (i, 0, 0)).save(tmp_path / f"{i}.png")
+    (tmp_path / "pool.txt").write_text("".join(f"{i}.png {i % 3}\n" for i in range(4)))
+    folder, listed = semi.image_folder_pool(str(tmp_path)), semi.image_list_pool(str(tmp_path / "pool.txt"))
+    assert len(folder) == 4 and folder.reference_labels is None and listed.reference_labels.tolist() == [0, 1, 2, 0]
+    assert semi.decode_pool(listed, 4).images[:, 0, 0, 0].tolist() == [0, 1, 2, 3]
+    with pytest.raises(DatasetError, match="8x8"):
+        semi.decode_pool(listed, 8)
+    path = str(tmp_path / "p.pkl")
+    semi.save_pseudo_labels(path, listed, np.array([2, 2, 1, 0]), np.ones(4), num_classes=3, dataset="toy",
+                            prediction_model="m")
+    in_memory = semi.add_pseudo_labeled(toy_data(), path, 1.0, 1, log=lambda _: None)
+    assert in_memory.train.array.shape == (18, 4, 4, 3) and in_memory.train_counts == [9, 5, 4]
+    data = toy_data()
+    data.train = ImageSource(data.train.targets, paths=[f"/images/{i}.png" for i in range(14)])
+    on_disk = semi.add_pseudo_labeled(data, path, 1.0, 1, log=lambda _: None)
+    assert sorted(on_disk.train.paths[14:]) == listed.paths and on_disk.train.paths[:14] == data.train.paths
 
 
 def test_leftover_pool_of_another_subset_is_refused(tmp_path):

@@ -109,6 +109,8 @@ def add_aug_arguments(parser: argparse.ArgumentParser) -> None:
                        help="training recipe (one per view)")
     group.add_argument("--randaug_n", type=int, default=None, help="RandAugment operations per image")
     group.add_argument("--randaug_m", type=int, default=None, help="RandAugment magnitude")
+    add_bool_flag(group, "--color_jitter", default=None,
+                  help="colour jitter in the ImageNet-style 'standard' recipe (the iNat recipe has none)")
 
 
 def pick(value, default):

@@ -114,7 +114,7 @@ class TrainConfig:
     aug_options: Dict[str, Any]  # recipe options (e.g. RandAugment n, m)
     sampler: Optional[str]  # SAMPLERS name or None for uniform shuffling
     sampler_options: Dict[str, Any]  # sampler options (e.g. samples_per_class)
-    select_on: str  # 'val' or 'test': which split chooses best.pth
+    select_on: Optional[str]  # 'val', 'test', or None: val when the dataset has a validation split
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     drop_last: bool = False  # drop the last incomplete training batch
@@ -128,13 +128,10 @@ class TrainConfig:
     def __post_init__(self):
         if self.batch_size < 1:
             raise ConfigError(f"-b/--batch_size must be at least 1, got {self.batch_size}")
-        if self.select_on not in ("val", "test"):
+        if self.select_on not in (None, "val", "test"):
             raise ConfigError(f"--select_on must be val or test, got '{self.select_on}'")
         if self.unlabeled is None and self.imb_factor_unlabel is not None:
             raise ConfigError("--imb_factor_unlabel needs --unlabeled FILE (a pseudo-label file)")
-        if self.select_on == "val" and self.data.val_per_class < 1:
-            raise ConfigError("--select_on val needs a validation split: add --val_per_class N "
-                              "(or pass --select_on test to select on the test set, as the papers did)")
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

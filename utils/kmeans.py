@@ -119,13 +119,21 @@ def batched_kmeans(points: Tensor, valid: Tensor, num_clusters: int, max_iter: i
         a ``KMeansResult``; see the module docstring for classes with fewer than K points.
     """
     if points.dim() != 3 or valid.shape != points.shape[:2]:
-        raise ValueError(f"points must be C x P x D and valid C x P, got {tuple(points.shape)} and {tuple(valid.shape)}")
+        raise ValueError(f"points must be C x P x D and valid C x P, got {tuple(points.shape)} and "
+                         f"{tuple(valid.shape)}")
     if num_clusters < 1 or max_iter < 0 or tol < 0:
         raise ValueError(f"need num_clusters >= 1, max_iter >= 0, tol >= 0; got {num_clusters}, {max_iter}, {tol}")
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got '{init}'")
-    x = points.float()
-    valid = valid.bool()
+    # Called from inside a training step: autocast would compute the distances in half precision,
+    # too coarse to tell apart nearby centroids of unit vectors.
+    with torch.autocast(device_type=points.device.type, enabled=False):
+        return _lloyd(points.float(), valid.bool(), num_clusters, max_iter, tol, generator, init)
+
+
+def _lloyd(x: Tensor, valid: Tensor, num_clusters: int, max_iter: int, tol: float,
+           generator: Optional[torch.Generator], init: str) -> KMeansResult:
+    """The body of ``batched_kmeans`` on float32 points x (C x P x D) and a bool mask (C x P)."""
     num_points = valid.sum(1)  # C
     index = _random_init(valid, num_points, num_clusters, generator)  # C x K
     if init == "kmeans++":

@@ -41,9 +41,12 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def describe_dataset(data: LongTailData, config: TrainConfig) -> Dict[str, Any]:
-    """What test.py needs to rebuild the evaluation data and the shot groups."""
+def describe_dataset(data: LongTailData, config: TrainConfig, labeled_counts) -> Dict[str, Any]:
+    """What test.py needs to rebuild the evaluation data and the shot groups. `train_counts`
+    include pseudo-labelled images (the shot groups and re-weighting use them); `labeled_counts`
+    are what the dataset flags alone rebuild."""
     return {"name": data.name, "num_classes": data.num_classes, "train_counts": list(data.train_counts),
+            "labeled_counts": list(labeled_counts),
             "mean": list(data.mean), "std": list(data.std), "image_size": data.image_size,
             "style": data.style, "class_names": list(data.class_names),
             "options": dataclasses.asdict(config.data)}
@@ -74,6 +77,29 @@ def check_resume_matches(config: TrainConfig, payload: Dict[str, Any]) -> None:
         if saved.get(key) != dataclasses.asdict(config).get(key):
             raise ConfigError(f"--resume {payload['path']}: the checkpoint has {key}={saved.get(key)!r} "
                               f"but this command has {getattr(config, key)!r}; use the run's own flags")
+
+
+def resolve_selection(config: TrainConfig, data: LongTailData) -> TrainConfig:
+    """best.pth is chosen on the validation split when there is one; on the test set (the
+    papers' practice, labelled as such everywhere) only when there is none or when asked."""
+    has_val = data.val is not None and len(data.val) > 0
+    if config.select_on == "val" and not has_val:
+        raise ConfigError("--select_on val needs a validation split: add --val_per_class N (CIFAR) or "
+                          "--val_list (list datasets), or pass --select_on test as the papers did")
+    if config.select_on is None:
+        return dataclasses.replace(config, select_on="val" if has_val else "test")
+    return config
+
+
+def check_not_own_input(config: TrainConfig, run_dir: str) -> None:
+    """A run must never write into the run folder it starts from (--pretrained_model)."""
+    if config.pretrained_model is None:
+        return
+    source = os.path.abspath(config.pretrained_model)
+    source_dir = source if os.path.isdir(source) else os.path.dirname(source)
+    if os.path.abspath(run_dir) == source_dir:
+        raise ConfigError(f"--out_dir {run_dir} is the folder of --pretrained_model: choose another "
+                          "--out_dir so the input run is not overwritten")
 
 
 def build_loaders(config: TrainConfig, data: LongTailData, ctx, num_views: int) -> Dict[str, Any]:
@@ -111,9 +137,13 @@ def run_training(config: TrainConfig, label: str, prepare_method: Optional[Calla
     `prepare_method(method, data, logger)` runs after construction (e.g. a pre-trained load).
     """
     wall_start = time.time()
+    # The run's name says when extra data or a pre-trained start changed the recipe.
+    label += "_ssp" if config.pretrained_model else ""
+    label += "_semi" if config.unlabeled else ""
     ctx = dist.setup_devices(config.run.gpu)
     seed_everything(config.run.seed, config.run.deterministic)
     data = build_dataset(config.dataset, config.data)
+    labeled_counts = list(data.train_counts)
     if config.unlabeled is not None:
         from datasets.semi import add_pseudo_labeled
 
@@ -122,6 +152,7 @@ def run_training(config: TrainConfig, label: str, prepare_method: Optional[Calla
                                   seed=config.data.lt_seed)
     model_kwargs = {"arch": config.arch, "num_classes": data.num_classes, "head": config.head,
                     "scale": config.head_scale}
+    config = resolve_selection(config, data)
     method = build_method(config.method, build_model(**model_kwargs), data.train_counts, **config.method_options)
 
     resume_path = config.run.resume
@@ -134,6 +165,7 @@ def run_training(config: TrainConfig, label: str, prepare_method: Optional[Calla
     else:
         run_dir = config.run.out_dir or os.path.join(config.run.root_log, default_run_name(config, label))
     run_dir = dist.broadcast_object(run_dir)
+    check_not_own_input(config, run_dir)
     logger = RunLogger(run_dir, is_main=ctx.is_main)
     logger.info(f"run folder: {run_dir}")
     logger.info(f"{data.name}: {len(data.train)} training images in {data.num_classes} classes "
@@ -157,7 +189,7 @@ def run_training(config: TrainConfig, label: str, prepare_method: Optional[Calla
                 lambda net: dist.wrap_forward_only(net, ctx))
     loaders = build_loaders(config, data, ctx, method.num_views)
     inputs = DeviceInputs(data.mean, data.std, ctx.device, config.run.channels_last)
-    dataset_info = describe_dataset(data, config)
+    dataset_info = describe_dataset(data, config, labeled_counts)
 
     def save_checkpoint(name, epoch, optimizer, scaler, records):
         if not ctx.is_main:
@@ -172,6 +204,9 @@ def run_training(config: TrainConfig, label: str, prepare_method: Optional[Calla
         restore_rng_state(payload["rng"])
     records = fit(config, method, data, ctx, loaders, inputs, logger, save_checkpoint, resume=payload)
     results = finalize(config, method, data, ctx, loaders, inputs, records, logger)
+    results["label"] = label
+    results["method_options"] = dict(config.method_options)
+    results["device"] = str(ctx.device) + (f" x{ctx.world_size}" if ctx.distributed else "")
     results["wall_time_s"] = time.time() - wall_start
     results["train_time_s"] = records.get("elapsed_s")
     logger.write_json("results.json", results)

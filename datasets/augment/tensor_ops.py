@@ -253,10 +253,17 @@ def grayscale(images: Tensor) -> Tensor:
     return luma(images).to(torch.uint8).expand_as(images).contiguous()
 
 
+def blend_float(pixels: Tensor, other: Tensor, factors: Tensor) -> Tensor:
+    """``factor * pixels + (1 - factor) * other`` on float pixels, clamped to [0, 255] and
+    truncated to whole grey levels, as torchvision's and PIL's colour blends do; a factor of 1
+    returns integer-valued ``pixels`` unchanged."""
+    f = per_sample(factors, pixels)
+    return (pixels * f + other * (1.0 - f)).clamp_(0.0, 255.0).trunc_()
+
+
 def blend(images: Tensor, other: Tensor, factors: Tensor) -> Tensor:
-    """``factor * image + (1 - factor) * other`` per sample, clamped and truncated to uint8."""
-    f = per_sample(factors, images)
-    return truncate_to_uint8(images.to(torch.float32) * f + other * (1.0 - f))
+    """``blend_float`` on uint8 images, returning uint8."""
+    return blend_float(images.to(torch.float32), other, factors).to(torch.uint8)
 
 
 def adjust_brightness(images: Tensor, factors: Tensor) -> Tensor:
@@ -296,7 +303,13 @@ def adjust_sharpness(images: Tensor, factors: Tensor) -> Tensor:
 
 
 def adjust_hue(images: Tensor, shifts: Tensor) -> Tensor:
-    """Rotates the hue by ``shift`` turns (in [-0.5, 0.5]) in HSV space; saturation and value kept.
+    """``hue_float`` on uint8 images, returning uint8."""
+    return hue_float(images.to(torch.float32), shifts).to(torch.uint8)
+
+
+def hue_float(pixels: Tensor, shifts: Tensor) -> Tensor:
+    """Rotates the hue of float RGB pixels (0..255) by ``shift`` turns (in [-0.5, 0.5]) in HSV
+    space, keeping saturation and value; the result is truncated to whole grey levels.
 
     A hue rotation keeps each pixel's maximum M and minimum m, so the new channels follow from
     the hue alone: channel k is ``M - (M - m) * clamp(min(t, 4 - t), 0, 1)`` with
@@ -304,7 +317,7 @@ def adjust_hue(images: Tensor, shifts: Tensor) -> Tensor:
     without the divisions by 255 and by V, about four times cheaper than a round trip through
     H, S, V planes, and equal to torchvision's ``adjust_hue`` up to float rounding.
     """
-    x = images.to(torch.float32)
+    x = pixels
     r, g, b = x.unbind(dim=1)
     top = x.amax(dim=1)
     spread = top - x.amin(dim=1)
@@ -312,13 +325,14 @@ def adjust_hue(images: Tensor, shifts: Tensor) -> Tensor:
     # Hue in sixths of a turn, from whichever channel holds the maximum (red wins ties, then green).
     is_r = top == r
     is_g = (top == g) & ~is_r
-    sixths = torch.where(is_r, (g - b) / safe, torch.where(is_g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
-    sixths = sixths + 6.0 * shifts.to(images.device, torch.float32).view(-1, 1, 1)
-    offsets = torch.tensor([5.0, 3.0, 1.0], device=images.device).view(1, 3, 1, 1)
+    rise = torch.where(is_r, g - b, torch.where(is_g, b - r, r - g))
+    start = torch.where(is_r, 0.0, torch.where(is_g, 2.0, 4.0))
+    sixths = start + rise / safe + 6.0 * shifts.to(x.device, torch.float32).view(-1, 1, 1)
+    offsets = torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1)
     t = torch.remainder(offsets + sixths.unsqueeze(1), 6.0)
     out = top.unsqueeze(1) - spread.unsqueeze(1) * torch.minimum(t, 4.0 - t).clamp_(0.0, 1.0)
     # torchvision converts its [0, 1] result by scaling with 256 - 1e-3 and truncating.
-    return out.mul_((256.0 - 1e-3) / 255.0).to(torch.uint8)
+    return out.mul_((256.0 - 1e-3) / 255.0).trunc_()
 
 
 def posterize(images: Tensor, bits: Tensor) -> Tensor:
@@ -334,14 +348,17 @@ def solarize(images: Tensor, thresholds: Tensor) -> Tensor:
 
 
 def gaussian_blur(images: Tensor, sigmas: Tensor, kernel_size: int) -> Tensor:
-    """Separable Gaussian blur with one ``sigma`` per image and reflect padding at the border."""
+    """Separable Gaussian blur with one ``sigma`` per image and reflect padding at the border.
+
+    Each pass is a sum of ``kernel_size`` shifted copies weighted per image; a grouped
+    convolution with one group per image plane is much slower on CPUs for such small kernels.
+    """
     n, c, height, width = images.shape
     offsets = torch.arange(kernel_size, device=images.device, dtype=torch.float32) - (kernel_size - 1) / 2
     sigma = sigmas.to(images.device, torch.float32).view(-1, 1)
     kernel = torch.softmax(-0.5 * (offsets.view(1, -1) / sigma) ** 2, dim=1)  # (N, k), sums to 1
-    kernel = kernel.repeat_interleave(c, dim=0)  # one kernel per (image, channel) plane
     half = kernel_size // 2
-    planes = F.pad(images.to(torch.float32), (half, half, half, half), mode="reflect").view(1, n * c, height + 2 * half, width + 2 * half)
-    planes = F.conv2d(planes, kernel.view(n * c, 1, 1, kernel_size), groups=n * c)
-    planes = F.conv2d(planes, kernel.view(n * c, 1, kernel_size, 1), groups=n * c)
-    return round_to_uint8(planes.view(n, c, height, width))
+    padded = F.pad(images.to(torch.float32), (half, half, half, half), mode="reflect")
+    rows = sum(kernel[:, j].view(n, 1, 1, 1) * padded[:, :, j:j + height, :] for j in range(kernel_size))
+    out = sum(kernel[:, j].view(n, 1, 1, 1) * rows[:, :, :, j:j + width] for j in range(kernel_size))
+    return round_to_uint8(out)

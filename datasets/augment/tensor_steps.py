@@ -124,26 +124,38 @@ class ColorJitter:
     """``RandomApply([ColorJitter(b, c, s, h)], p)`` with a fresh random order per sample.
 
     Factors are U[1 - x, 1 + x] (brightness, contrast, saturation) and U[-h, h] (hue); a strength
-    of 0 leaves that op out, as torchvision does. Each of the four stages runs every op once on
-    the samples that drew it for that stage, so the per-sample order costs no extra work.
+    of 0 leaves that op out, as torchvision does. Brightness, contrast and saturation are all
+    blends ``f * x + (1 - f) * D`` (D = black, the mean grey level, the grey image), so each of
+    the four stages is one blend of the whole batch with per-sample D and f (f = 1 for samples
+    whose op at this stage is another one) plus one hue rotation of the samples that drew hue.
+    Pixels are truncated to whole grey levels after every op, as torchvision and PIL do.
     """
 
     def __init__(self, brightness: float, contrast: float, saturation: float, hue: float, p: float = 1.0):
         self.strengths = (brightness, contrast, saturation, hue)
         self.p = p
-        self.ops = (ops.adjust_brightness, ops.adjust_contrast, ops.adjust_saturation, ops.adjust_hue)
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
         n = images.shape[0]
         applied = coin(n, self.p, generator)
         order = torch.rand(n, 4, generator=generator).argsort(dim=1)  # a permutation per sample
-        factors = [uniform(n, -x, x, generator) + (0.0 if i == 3 else 1.0)
-                   for i, x in enumerate(self.strengths)]
+        factors = torch.stack([uniform(n, -x, x, generator) + (0.0 if i == 3 else 1.0)
+                               for i, x in enumerate(self.strengths)], dim=1)  # (N, 4)
+        used = applied.view(n, 1) & (torch.tensor(self.strengths) > 0).view(1, 4)  # (N, 4)
+        pixels = images.to(torch.float32)
         for stage in range(4):
-            for which, (op, strength) in enumerate(zip(self.ops, self.strengths)):
-                if strength > 0:
-                    images = apply_where(images, applied & (order[:, stage] == which), op, factors[which])
-        return images
+            op = order[:, stage]
+            active = used.gather(1, op.view(n, 1)).squeeze(1)
+            blends = active & (op < 3)
+            if blends.any():
+                f = torch.where(blends, factors.gather(1, op.view(n, 1)).squeeze(1), torch.ones(n, dtype=torch.float64))
+                grey = ops.luma(pixels).floor_()  # (N, 1, H, W)
+                mean = grey.mean(dim=(1, 2, 3), keepdim=True)
+                op_dev = op.to(images.device, non_blocking=True).view(n, 1, 1, 1)
+                target = torch.where(op_dev == 0, torch.zeros_like(grey), torch.where(op_dev == 1, mean, grey))
+                pixels = ops.blend_float(pixels, target, f)
+            pixels = apply_where(pixels, active & (op == 3), ops.hue_float, factors[:, 3])
+        return pixels.to(torch.uint8)
 
     def __repr__(self) -> str:
         b, c, s, h = self.strengths

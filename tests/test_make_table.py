@@ -1,0 +1,46 @@
+"""scripts/make_table.py: grouping over seeds, mean ± std, rule labels and paper numbers."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import make_table  # noqa: E402
+
+
+def fake_result(folder, label, top1, val=None):
+    os.makedirs(folder, exist_ok=True)
+    result = {"dataset": "cifar10", "imb_factor": 0.01, "label": label, "arch": "resnet32",
+              "train_counts": [50, 5], "method": "erm",
+              "last": {"top1": top1, "many": None, "medium": top1 + 1, "few": top1 - 1, "per_class": [top1, None]},
+              "best_on_test": {"top1": top1 + 2}}
+    if val is not None:
+        result["best_on_val"] = {"top1": val}
+    with open(os.path.join(folder, "results.json"), "w") as stream:
+        json.dump(result, stream)
+
+
+def test_table_averages_seeds_and_labels_rules(tmp_path):
+    fake_result(str(tmp_path / "a"), "bccl", 80.0)
+    fake_result(str(tmp_path / "b"), "bccl", 82.0)
+    fake_result(str(tmp_path / "c"), "ce", 70.0, val=69.0)
+    results = [json.load(open(p)) for p in make_table.find_results([str(tmp_path)])]
+    table = make_table.build_table(results, paper=True)
+    bccl = next(line for line in table.splitlines() if "| bccl |" in line)
+    # mean of 80 and 82, sample std sqrt(2) = 1.41; best-on-test mean 83; BCCL's paper number.
+    assert "| 2 | 81.00 ± 1.41 |" in bccl and "| n/a |" in bccl
+    assert "83.00 ± 1.41 | best on TEST | 85.22 |" in bccl
+    ce = next(line for line in table.splitlines() if "| ce |" in line)
+    assert "| 69.00 | best on val |" in ce
+
+
+def test_cli_writes_plot_and_errors_cleanly(tmp_path):
+    fake_result(str(tmp_path / "a"), "ce", 60.0)
+    plot = str(tmp_path / "p.png")
+    ok = subprocess.run([sys.executable, "scripts/make_table.py", str(tmp_path), "--plot", plot], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "| ce |" in ok.stdout and os.path.getsize(plot) > 0
+    bad = subprocess.run([sys.executable, "scripts/make_table.py", str(tmp_path / "missing")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "missing" in bad.stderr
