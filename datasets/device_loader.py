@@ -62,7 +62,8 @@ class DeviceLoader:
             raise ValueError(f"-b/--batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
         # (N, 3, H, W) uint8, copied to the device once for the whole run.
-        self.images = torch.from_numpy(np.ascontiguousarray(source.array)).permute(0, 3, 1, 2).contiguous().to(self.device)
+        pixels = torch.from_numpy(np.ascontiguousarray(source.array))
+        self.images = pixels.permute(0, 3, 1, 2).contiguous().to(self.device)
         self.targets = torch.from_numpy(np.asarray(source.targets, dtype=np.int64)).to(self.device)
         self.transform = transform
         self.batch_size, self.drop_last = batch_size, drop_last

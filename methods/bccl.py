@@ -1,4 +1,6 @@
-"""BCCL: balanced clustering contrastive learning for long-tailed recognition.
+"""BCCL: "Balanced Clustering Contrastive Learning for Long-Tailed Data Recognition", as its
+released code does it (github.com/GGTINE/Balanced-Clustering-Contrastive-Learning-for-Long-Tailed-
+Data-Recognition; ALGORITHMS.md 2), with the bugs listed in ALGORITHMS.md 2.9 fixed.
 
 Two augmented views of every image go through one backbone. The cosine classifier is trained
 with logit-adjusted cross-entropy on view 1; a projection head gives unit-norm embeddings z that
@@ -13,6 +15,10 @@ Queues, their pointers and fill counts, the centroids and the k-means call count
 so checkpoints carry them and ``--resume`` continues a run exactly. Under DDP the projections
 and labels of all ranks are gathered before both contrastive losses and the queue update, so
 every rank holds the same queues and computes the same centroids.
+
+The paper's abstract also claims an expansion of tail-class features based on class frequency;
+the released code has no such term (ALGORITHMS.md 2.3 f), and neither has this module: the only
+frequency-dependent part is the logit adjustment of the CE.
 """
 from __future__ import annotations
 
@@ -40,7 +46,7 @@ KMEANS_CHUNK_ELEMENTS = 1 << 25
 
 class ProjectionHead(nn.Sequential):
     """Linear-BN-ReLU-Linear MLP from backbone features to the contrastive embedding (BCCL
-    model/models.py, as in SupCon): 64-512-feat_dim for ResNet-32, d-d-feat_dim otherwise."""
+    model/models.py, after BCL): 64-512-feat_dim for ResNet-32, d-d-feat_dim otherwise."""
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
         super().__init__(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
@@ -65,8 +71,9 @@ class TwoViewNetwork(nn.Module):
         num_views, batch = len(views), views[0].shape[0]
         logits, features = self.classifier(torch.cat(views, 0), return_features=True)  # (V*N) x C, (V*N) x d
         z = F.normalize(self.projector(features).float(), dim=1)  # (V*N) x D, unit norm in float32
-        return (logits.view(num_views, batch, -1).transpose(0, 1),  # N x V x C
-                z.view(num_views, batch, -1).transpose(0, 1))  # N x V x D
+        # Contiguous, so DataParallel's gather concatenates plain tensors.
+        return (logits.view(num_views, batch, -1).transpose(0, 1).contiguous(),  # N x V x C
+                z.view(num_views, batch, -1).transpose(0, 1).contiguous())  # N x V x D
 
 
 class ClassQueues(nn.Module):
@@ -127,8 +134,11 @@ class ClassQueues(nn.Module):
 
 @METHODS.register("bccl")
 class BCCL(Method):
-    """Balanced clustering contrastive learning (the BCCL paper; its released code as in
-    ALGORITHMS.md 2.2-2.3 with the bugs of 2.9 fixed)."""
+    """BCCL around a ``Classifier``: a projection head, the three losses, class queues, centroids.
+
+    ``network(view_1, view_2)`` runs everything once per step; ``classifier()`` (the wrapped
+    ``Classifier``, raw logits, no adjustment) is what evaluation and test.py use.
+    """
 
     name = "bccl"
     num_views = 2
@@ -211,7 +221,7 @@ class BCCL(Method):
         logits, z = self.network(*images)  # N x V x C, N x V x D (this rank's images)
         ce = self.ce_loss(logits[:, 0].float(), targets)  # the classifier learns from view 1 only
         # Contrast against the whole global batch; gradients flow back to this rank's slice.
-        z_all = gather_with_grad(z.contiguous())  # B x V x D
+        z_all = gather_with_grad(z)  # B x V x D
         labels_all = gather_no_grad(targets)  # B
         scl = class_averaged_supcon(z_all, labels_all, self.temperature)
         loss = self.alpha * scl + self.beta * ce

@@ -157,7 +157,8 @@ def fast_pipeline(args, source: ImageSource, device: torch.device) -> Pipeline:
         loader.set_epoch(next(epochs))
         return iter(loader)
 
-    pipeline = Pipeline("fast", args.method, endless(next_epoch), inputs, device, fast_precision(args.amp, device), True)
+    amp = fast_precision(args.amp, device)
+    pipeline = Pipeline("fast", args.method, endless(next_epoch), inputs, device, amp, True)
     if args.compile:
         pipeline.method.wrap(torch.compile, lambda net: net)
     return pipeline

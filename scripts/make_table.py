@@ -53,9 +53,9 @@ def group_key(result: Dict[str, Any]) -> Tuple[str, int, str, str]:
 
 
 def selected_entry(result: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
-    """The selected-checkpoint numbers and the name of their rule (validation when available)."""
-    if result.get("best_on_val"):
-        return "best on val", result["best_on_val"]
+    """Test numbers of the checkpoint the run selected, and the name of the rule that chose it."""
+    if result.get("select_on", "val" if result.get("best_on_val") else "test") == "val":
+        return "best on val", result.get("best_on_val", {})
     return "best on TEST", result.get("best_on_test", {})
 
 

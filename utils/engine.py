@@ -153,12 +153,15 @@ def evaluate(predict, loader, inputs, ctx, train_counts, amp="none", tta_flip=Fa
     return summarize(logits, targets, train_counts)
 
 
-def _record_best(records: Dict[str, Any], key: str, summary: Dict[str, Any], epoch: int) -> bool:
-    """Keeps the summary of the epoch with the highest top-1 under `key`; True if it improved."""
+def _record_best(records: Dict[str, Any], split: str, evaluations: Dict[str, Dict[str, Any]],
+                 epoch: int) -> bool:
+    """Keeps, under best_on_<split>, the TEST summary of the epoch with the highest top-1 on
+    `split`, so a validation-selected number is the selected model's test accuracy."""
+    key, score = f"best_on_{split}", evaluations[split]["top1"]
     best = records.get(key)
-    if best is not None and summary["top1"] <= best["top1"]:
+    if best is not None and score <= best["selection_top1"]:
         return False
-    records[key] = {**summary, "epoch": epoch + 1}
+    records[key] = {**evaluations["test"], "epoch": epoch + 1, "selection_top1": score}
     return True
 
 
@@ -218,8 +221,8 @@ def fit(config: TrainConfig, method, data, ctx: DeviceContext, loaders: Dict[str
                                                   data.train_counts, config.run.amp)
             records.update(method.on_epoch_end(epoch, evaluations) or {})
         improved = False
-        for split, summary in evaluations.items():
-            better = _record_best(records, f"best_on_{split}", summary, epoch)
+        for split in evaluations:
+            better = _record_best(records, split, evaluations, epoch)
             improved |= better and f"best_on_{split}" == selection_key
         if evaluations:
             records["last"] = {**evaluations["test"], "epoch": epoch + 1}

@@ -205,6 +205,7 @@ def run_training(config: TrainConfig, label: str, prepare_method: Optional[Calla
     records = fit(config, method, data, ctx, loaders, inputs, logger, save_checkpoint, resume=payload)
     results = finalize(config, method, data, ctx, loaders, inputs, records, logger)
     results["label"] = label
+    results["run_dir"] = run_dir
     results["method_options"] = dict(config.method_options)
     results["device"] = str(ctx.device) + (f" x{ctx.world_size}" if ctx.distributed else "")
     results["wall_time_s"] = time.time() - wall_start
@@ -233,7 +234,10 @@ def finalize(config, method, data, ctx, loaders, inputs, records, logger) -> Dic
         "selected_checkpoint": {"file": "best.pth", "rule": f"best top-1 on the {config.select_on} split"},
     }
     if "best_on_val" in records:
-        results["best_on_val"] = {**records["best_on_val"], "rule": "best top-1 on the validation split"}
+        results["best_on_val"] = {**records["best_on_val"],
+                                  "rule": "test numbers of the epoch with the best validation top-1 "
+                                          "(selection_top1 is that validation top-1)"}
+    results["select_on"] = config.select_on
     results.update({k: v for k, v in records.items() if k.startswith("method/")})
     counts = torch.tensor(data.train_counts, dtype=torch.float)
     variants = {}

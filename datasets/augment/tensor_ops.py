@@ -1,15 +1,15 @@
 """Image ops on whole batches, with one parameter per sample.
 
 Every op takes uint8 images (N, C, H, W) on any device and per-sample parameters as (N,) tensors
-on the same device, and returns new uint8 images; none of them modifies its input or draws random
-numbers (the recipes in ``tensor.py`` draw the parameters). Each op reproduces the arithmetic of
-``torchvision.transforms.v2.functional`` on a single image with the same parameters, including
-where torchvision rounds and where it truncates, so a batch equals a loop of torchvision calls to
-within one grey level (``tests/test_tensor_augment.py`` checks this op by op).
+(on the CPU or that device; they are moved), and returns new uint8 images; none of them modifies
+its input or draws random numbers (``tensor_steps.py`` draws the parameters). Each op reproduces
+the arithmetic of ``torchvision.transforms.v2.functional`` on a single image with the same
+parameters, including where torchvision rounds and where it truncates, so a batch equals a loop
+of torchvision calls to within one grey level (``tests/test_tensor_augment.py`` checks each op).
 
-Geometry is done by gathering (crops, flips), by separable resampling matrices (resized crops,
-one (N, out, in) matrix per axis, so per-sample boxes and anti-aliasing cost one batched matmul),
-and by ``grid_sample`` with per-sample affine matrices (shear, translate, rotate).
+Geometry is done by gathering (crops, flips), by separable per-sample resampling taps (resized
+crops: a few weighted row picks per axis, anti-aliased like PIL), and by ``grid_sample`` with
+per-sample affine matrices (shear, translate, rotate).
 """
 from __future__ import annotations
 
@@ -57,11 +57,6 @@ def crop_flip(images: Tensor, tops: Tensor, lefts: Tensor, flips: Tensor, size: 
     flat = (rows.view(n, size, 1) * width + cols.view(n, 1, size)).view(n, 1, size * size)
     out = padded.flatten(2).gather(2, flat.expand(n, c, size * size))
     return out.view(n, c, size, size)
-
-
-def flip_where(images: Tensor, flips: Tensor) -> Tensor:
-    """Mirrors the images whose ``flips`` entry is true."""
-    return torch.where(flips.to(images.device).view(-1, 1, 1, 1), images.flip(-1), images)
 
 
 def cutout(images: Tensor, centers_y: Tensor, centers_x: Tensor, size: int) -> Tensor:
