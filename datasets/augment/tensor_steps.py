@@ -2,9 +2,10 @@
 
 A step is called as ``step(images, generator)`` with uint8 images (N, C, H, W) on any device and
 a CPU ``torch.Generator``, and may overwrite the batch it is given (``Compose`` gives its steps a
-private copy, so a recipe never modifies its caller's images). Parameters are drawn on the CPU and moved to the images' device:
-grouping samples by the op they drew (colour-jitter order, AutoAugment sub-policies) then needs no
-device-to-host synchronisation, and one seed gives the same augmentations on every device.
+private copy, so a recipe never modifies its caller's images). Parameters are drawn on the CPU
+and moved to the images' device: grouping samples by the op they drew (colour-jitter order,
+AutoAugment sub-policies) then needs no device-to-host synchronisation, and one seed gives the
+same augmentations on every device.
 
 The parameter distributions are those of the torchvision transforms the PIL recipes use
 (``RandomCrop``, ``RandomResizedCrop``, ``ColorJitter``, ``RandomGrayscale``, ``GaussianBlur``,
