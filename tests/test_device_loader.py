@@ -2,6 +2,9 @@
 augmentations reproducible per (seed, epoch)."""
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -114,6 +117,14 @@ def test_seeds_differ_across_seed_epoch_and_rank():
     assert len(seeds) == 4 * 50 * 4
 
 
+def test_augmentation_thread_cap_is_restored():
+    before = torch.get_num_threads()
+    loader = DeviceLoader(labelled_source(), build_tensor_transform("standard", "cifar", 8), batch_size=16)
+    for _ in loader:
+        assert torch.get_num_threads() == before  # capped only while the transform runs
+    assert loader.cpu_aug_threads == 1
+
+
 def test_engine_normalises_device_batches():
     source = labelled_source()
     loader = DeviceLoader(source, identity(), batch_size=16)
@@ -127,3 +138,17 @@ def test_file_based_sources_are_refused(tmp_path):
     source = ImageSource(np.zeros(1, dtype=np.int64), paths=[str(tmp_path / "a.png")])
     with pytest.raises(ValueError, match="aug_backend pil"):
         DeviceLoader(source, identity(), batch_size=4)
+
+
+def test_throughput_benchmark_runs_both_pipelines(capsys):
+    """scripts/bench_throughput.py end to end, for a fraction of a second per pipeline."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "bench_throughput.py")
+    spec = importlib.util.spec_from_file_location("bench_throughput", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.get_args_parser().parse_args(["--seconds", "0.4", "--rounds", "1", "--batch_size", "8",
+                                               "--workers", "0", "--warmup_steps", "1", "--synthetic"])
+    speedup = bench.main(args)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert speedup > 0 and lines[-1] == f"speedup {speedup:.2f}"
+    assert any(line.startswith("papers") for line in lines) and any(line.startswith("fast") for line in lines)

@@ -109,6 +109,10 @@ def add_aug_arguments(parser: argparse.ArgumentParser) -> None:
                        help="training recipe (one per view)")
     group.add_argument("--randaug_n", type=int, default=None, help="RandAugment operations per image")
     group.add_argument("--randaug_m", type=int, default=None, help="RandAugment magnitude")
+    group.add_argument("--aug_backend", default="auto", choices=["auto", "tensor", "pil"],
+                       help="tensor: the data lives on the training device and is augmented in batches; "
+                            "pil: the papers' per-image DataLoader pipeline; auto: tensor for in-memory "
+                            "(CIFAR-style) data, pil for image files")
     add_bool_flag(group, "--color_jitter", default=None,
                   help="colour jitter in the ImageNet-style 'standard' recipe (the iNat recipe has none)")
 
@@ -139,7 +143,7 @@ def run_config(args: argparse.Namespace, default_seed: int) -> RunConfig:
     return RunConfig(out_dir=args.out_dir, root_log=args.root_log, resume=args.resume,
                      seed=pick(args.seed, default_seed), deterministic=args.deterministic, gpu=args.gpu,
                      amp=args.amp, channels_last=args.channels_last, compile=args.compile,
-                     workers=args.workers, limit_batches=args.limit_batches,
+                     workers=args.workers, aug_backend=args.aug_backend, limit_batches=args.limit_batches,
                      log_interval=args.log_interval, eval_interval=args.eval_interval,
                      progress=args.progress, tta_flip=args.tta_flip)
 

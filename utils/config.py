@@ -82,6 +82,7 @@ class RunConfig:
     channels_last: bool = False  # NHWC memory format for convolutions
     compile: bool = False  # torch.compile the network
     workers: int = 4  # DataLoader worker processes for the PIL pipeline
+    aug_backend: str = "auto"  # 'tensor' (batched, on the device), 'pil', or 'auto' (tensor for in-memory data)
     limit_batches: Optional[int] = None  # cap batches per epoch (smoke runs)
     log_interval: int = 50  # steps between host synchronisations for logging / NaN checks
     eval_interval: int = 1  # evaluate every N epochs (and always after the last)
@@ -93,6 +94,8 @@ class RunConfig:
             raise ConfigError(f"--amp must be none, bf16 or fp16, got '{self.amp}'")
         if self.limit_batches is not None and self.limit_batches < 1:
             raise ConfigError(f"--limit_batches must be at least 1, got {self.limit_batches}")
+        if self.aug_backend not in ("auto", "tensor", "pil"):
+            raise ConfigError(f"--aug_backend must be auto, tensor or pil, got '{self.aug_backend}'")
         if self.workers < 0:
             raise ConfigError(f"--workers must be non-negative, got {self.workers}")
 

@@ -17,6 +17,8 @@ import torch
 
 from datasets import DATASETS, LongTailData, build_dataset
 from datasets.augment import build_transform, build_views
+from datasets.augment.tensor import build_tensor_views
+from datasets.device_loader import DeviceLoader
 from datasets.loaders import build_eval_loader, build_train_loader
 from datasets.samplers import build_sampler
 from methods import build_method
@@ -111,16 +113,28 @@ def build_loaders(config: TrainConfig, data: LongTailData, ctx, num_views: int) 
     if len(recipes) != num_views:
         raise ConfigError(f"method '{config.method}' needs {num_views} views but --aug gave "
                           f"{len(config.train_aug)} recipes")
-    transform = build_views(list(recipes), data.style, data.image_size, **config.aug_options)
     sampler = None
     if config.sampler:
         sampler = build_sampler(config.sampler, data.train.targets, data.num_classes, seed=config.run.seed,
                                 rank=ctx.rank, world_size=ctx.world_size, **config.sampler_options)
     pin = ctx.device.type == "cuda"
-    loaders = {"train": build_train_loader(data.train, transform, per_rank, sampler=sampler,
-                                           workers=config.run.workers, drop_last=config.drop_last,
-                                           seed=config.run.seed, rank=ctx.rank,
-                                           world_size=ctx.world_size, pin_memory=pin)}
+    backend = config.run.aug_backend
+    if backend == "auto":
+        backend = "tensor" if data.train.in_memory else "pil"
+    if backend == "tensor":
+        if not data.train.in_memory:
+            raise ConfigError(f"--aug_backend tensor needs in-memory (CIFAR-style) data; '{config.dataset}' "
+                              "reads image files: use --aug_backend pil")
+        transform = build_tensor_views(list(recipes), data.style, data.image_size, **config.aug_options)
+        train = DeviceLoader(data.train, transform, per_rank, sampler=sampler, device=ctx.device,
+                             seed=config.run.seed, rank=ctx.rank, world_size=ctx.world_size,
+                             drop_last=config.drop_last)
+    else:
+        transform = build_views(list(recipes), data.style, data.image_size, **config.aug_options)
+        train = build_train_loader(data.train, transform, per_rank, sampler=sampler, workers=config.run.workers,
+                                   drop_last=config.drop_last, seed=config.run.seed, rank=ctx.rank,
+                                   world_size=ctx.world_size, pin_memory=pin)
+    loaders = {"train": train}
     eval_transform = None if data.style == "cifar" else build_transform("test", data.style, data.image_size)
     eval_batch = max(per_rank, 256 if data.style == "cifar" else 64)
     splits = {"test": data.test, "val": data.val}
