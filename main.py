@@ -58,6 +58,12 @@ def choose_method(args: argparse.Namespace):
     if len(claimed) > 1:
         raise ConfigError(f"the flags select several methods ({', '.join(e.names[0] for e in claimed)}): "
                           "pass --method explicitly")
+    # A re-balancing flag the chosen method does not read would be silently ignored.
+    ignored = [f"--{flag}" for flag in ("loss_type", "train_rule", "sampler")
+               if getattr(args, flag) is not None and flag not in getattr(claimed[0], "erm_flags", ())]
+    if ignored:
+        raise ConfigError(f"--method {args.method} does not use {', '.join(ignored)}: drop "
+                          f"{'it' if len(ignored) == 1 else 'them'} or choose an ERM method (--method ce, ...)")
     return claimed[0].choose(args)
 
 

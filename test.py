@@ -124,10 +124,13 @@ def main(args: argparse.Namespace) -> None:
     if args.posthoc_tau is not None:
         predict = lambda x: posthoc_logit_adjust(network(x).float(), counts, args.posthoc_tau)  # noqa: E731
     transform = None if data.style == "cifar" else build_transform("test", data.style, data.image_size)
-    loader = build_eval_loader(source, transform, args.batch_size, workers=args.workers)
+    loader = build_eval_loader(source, transform, args.batch_size, workers=args.workers, rank=ctx.rank,
+                               world_size=ctx.world_size)
     inputs = DeviceInputs(data.mean, data.std, ctx.device)
     summary = evaluate(predict, loader, inputs, ctx, data.train_counts, args.amp, args.tta_flip)
 
+    if not ctx.is_main:
+        return
     rule = payload.get("config", {}).get("select_on", "?")
     chosen = os.path.basename(payload["path"])
     note = "last epoch" if chosen == "last.pth" else f"selected by best top-1 on the {rule} split"

@@ -27,7 +27,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from datasets import DATASETS, LongTailData, build_dataset
+from datasets import DATASETS, SMALL_IMAGE_DATASETS, LongTailData, build_dataset
 from datasets.augment import recipe_options
 from models.heads import tau_normalize_head
 from test import rebuild
@@ -41,7 +41,7 @@ from utils.runner import build_loaders, find_resume, run_training
 
 # The reference's --dataset spellings.
 DATASET_ALIASES = {"imagenet": "imagenet_lt", "inaturalist": "inat2018"}
-CIFAR_DATASETS = ("cifar10", "cifar100", "cifar10_sample")
+CIFAR_DATASETS = SMALL_IMAGE_DATASETS  # 32-px in-memory data: CIFAR recipes and backbones
 # ResNet-32 is the backbone the paper states for CIFAR (the released code trains a ResNet-34,
 # --arch resnet34_cifar); ResNeXt-50 and ResNet-50 are the code's ImageNet-LT and iNat choices.
 DEFAULT_ARCH = {"cifar10": "resnet32", "cifar100": "resnet32", "cifar10_sample": "resnet32",

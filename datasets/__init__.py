@@ -23,6 +23,10 @@ DATASETS.register("inat2018")(inat2018)
 DATASETS.register("places_lt")(places_lt)
 DATASETS.register("image_list")(image_list)
 
+# Datasets of small (32 px) in-memory images; the others are ImageNet-style image files. Entry
+# scripts need this before any data is loaded, to pick recipes and architectures.
+SMALL_IMAGE_DATASETS = ("cifar10", "cifar100", "cifar10_sample", "svhn")
+
 from . import svhn_lt  # noqa: E402,F401  (registers "svhn"; it imports DATASETS from here)
 
 

@@ -63,7 +63,8 @@ class EpochLoader:
     def __iter__(self):
         # Worker seeds derive from this generator; with no workers, the transforms draw from the
         # global torch generator, whose state the checkpoint restores at epoch boundaries.
-        generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        rank = getattr(self.sampler, "rank", 0)  # each DDP rank augments its images differently
+        generator = torch.Generator().manual_seed((self.seed * 7919 + self.epoch) * 1009 + rank)
         loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
                             num_workers=self.workers, drop_last=self.drop_last, generator=generator,
                             pin_memory=self.pin_memory, persistent_workers=False)

@@ -1,7 +1,7 @@
 """Class-rebalancing samplers over dataset positions, seeded per epoch and sharded across ranks.
 
-Every sampler builds one global list of positions from ``torch.Generator().manual_seed(seed +
-epoch)``, so all DDP ranks agree on it without communicating; the list is padded by wrapping to a
+Every sampler builds one global list of positions from ``torch.Generator().manual_seed(seed *
+100003 + epoch)``, so all DDP ranks agree on it without communicating; the list is padded by wrapping to a
 multiple of ``world_size`` and rank ``r`` keeps ``list[r::world_size]``. Call ``set_epoch`` before
 each epoch, as with ``DistributedSampler``. Instance-uniform sampling (``None`` / ``'uniform'``)
 is left to the caller's ordinary shuffling and is not registered here.
@@ -89,7 +89,8 @@ class EpochShardSampler(Sampler[int]):
         return math.ceil(self.num_samples / self.world_size)
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        # seed * 100003 keeps neighbouring seeds from replaying each other's orders one epoch apart.
+        generator = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
         indices = self.global_indices(generator)
         total = len(self) * self.world_size
         if total > len(indices):

@@ -58,6 +58,7 @@ class Pool:
     paths: Optional[List[str]] = None  # absolute image paths
     reference_labels: Optional[np.ndarray] = None  # int64 (N,), selection only
     labeled_indices: Optional[np.ndarray] = None  # leftover pools: the labelled subset they exclude
+    validation_size: int = 0  # leftover pools: images of the validation split they also exclude
 
     def __post_init__(self):
         if (self.images is None) == (self.paths is None):
@@ -86,11 +87,14 @@ def leftover_pool(data: LongTailData) -> Pool:
     if data.unlabeled is None or not len(data.unlabeled):
         raise DatasetError(f"{data.name}: the long-tailed cut left no training image out (is --imb_factor 1?), "
                            "so there is no leftover pool")
+    validation_size = 0 if data.val is None else len(data.val)
     if not data.unlabeled.in_memory:
         return Pool(f"leftover of {data.name}", paths=list(data.unlabeled.paths),
-                    reference_labels=data.unlabeled.targets, labeled_indices=data.train_indices)
+                    reference_labels=data.unlabeled.targets, labeled_indices=data.train_indices,
+                    validation_size=validation_size)
     return Pool(f"leftover of {data.name}", images=data.unlabeled.array,
-                reference_labels=data.unlabeled.targets, labeled_indices=data.train_indices)
+                reference_labels=data.unlabeled.targets, labeled_indices=data.train_indices,
+                validation_size=validation_size)
 
 
 def ti_pickle_pool(path: str) -> Pool:
@@ -192,6 +196,7 @@ def save_pseudo_labels(path: str, pool: Pool, pseudo_labels: np.ndarray, confide
         "paths": None if pool.paths is None else [pool.paths[i] for i in keep],
         "num_classes": int(num_classes), "dataset": dataset, "pool": pool.name,
         "labeled_indices": None if pool.labeled_indices is None else np.asarray(pool.labeled_indices),
+        "validation_size": pool.validation_size,
         "prediction_model": prediction_model, "threshold": threshold, "pool_size": len(pool),
     }
     folder = os.path.dirname(os.path.abspath(path))
@@ -277,6 +282,13 @@ def _check_pool_matches(entry: Dict[str, Any], data: LongTailData, path: str) ->
                 np.asarray(entry["labeled_indices"]), data.train_indices):
             raise DatasetError(f"{path} is the leftover pool of another long-tailed subset ({entry['dataset']}); "
                                "regenerate it from a run with this --dataset/--imb_factor/--imb_type/--lt_seed")
+        # The validation split is drawn from the same leftovers: a pool made without it would hand
+        # this run's validation images to training, and selection would see trained-on data.
+        validation_size = 0 if data.val is None else len(data.val)
+        if entry.get("validation_size", 0) != validation_size:
+            raise DatasetError(f"{path} was made with a validation split of {entry.get('validation_size', 0)} "
+                               f"images but this run has {validation_size}: regenerate the pool from a run "
+                               "with the same --val_per_class, so no validation image can join training")
 
 
 def _append(train: ImageSource, entry: Dict[str, Any], chosen: np.ndarray, targets: np.ndarray) -> ImageSource:

@@ -278,8 +278,9 @@ def add_arguments(parser) -> None:
 
 
 def _image_style(dataset: str) -> str:
-    # The CIFAR datasets (and the bundled sample) are 32-px; the list datasets are ImageNet-style.
-    return "cifar" if dataset.startswith("cifar") else "imagenet"
+    from datasets import SMALL_IMAGE_DATASETS
+
+    return "cifar" if dataset in SMALL_IMAGE_DATASETS else "imagenet"
 
 
 def choose(args) -> MethodChoice:

@@ -112,6 +112,7 @@ def choose(args) -> MethodChoice:
 
 class _CommandLine:
     names = ("crt",)
+    erm_flags = ("sampler",)  # the re-balancing flags it reads
     add_arguments = staticmethod(add_arguments)
     choose = staticmethod(choose)
 

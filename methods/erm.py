@@ -147,6 +147,7 @@ def choose(args) -> MethodChoice:
 
 class _CommandLine:
     names = tuple(sorted(PRESETS))
+    erm_flags = ("loss_type", "train_rule", "sampler")  # the re-balancing flags it reads
     add_arguments = staticmethod(add_arguments)
     choose = staticmethod(choose)
 

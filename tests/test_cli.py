@@ -57,6 +57,8 @@ def test_recipe_defaults_follow_the_semi_self_code():
     (("--method", "ce", "--train_rule", "DRW"), "--train_rule"),
     (("--train_rule", "Resample", "--sampler", "class_aware"), "--sampler"),
     (("--method", "ldam", "--use_norm", "False"), "--use_norm"),
+    (("--method", "bccl", "--sampler", "class_balanced"), "--sampler"),
+    (("--method", "rotation", "--train_rule", "DRW"), "--train_rule"),
 ])
 def test_contradictions_are_config_errors(argv, fragment):
     with pytest.raises(ConfigError, match=fragment):

@@ -113,8 +113,12 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(cifar10_root, tmp_path
 def test_resume_with_other_flags_is_refused(cifar10_root, tmp_path):
     run = str(tmp_path / "run")
     run_training(config_for(cifar10_root.root, run, "--epochs", "1"), "ce")
-    with pytest.raises(Exception, match="--resume"):
+    with pytest.raises(Exception, match="--resume .*arch"):
         run_training(config_for(cifar10_root.root, run, "--resume", "auto", "--arch", "resnet34_cifar"), "ce")
+    with pytest.raises(Exception, match="--resume .*seed"):
+        run_training(config_for(cifar10_root.root, run, "--resume", "auto", "--seed", "1"), "ce")
+    with pytest.raises(Exception, match="--resume .*lr"):
+        run_training(config_for(cifar10_root.root, run, "--resume", "auto", "--lr", "0.05"), "ce")
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(cifar10_root, tmp_path, monkeypatch):

@@ -184,6 +184,19 @@ def test_leftover_pool_of_another_subset_is_refused(tmp_path):
         semi.add_pseudo_labeled(toy_data(), path, 0.25, 2, log=lambda _: None)
 
 
+def test_leftover_pool_made_without_this_runs_validation_split_is_refused(tmp_path):
+    # The validation split comes from the same leftovers: a pool cut without it holds those images.
+    without_val = DATASETS.build("cifar10_sample", DataOptions(imb_factor=0.1))
+    with_val = DATASETS.build("cifar10_sample", DataOptions(imb_factor=0.1, val_per_class=5))
+    pool = semi.leftover_pool(without_val)
+    path = str(tmp_path / "p.pkl")
+    labels = np.zeros(len(pool), dtype=np.int64)
+    semi.save_pseudo_labels(path, pool, labels, np.ones(len(pool)), num_classes=10, dataset=without_val.name,
+                            prediction_model="m")
+    with pytest.raises(DatasetError, match="validation split"):
+        semi.add_pseudo_labeled(with_val, path, 0.1, 1, log=lambda _: None)
+
+
 # ---- pre-trained loading -----------------------------------------------------------------------------
 def backbone_weights(seed=1):
     torch.manual_seed(seed)

@@ -168,6 +168,16 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return tensor / dist.get_world_size()
 
 
+@torch.no_grad()
+def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
+    """Makes every rank's buffers (BatchNorm running statistics, which each rank updated with its
+    own batches since DDP's last broadcast) equal to rank `src`'s, whose copy is checkpointed."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src)
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

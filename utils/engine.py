@@ -215,6 +215,7 @@ def fit(config: TrainConfig, method, data, ctx: DeviceContext, loaders: Dict[str
         evaluations: Dict[str, Dict[str, Any]] = {}
         if last_epoch or (epoch + 1) % config.run.eval_interval == 0:
             method.eval()
+            dist.broadcast_buffers(method)
             for split in ("val", "test"):
                 if split in loaders:
                     evaluations[split] = evaluate(method.predict, loaders[split], inputs, ctx,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import json
 import os
 import random
 import time
@@ -57,7 +58,7 @@ def describe_dataset(data: LongTailData, config: TrainConfig, labeled_counts) ->
 def default_run_name(config: TrainConfig, label: str) -> str:
     ratio = round(1 / config.data.imb_factor) if config.data.imb_factor > 0 else 0
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return f"{config.dataset}_{config.data.imb_type}{ratio}_{label}_{config.arch}_{stamp}"
+    return f"{config.dataset}_{config.data.imb_type}{ratio}_{label}_{config.arch}_s{config.run.seed}_{stamp}"
 
 
 def find_resume(config: TrainConfig, label: str) -> Optional[str]:
@@ -72,13 +73,37 @@ def find_resume(config: TrainConfig, label: str) -> Optional[str]:
     return candidates[-1] if candidates else None
 
 
+# Fields a continuation may change: where files are, how the run executes and reports, and the
+# number of epochs (to extend a run). Everything else must equal the checkpoint's config.
+RESUMABLE_CHANGES = {
+    "run": {"resume", "gpu", "workers", "progress", "out_dir", "root_log", "log_interval", "eval_interval",
+            "limit_batches", "compile", "tta_flip"},
+    "data": {"data_root", "split_dir", "train_list", "val_list", "test_list", "download"},
+    "optim": {"epochs"},
+    "": {"eval_posthoc_tau", "eval_tau_norm", "script"},
+}
+
+
+def _flatten(values: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key in ("run", "data", "optim"):
+            flat.update(_flatten(value, key))
+        else:
+            flat[(prefix, key)] = value
+    return flat
+
+
 def check_resume_matches(config: TrainConfig, payload: Dict[str, Any]) -> None:
-    """Continuing a run with other data, architecture or method would silently mix two runs."""
-    saved = payload["config"]
-    for key in ("dataset", "arch", "head", "method", "method_options", "batch_size"):
-        if saved.get(key) != dataclasses.asdict(config).get(key):
-            raise ConfigError(f"--resume {payload['path']}: the checkpoint has {key}={saved.get(key)!r} "
-                              f"but this command has {getattr(config, key)!r}; use the run's own flags")
+    """Continuing a run with other data, recipe or seed would silently mix two runs."""
+    saved = _flatten(json.loads(json.dumps(payload["config"])))
+    current = _flatten(json.loads(json.dumps(config.to_dict())))
+    for (group, key), value in current.items():
+        if key in RESUMABLE_CHANGES.get(group, ()) or saved.get((group, key), value) == value:
+            continue
+        flag = f"{group}.{key}" if group else key
+        raise ConfigError(f"--resume {payload['path']}: the checkpoint has {flag}={saved[(group, key)]!r} "
+                          f"but this command has {value!r}; continue a run with its own flags")
 
 
 def resolve_selection(config: TrainConfig, data: LongTailData) -> TrainConfig:
@@ -155,6 +180,8 @@ def run_training(config: TrainConfig, label: str, prepare_method: Optional[Calla
     label += "_ssp" if config.pretrained_model else ""
     label += "_semi" if config.unlabeled else ""
     ctx = dist.setup_devices(config.run.gpu)
+    # Model initialisation must agree across DDP ranks (DDP also broadcasts it); augmentation drawn
+    # from the global generator must not, so the generator is re-seeded per rank after building.
     seed_everything(config.run.seed, config.run.deterministic)
     data = build_dataset(config.dataset, config.data)
     labeled_counts = list(data.train_counts)
@@ -216,6 +243,9 @@ def run_training(config: TrainConfig, label: str, prepare_method: Optional[Calla
 
     if payload is not None and payload.get("rng"):
         restore_rng_state(payload["rng"])
+    if ctx.distributed:
+        # Only rank 0's generator state is checkpointed; every rank draws its own augmentation.
+        torch.manual_seed((config.run.seed * 1000 + ctx.rank) * 100003 + (payload or {}).get("epoch", 0))
     records = fit(config, method, data, ctx, loaders, inputs, logger, save_checkpoint, resume=payload)
     results = finalize(config, method, data, ctx, loaders, inputs, records, logger)
     results["label"] = label
