@@ -73,3 +73,16 @@ def test_warmup_as_long_as_the_run_stays_in_the_ramp():
     # A 2-epoch smoke run of a 10-epoch-warm-up recipe trains at lr/10 then 2*lr/10.
     assert warmup_cosine_lr(0, 0.15, 2, 10) == pytest.approx(0.015)
     assert warmup_cosine_lr(1, 0.15, 2, 10) == pytest.approx(0.03)
+
+
+def test_engine_uses_plain_cosine_without_warmup():
+    from utils.config import OptimConfig
+    from utils.engine import learning_rate
+
+    optim = OptimConfig(lr=0.2, epochs=10, warmup_epochs=0, cosine=True, milestones=())
+    assert learning_rate(optim, 0) == pytest.approx(0.2)
+    assert learning_rate(optim, 5) == pytest.approx(0.1)  # 0.2 * (1 + cos(pi / 2)) / 2
+    with_warmup = OptimConfig(lr=0.15, epochs=200, warmup_epochs=10, cosine=True)
+    assert learning_rate(with_warmup, 0) == pytest.approx(0.015)
+    step = OptimConfig(lr=0.1, epochs=200, warmup_epochs=5)
+    assert learning_rate(step, 170) == pytest.approx(0.001)

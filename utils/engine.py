@@ -19,7 +19,7 @@ from utils import dist
 from utils.config import OptimConfig, TrainConfig
 from utils.dist import DeviceContext
 from utils.metrics import summarize
-from utils.schedule import warmup_cosine_lr, warmup_step_lr
+from utils.schedule import cosine_lr, warmup_cosine_lr, warmup_step_lr
 
 
 class NonFiniteLossError(RuntimeError):
@@ -28,6 +28,9 @@ class NonFiniteLossError(RuntimeError):
 
 def learning_rate(optim: OptimConfig, epoch: int) -> float:
     """The epoch's learning rate (the papers set it once per epoch)."""
+    if optim.cosine and optim.warmup_epochs == 0:
+        # Plain cosine from the base lr (MoCo, the decoupling configs): lr * (1 + cos(pi e / E)) / 2.
+        return cosine_lr(epoch, optim.lr, optim.epochs)
     if optim.cosine:
         return warmup_cosine_lr(epoch, optim.lr, optim.epochs, optim.warmup_epochs)
     return warmup_step_lr(epoch, optim.lr, optim.warmup_epochs, optim.milestones, optim.gamma)
