@@ -24,7 +24,7 @@ from torch.utils.data import Sampler
 
 from datasets.augment.tensor import BatchTransform
 from datasets.base import ImageSource
-from datasets.loaders import ShuffleSampler
+from datasets.loaders import EpochBatches, ShuffleSampler
 
 Views = Union[Tensor, Tuple[Tensor, ...]]
 
@@ -39,7 +39,7 @@ def augmentation_seed(seed: int, epoch: int, rank: int) -> int:
     return (mixed * 2654435761 + 0x5EED) % (2 ** 63)
 
 
-class DeviceLoader:
+class DeviceLoader(EpochBatches):
     """Batches of an in-memory ``ImageSource`` held on ``device``, augmented by a batch recipe.
 
     Args:
@@ -77,16 +77,6 @@ class DeviceLoader:
         self.cpu_aug_threads = cpu_aug_threads if self.device.type == "cpu" else None
         self.sampler = sampler if sampler is not None else ShuffleSampler(len(source), seed, rank, world_size)
         self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Selects the epoch whose order and augmentations the next ``__iter__`` yields."""
-        self.epoch = epoch
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        n = len(self.sampler)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[Tuple[Views, Tensor, Tensor]]:
         positions = torch.as_tensor(list(iter(self.sampler)), dtype=torch.int64)

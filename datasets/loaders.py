@@ -42,16 +42,16 @@ class ShuffleSampler(Sampler[int]):
         return iter(order[self.rank:total:self.world_size])
 
 
-class EpochLoader:
-    """A DataLoader whose sampler and worker seeds follow the epoch (``set_epoch``)."""
+class EpochBatches:
+    """Batches of a sampler's positions for one epoch at a time: what every training loader shares."""
 
-    def __init__(self, dataset: ImageDataset, batch_size: int, sampler: Sampler, workers: int,
-                 drop_last: bool, seed: int, pin_memory: bool = False):
-        self.dataset, self.batch_size, self.sampler = dataset, batch_size, sampler
-        self.workers, self.drop_last, self.seed, self.pin_memory = workers, drop_last, seed, pin_memory
-        self.epoch = 0
+    sampler: Sampler
+    batch_size: int
+    drop_last: bool
+    epoch: int
 
     def set_epoch(self, epoch: int) -> None:
+        """Selects the epoch whose order (and augmentation seeds) the next ``__iter__`` yields."""
         self.epoch = epoch
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
@@ -59,6 +59,16 @@ class EpochLoader:
     def __len__(self) -> int:
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+
+class EpochLoader(EpochBatches):
+    """A DataLoader whose sampler and worker seeds follow the epoch (``set_epoch``)."""
+
+    def __init__(self, dataset: ImageDataset, batch_size: int, sampler: Sampler, workers: int,
+                 drop_last: bool, seed: int, pin_memory: bool = False):
+        self.dataset, self.batch_size, self.sampler = dataset, batch_size, sampler
+        self.workers, self.drop_last, self.seed, self.pin_memory = workers, drop_last, seed, pin_memory
+        self.epoch = 0
 
     def __iter__(self):
         # Worker seeds derive from this generator; with no workers, the transforms draw from the
