@@ -1,8 +1,10 @@
 """Collect results.json files into Markdown tables (mean ± std over seeds).
 
     python scripts/make_table.py log/*/ [--paper] [--plot per_class.png] [--out table.md]
+    python scripts/make_table.py runs/parity --by run.aug_backend run.amp
 
-Runs are grouped by dataset, imbalance ratio, method label and architecture; seeds of the same
+Runs are grouped by dataset, imbalance ratio, method label and architecture, and by any
+``--by`` fields of the run's config.json (dotted paths, e.g. ``run.aug_backend``); seeds of the same
 group are averaged. Last-epoch numbers and selected-checkpoint numbers are kept in separate
 columns, each named after its selection rule, so a test-set-selected number is never mistaken
 for a clean one. ``--paper`` adds the numbers the papers report next to ours.
@@ -46,10 +48,32 @@ def find_results(paths: Sequence[str]) -> List[str]:
     return sorted(set(found))
 
 
-def group_key(result: Dict[str, Any]) -> Tuple[str, int, str, str]:
+def load_result(path: str, by: Sequence[str] = ()) -> Dict[str, Any]:
+    """results.json, plus the ``--by`` config fields read from the config.json beside it."""
+    with open(path) as stream:
+        result = json.load(stream)
+    config_path = os.path.join(os.path.dirname(path), "config.json")
+    config: Dict[str, Any] = {}
+    if by and os.path.isfile(config_path):
+        with open(config_path) as stream:
+            config = json.load(stream)
+    result["by"] = tuple(str(config_field(config, field)) for field in by)
+    return result
+
+
+def config_field(config: Dict[str, Any], dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return "?"
+        value = value[part]
+    return value
+
+
+def group_key(result: Dict[str, Any]) -> Tuple:
     ratio = int(round(1 / result["imb_factor"])) if result.get("imb_factor") else 1
     label = result.get("label") or result.get("method", "?")
-    return result.get("dataset", "?"), ratio, label, result.get("arch", "?")
+    return (result.get("dataset", "?"), ratio, label, result.get("arch", "?")) + tuple(result.get("by", ()))
 
 
 def selected_entry(result: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
@@ -68,17 +92,18 @@ def mean_std(values: List[Optional[float]]) -> str:
     return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
 
 
-def build_table(results: List[Dict[str, Any]], paper: bool) -> str:
+def build_table(results: List[Dict[str, Any]], paper: bool, by: Sequence[str] = ()) -> str:
     groups: Dict[Tuple, List[Dict[str, Any]]] = defaultdict(list)
     for result in results:
         groups[group_key(result)].append(result)
-    header = ["dataset", "ratio", "method", "arch", "seeds"]
+    header = ["dataset", "ratio", "method", "arch"] + list(by) + ["seeds"]
     header += [f"last {m}" for m in METRICS] + ["selected top1", "selection"]
     if paper:
         header.append("paper top1")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for (dataset, ratio, label, arch), members in sorted(groups.items()):
-        row = [dataset, str(ratio), label, arch, str(len(members))]
+    for key, members in sorted(groups.items()):
+        dataset, ratio, label, arch = key[:4]
+        row = [dataset, str(ratio), label, arch] + list(key[4:]) + [str(len(members))]
         row += [mean_std([m.get("last", {}).get(metric) for m in members]) for metric in METRICS]
         rules = {selected_entry(m)[0] for m in members}
         row += [mean_std([selected_entry(m)[1].get("top1") for m in members]), "/".join(sorted(rules))]
@@ -99,10 +124,12 @@ def plot_per_class(results: List[Dict[str, Any]], path: str) -> None:
     groups: Dict[Tuple, List[Dict[str, Any]]] = defaultdict(list)
     for result in results:
         groups[group_key(result)].append(result)
-    for (dataset, ratio, label, arch), members in sorted(groups.items()):
+    for key, members in sorted(groups.items()):
+        dataset, ratio, label = key[:3]
+        extra = "".join(f", {value}" for value in key[4:])
         per_class = np.array([[np.nan if v is None else v for v in m["last"]["per_class"]] for m in members])
         counts = members[0]["train_counts"]
-        axis.plot(counts, np.nanmean(per_class, 0), marker="o", ms=3, label=f"{label} ({dataset} r{ratio})")
+        axis.plot(counts, np.nanmean(per_class, 0), marker="o", ms=3, label=f"{label} ({dataset} r{ratio}{extra})")
     axis.set_xscale("log")
     axis.set_xlabel("training images of the class")
     axis.set_ylabel("last-epoch test accuracy (%)")
@@ -119,6 +146,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--paper", action="store_true", help="add the papers' reported top-1")
     parser.add_argument("--plot", default=None, help="PNG of per-class accuracy against training count")
     parser.add_argument("--out", default=None, help="also write the table to this Markdown file")
+    parser.add_argument("--by", nargs="+", default=[], metavar="FIELD",
+                        help="also group by these config.json fields (dotted, e.g. run.aug_backend)")
     args = parser.parse_args(argv)
     try:
         paths = find_results(args.runs)
@@ -128,8 +157,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not paths:
         print("make_table.py: error: no results.json found under the given paths", file=sys.stderr)
         return 2
-    results = [json.load(open(path)) for path in paths]
-    table = build_table(results, args.paper)
+    results = [load_result(path, args.by) for path in paths]
+    table = build_table(results, args.paper, args.by)
     print(table)
     if args.out:
         with open(args.out, "w") as stream:

@@ -44,3 +44,18 @@ def test_cli_writes_plot_and_errors_cleanly(tmp_path):
     bad = subprocess.run([sys.executable, "scripts/make_table.py", str(tmp_path / "missing")], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "missing" in bad.stderr
+
+
+def test_by_splits_groups_on_config_fields(tmp_path):
+    for name, backend, top1 in (("p0", "pil", 60.0), ("p1", "pil", 64.0), ("t0", "tensor", 61.0)):
+        fake_result(str(tmp_path / name), "ce", top1)
+        with open(tmp_path / name / "config.json", "w") as stream:
+            json.dump({"run": {"aug_backend": backend}}, stream)
+    results = [make_table.load_result(p, ["run.aug_backend", "run.missing"])
+               for p in make_table.find_results([str(tmp_path)])]
+    table = make_table.build_table(results, paper=False, by=["run.aug_backend", "run.missing"])
+    lines = table.splitlines()
+    assert lines[0].startswith("| dataset | ratio | method | arch | run.aug_backend | run.missing | seeds |")
+    # pil: mean of 60 and 64 with sample std 2.83; tensor: its single seed; an absent field reads '?'.
+    assert "| ce | resnet32 | pil | ? | 2 | 62.00 ± 2.83 |" in table
+    assert "| ce | resnet32 | tensor | ? | 1 | 61.00 |" in table
