@@ -32,7 +32,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpu", default=None)
     parser.add_argument("-b", "--batch_size", "--batch-size", dest="batch_size", type=int, default=256)
     parser.add_argument("--workers", "-j", type=int, default=min(4, os.cpu_count() or 1))
-    parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    parser.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
+                        help="autocast precision (auto: native bf16/fp16 on GPUs, fp32 on CPUs without bf16)")
     parser.add_argument("--tta_flip", action="store_true", help="average with the mirrored image")
     parser.add_argument("--tau_norm", type=float, default=None, help="tau-normalise the classifier")
     parser.add_argument("--posthoc_tau", type=float, default=None, help="post-hoc logit adjustment")
@@ -105,7 +106,7 @@ def plot_per_class(path: str, summary: Dict[str, Any], counts) -> None:
 def main(args: argparse.Namespace) -> None:
     from datasets.augment import build_transform
     from datasets.loaders import build_eval_loader
-    from losses.priors import posthoc_logit_adjust
+    from losses.priors import log_prior
     from models.heads import tau_normalize_head
     from utils import dist
     from utils.checkpoint import load_checkpoint
@@ -119,10 +120,11 @@ def main(args: argparse.Namespace) -> None:
     if args.tau_norm is not None:
         network = type(network)(network.backbone, tau_normalize_head(network.head, args.tau_norm))
     network.to(ctx.device).eval()
-    counts = torch.tensor(data.train_counts, dtype=torch.float, device=ctx.device)
     predict = network
     if args.posthoc_tau is not None:
-        predict = lambda x: posthoc_logit_adjust(network(x).float(), counts, args.posthoc_tau)  # noqa: E731
+        # f_y(x) - tau * log pi_y, with the offset built on the device once, not per batch.
+        offset = log_prior(data.train_counts, args.posthoc_tau).to(ctx.device)
+        predict = lambda x: network(x).float() - offset  # noqa: E731
     transform = None if data.style == "cifar" else build_transform("test", data.style, data.image_size)
     loader = build_eval_loader(source, transform, args.batch_size, workers=args.workers, rank=ctx.rank,
                                world_size=ctx.world_size)

@@ -39,11 +39,12 @@ def rotate_images(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     ``torch.rot90(image, k, [1, 2])`` on each C x H x W image. One op per k, not per image."""
     if images.shape[-1] != images.shape[-2]:
         raise ValueError(f"rotation needs square images, got {images.shape[-2]}x{images.shape[-1]}")
-    labels = labels.to(images.device)
-    rotated = torch.empty_like(images)
-    for k in range(NUM_ROTATIONS):
-        chosen = labels == k
-        rotated[chosen] = torch.rot90(images[chosen], k, dims=(2, 3))
+    # A select per k rather than boolean-mask indexing, whose data-dependent size would make the
+    # host wait for the GPU on every batch.
+    choice = labels.to(images.device, non_blocking=True).view(-1, 1, 1, 1)
+    rotated = images
+    for k in range(1, NUM_ROTATIONS):
+        rotated = torch.where(choice == k, torch.rot90(images, k, dims=(2, 3)), rotated)
     return rotated
 
 
@@ -78,7 +79,7 @@ class RotationPretraining(Method):
         return self._joint
 
     def training_step(self, images, targets, epoch, indices=None):
-        labels = rotation_labels(images.shape[0]).to(images.device)
+        labels = rotation_labels(images.shape[0]).to(images.device, non_blocking=True)
         rotation_logits, probe_logits = self.network(rotate_images(images, labels))
         rotation_loss = F.cross_entropy(rotation_logits, labels)
         # The probe reads upright images only (those with k = 0), the view evaluation shows it;

@@ -39,7 +39,7 @@ from datasets.cifar_lt import CIFAR_MEAN, CIFAR_STD  # noqa: E402
 from datasets.device_loader import DeviceLoader  # noqa: E402
 from methods import METHODS, build_method  # noqa: E402
 from models import build_model  # noqa: E402
-from utils.engine import DeviceInputs, autocast_context, make_scaler  # noqa: E402
+from utils.engine import DeviceInputs, autocast_context, make_scaler, resolve_amp  # noqa: E402
 
 # method -> (registered method, its options, CIFAR augmentation recipe per view)
 METHOD_SETUPS: Dict[str, Tuple[str, Dict[str, Any], Tuple[str, ...]]] = {
@@ -157,20 +157,11 @@ def fast_pipeline(args, source: ImageSource, device: torch.device) -> Pipeline:
         loader.set_epoch(next(epochs))
         return iter(loader)
 
-    amp = fast_precision(args.amp, device)
+    amp = resolve_amp(args.amp, device)
     pipeline = Pipeline("fast", args.method, endless(next_epoch), inputs, device, amp, True)
     if args.compile:
         pipeline.method.wrap(torch.compile, lambda net: net)
     return pipeline
-
-
-def fast_precision(amp: str, device: torch.device) -> str:
-    """``--amp auto``: the fastest precision this device runs natively."""
-    if amp != "auto":
-        return amp
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "none"
 
 
 def get_args_parser() -> argparse.ArgumentParser:

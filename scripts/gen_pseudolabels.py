@@ -50,7 +50,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpu", default=None)
     parser.add_argument("-b", "--batch_size", "--batch-size", dest="batch_size", type=int, default=256)
     parser.add_argument("--workers", "-j", type=int, default=4)
-    parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    parser.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"])
     return parser
 
 
@@ -91,7 +91,8 @@ def predict_pool(method, pool, info, args):
     ctx = dist.setup_devices(args.gpu)
     network = method.classifier().to(ctx.device).eval()
     transform = None if pool.images is not None else build_transform("test", info["style"], info["image_size"])
-    loader = build_eval_loader(pool.source(), transform, args.batch_size, workers=args.workers)
+    loader = build_eval_loader(pool.source(), transform, args.batch_size, workers=args.workers,
+                               rank=ctx.rank, world_size=ctx.world_size)  # collect_logits gathers the shards
     inputs = DeviceInputs(info["mean"], info["std"], ctx.device)
     with torch.no_grad():
         logits, _ = collect_logits(network, loader, inputs, ctx, args.amp)

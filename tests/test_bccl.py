@@ -186,6 +186,23 @@ def test_kmeans_reseeds_empty_clusters_at_the_farthest_point():
         assert sorted(result.centroids[c].tolist()) == [[1.0, 1.0], [10.0, 1.0]]
 
 
+def test_kmeans_sparse_convergence_checks_give_the_same_centroids():
+    # check_every > 1 (the GPU default) reads the convergence flags every few iterations and
+    # re-seeds unconditionally; frozen converged classes must keep the centroids of check_every=1,
+    # including the empty-cluster case above and a class with fewer points than clusters.
+    _, planted_points = planted()
+    single = torch.tensor([[1.0, 1.0]] * 4 + [[10.0, 1.0]]).expand(3, 5, 2)
+    cases = [(planted_points, 4), (torch.cat([single, torch.zeros(3, 95, 2)], 1), 2)]
+    for points, clusters in cases:
+        valid = torch.ones(points.shape[:2], dtype=torch.bool)
+        valid[1, 3:] = False
+        every, sparse = (batched_kmeans(points, valid, clusters, generator=torch.Generator().manual_seed(3),
+                                        check_every=k) for k in (1, 8))
+        assert torch.equal(every.centroids, sparse.centroids)
+        assert torch.equal(every.assignments, sparse.assignments)
+        assert sparse.iterations >= every.iterations and sparse.iterations % 8 == 0 or sparse.iterations == 100
+
+
 def test_kmeans_with_fewer_points_than_clusters():
     points = torch.arange(30, dtype=torch.float).view(3, 5, 2)
     valid = torch.tensor([[True, True, False, False, False], [False] * 5, [True] * 5])

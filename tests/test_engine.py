@@ -245,3 +245,30 @@ def test_run_never_writes_into_its_pretrained_input(cifar10_root, tmp_path):
     with pytest.raises(Exception, match="--pretrained_model"):
         run_training(config_for(cifar10_root.root, source, "--pretrained_model", source), "ce")
     assert open(os.path.join(source, "config.json")).read() == before
+
+
+def test_amp_auto_resolves_per_device(monkeypatch):
+    from utils.engine import make_scaler, resolve_amp
+
+    cpu = torch.device("cpu")
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert resolve_amp("auto", cpu) == ("bf16" if native else "none")
+    assert resolve_amp("fp16", cpu) == "fp16" and resolve_amp("none", torch.device("cuda")) == "none"
+    for supported, expected in ((True, "bf16"), (False, "fp16")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        assert resolve_amp("auto", torch.device("cuda")) == expected
+    assert not make_scaler(cpu, "auto").is_enabled() and not make_scaler(cpu, "fp16").is_enabled()
+    defaults = main_script.get_args_parser().parse_args([])
+    assert defaults.amp == "auto" and defaults.channels_last is True
+
+
+def test_compile_with_data_parallel_is_refused(cifar10_root, tmp_path, monkeypatch):
+    from utils import runner
+    from utils.config import ConfigError
+
+    # Two GPU ids make a DataParallel context; the refusal must come before any model is built.
+    monkeypatch.setattr(runner.dist, "setup_devices",
+                        lambda gpu: dist.DeviceContext(torch.device("cpu"), data_parallel_ids=[0, 1]))
+    with pytest.raises(ConfigError, match="--compile.*DataParallel.*torchrun"):
+        run_training(config_for(cifar10_root.root, str(tmp_path / "run"), "--compile", "--gpu", "0,1"), "ce")
+    assert not os.path.exists(tmp_path / "run")

@@ -71,8 +71,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=None)
     add_bool_flag(group, "--deterministic", default=False, help="deterministic algorithms")
     group.add_argument("--gpu", default=None, help="GPU id, or ids like 0,1,2,3 for DataParallel")
-    group.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast precision")
-    add_bool_flag(group, "--channels_last", default=False, help="NHWC memory format")
+    group.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
+                       help="autocast precision; auto: bf16 on GPUs that have it (else fp16 with loss "
+                            "scaling) and on CPUs with native bf16, fp32 on other CPUs")
+    add_bool_flag(group, "--channels_last", default=True, help="NHWC memory format")
     add_bool_flag(group, "--compile", default=False, help="torch.compile the network")
     group.add_argument("--limit_batches", type=int, default=None, help="batches per epoch (smoke runs)")
     group.add_argument("--log_interval", type=int, default=50, help="steps between log synchronisations")

@@ -78,8 +78,8 @@ class RunConfig:
     seed: int = 0  # seeds Python, NumPy and torch; samplers derive per-epoch seeds from it
     deterministic: bool = False  # deterministic algorithms (slower on GPU)
     gpu: Optional[str] = None  # '0' or '0,1,2,3' (DataParallel); None: CUDA if present
-    amp: str = "none"  # 'none', 'bf16' or 'fp16' autocast
-    channels_last: bool = False  # NHWC memory format for convolutions
+    amp: str = "auto"  # 'none', 'bf16', 'fp16' autocast, or 'auto' (resolved per device: engine.resolve_amp)
+    channels_last: bool = True  # NHWC memory format for convolutions
     compile: bool = False  # torch.compile the network
     workers: int = 4  # DataLoader worker processes for the PIL pipeline
     aug_backend: str = "auto"  # 'tensor' (batched, on the device), 'pil', or 'auto' (tensor for in-memory data)
@@ -90,8 +90,8 @@ class RunConfig:
     tta_flip: bool = False  # also report flip test-time augmentation at the end
 
     def __post_init__(self):
-        if self.amp not in ("none", "bf16", "fp16"):
-            raise ConfigError(f"--amp must be none, bf16 or fp16, got '{self.amp}'")
+        if self.amp not in ("auto", "none", "bf16", "fp16"):
+            raise ConfigError(f"--amp must be auto, none, bf16 or fp16, got '{self.amp}'")
         if self.limit_batches is not None and self.limit_batches < 1:
             raise ConfigError(f"--limit_batches must be at least 1, got {self.limit_batches}")
         if self.aug_backend not in ("auto", "tensor", "pil"):

@@ -115,8 +115,11 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, tensor):
+        # NCHW-contiguous first, and the buffers made like it: NCCL copies raw bytes, so a
+        # channels_last buffer receiving an NCHW tensor would scramble the pixels.
+        tensor = tensor.contiguous()
         gathered = [torch.zeros_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(gathered, tensor.contiguous())
+        dist.all_gather(gathered, tensor)
         return torch.cat(gathered, 0)
 
     @staticmethod
@@ -141,8 +144,9 @@ def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenates same-shaped tensors from all ranks without gradient; identity without DDP."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensor
+    tensor = tensor.contiguous()  # buffers in the same (NCHW) layout as what is sent, see above
     gathered = [torch.zeros_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, tensor.contiguous())
+    dist.all_gather(gathered, tensor)
     return torch.cat(gathered, 0)
 
 
@@ -166,6 +170,15 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     tensor = tensor.clone()
     dist.all_reduce(tensor)
     return tensor / dist.get_world_size()
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Maximum over ranks, so every rank takes the same decision; identity without DDP."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    tensor = tensor.clone()
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
 
 
 @torch.no_grad()

@@ -70,7 +70,7 @@ def _random_init(valid: Tensor, num_points: Tensor, num_clusters: int,
     """C x K point indices: K distinct valid points drawn uniformly (the reference's init), or,
     for a class with n < K points, its n points repeated cyclically in random order."""
     num_classes, num_slots = valid.shape
-    scores = torch.rand(num_classes, num_slots, generator=generator).to(valid.device)
+    scores = torch.rand(num_classes, num_slots, generator=generator).to(valid.device, non_blocking=True)
     scores = scores.masked_fill(~valid, -1.0)  # padding sorts after every real point
     order = torch.argsort(scores, dim=1, descending=True, stable=True)  # C x P, valid points first
     slot = torch.arange(num_clusters, device=valid.device).unsqueeze(0) % num_points.clamp_min(1).unsqueeze(1)
@@ -103,7 +103,7 @@ def _kmeans_plus_plus_init(x: Tensor, valid: Tensor, num_clusters: int,
 @torch.no_grad()
 def batched_kmeans(points: Tensor, valid: Tensor, num_clusters: int, max_iter: int = 100,
                    tol: float = 1e-4, generator: Optional[torch.Generator] = None,
-                   init: str = "random") -> KMeansResult:
+                   init: str = "random", check_every: Optional[int] = None) -> KMeansResult:
     """Euclidean k-means on C independent point sets at once.
 
     Args:
@@ -115,24 +115,29 @@ def batched_kmeans(points: Tensor, valid: Tensor, num_clusters: int, max_iter: i
         generator: CPU generator for the random initial centroids; the same generator state gives
             the same result on any device.
         init: 'random' (K distinct queue points, as kmeans-gpu and hence BCCL) or 'kmeans++'.
+        check_every: Lloyd iterations between host reads of the convergence flags; None: 1 on the
+            CPU, 8 elsewhere (each read waits for the GPU). The centroids do not depend on it.
     Returns:
         a ``KMeansResult``; see the module docstring for classes with fewer than K points.
     """
     if points.dim() != 3 or valid.shape != points.shape[:2]:
         raise ValueError(f"points must be C x P x D and valid C x P, got {tuple(points.shape)} and "
                          f"{tuple(valid.shape)}")
-    if num_clusters < 1 or max_iter < 0 or tol < 0:
-        raise ValueError(f"need num_clusters >= 1, max_iter >= 0, tol >= 0; got {num_clusters}, {max_iter}, {tol}")
+    if check_every is None:
+        check_every = 1 if points.device.type == "cpu" else 8
+    if num_clusters < 1 or max_iter < 0 or tol < 0 or check_every < 1:
+        raise ValueError(f"need num_clusters >= 1, max_iter >= 0, tol >= 0, check_every >= 1; got "
+                         f"{num_clusters}, {max_iter}, {tol}, {check_every}")
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got '{init}'")
     # Called from inside a training step: autocast would compute the distances in half precision,
     # too coarse to tell apart nearby centroids of unit vectors.
     with torch.autocast(device_type=points.device.type, enabled=False):
-        return _lloyd(points.float(), valid.bool(), num_clusters, max_iter, tol, generator, init)
+        return _lloyd(points.float(), valid.bool(), num_clusters, max_iter, tol, generator, init, check_every)
 
 
 def _lloyd(x: Tensor, valid: Tensor, num_clusters: int, max_iter: int, tol: float,
-           generator: Optional[torch.Generator], init: str) -> KMeansResult:
+           generator: Optional[torch.Generator], init: str, check_every: int) -> KMeansResult:
     """The body of ``batched_kmeans`` on float32 points x (C x P x D) and a bool mask (C x P)."""
     num_points = valid.sum(1)  # C
     index = _random_init(valid, num_points, num_clusters, generator)  # C x K
@@ -144,8 +149,12 @@ def _lloyd(x: Tensor, valid: Tensor, num_clusters: int, max_iter: int, tol: floa
 
     # Only classes with more points than clusters need Lloyd iterations (see the module docstring).
     active = num_points > num_clusters  # C
+    # Reading `active` or `empty` on the host waits for the device. With check_every > 1,
+    # convergence is read every few iterations and empty clusters are re-seeded unconditionally:
+    # a converged class is frozen by the `active` mask and re-seeding with nothing empty is the
+    # identity, so the centroids are those of a check after every iteration.
     iterations = 0
-    while iterations < max_iter and bool(active.any()):
+    while iterations < max_iter and (iterations % check_every or bool(active.any())):
         iterations += 1
         distances = squared_distances(x, centroids)  # C x P x K
         assign = distances.argmin(-1)  # C x P
@@ -153,7 +162,7 @@ def _lloyd(x: Tensor, valid: Tensor, num_clusters: int, max_iter: int, tol: floa
         counts = members.sum(1)  # C x K
         means = torch.bmm(members.transpose(1, 2), x) / counts.clamp_min(1.0).unsqueeze(-1)  # C x K x D
         empty = counts == 0
-        if bool(empty.any()):
+        if check_every > 1 or bool(empty.any()):
             means = _reseed_empty(x, valid, distances, assign, means, empty)
         shift = (means - centroids).pow(2).sum((1, 2))  # C
         centroids = torch.where(active.view(-1, 1, 1), means, centroids)

@@ -28,7 +28,7 @@ from utils import dist
 from utils.checkpoint import (build_payload, capture_rng_state, git_commit, load_checkpoint,
                               restore_rng_state, save_atomic)
 from utils.config import ConfigError, TrainConfig
-from utils.engine import DeviceInputs, evaluate, fit
+from utils.engine import DeviceInputs, evaluate, fit, resolve_amp
 from utils.logger import RunLogger
 
 
@@ -180,6 +180,11 @@ def run_training(config: TrainConfig, label: str, prepare_method: Optional[Calla
     label += "_ssp" if config.pretrained_model else ""
     label += "_semi" if config.unlabeled else ""
     ctx = dist.setup_devices(config.run.gpu)
+    if config.run.compile and ctx.data_parallel:
+        # DataParallel replicates the compiled wrapper with its forward bound to the first GPU's
+        # module, so the other replicas would run on the wrong device.
+        raise ConfigError("--compile does not work with DataParallel (--gpu listing several GPUs): "
+                          "drop --compile, or train on several GPUs with torchrun (DDP)")
     # Model initialisation must agree across DDP ranks (DDP also broadcasts it); augmentation drawn
     # from the global generator must not, so the generator is re-seeded per rank after building.
     seed_everything(config.run.seed, config.run.deterministic)
@@ -209,6 +214,9 @@ def run_training(config: TrainConfig, label: str, prepare_method: Optional[Calla
     check_not_own_input(config, run_dir)
     logger = RunLogger(run_dir, is_main=ctx.is_main)
     logger.info(f"run folder: {run_dir}")
+    logger.info(f"device: {ctx.device} (world size {ctx.world_size}); precision: "
+                f"{resolve_amp(config.run.amp, ctx.device)} (--amp {config.run.amp}); "
+                f"channels_last: {config.run.channels_last}")
     logger.info(f"{data.name}: {len(data.train)} training images in {data.num_classes} classes "
                 f"(head {max(data.train_counts)}, tail {min(data.train_counts)}), {len(data.test)} test"
                 + (f", {len(data.val)} validation" if data.val is not None else ""))
@@ -264,7 +272,7 @@ def run_training(config: TrainConfig, label: str, prepare_method: Optional[Calla
 def finalize(config, method, data, ctx, loaders, inputs, records, logger) -> Dict[str, Any]:
     """Labels each reported number with the rule that produced it; adds test-time variants of
     the last-epoch model (flip TTA, post-hoc logit adjustment, tau-normalisation) when asked."""
-    from losses.priors import posthoc_logit_adjust
+    from losses.priors import log_prior
     from models.heads import tau_normalize_head
 
     results: Dict[str, Any] = {
@@ -283,14 +291,13 @@ def finalize(config, method, data, ctx, loaders, inputs, records, logger) -> Dic
                                           "(selection_top1 is that validation top-1)"}
     results["select_on"] = config.select_on
     results.update({k: v for k, v in records.items() if k.startswith("method/")})
-    counts = torch.tensor(data.train_counts, dtype=torch.float)
     variants = {}
     if config.run.tta_flip:
         variants["last_flip_tta"] = (method.predict, True)
     if config.eval_posthoc_tau is not None:
         tau = config.eval_posthoc_tau
-        variants[f"last_posthoc_la_tau{tau:g}"] = (
-            lambda x: posthoc_logit_adjust(method.predict(x).float(), counts.to(x.device), tau), False)
+        offset = log_prior(data.train_counts, tau).to(ctx.device)  # once, not per batch
+        variants[f"last_posthoc_la_tau{tau:g}"] = (lambda x: method.predict(x).float() - offset, False)
     if config.eval_tau_norm is not None:
         net = method.classifier()
         tau_net = type(net)(net.backbone, tau_normalize_head(net.head, config.eval_tau_norm))

@@ -1,7 +1,8 @@
 """Image ops on whole batches, with one parameter per sample.
 
 Every op takes uint8 images (N, C, H, W) on any device and per-sample parameters as (N,) tensors
-(on the CPU or that device; they are moved), and returns new uint8 images; none of them modifies
+(on the CPU or that device; they are moved with non-blocking copies, so the host never waits
+for the GPU), and returns new uint8 images; none of them modifies
 its input or draws random numbers (``tensor_steps.py`` draws the parameters). Each op reproduces
 the arithmetic of ``torchvision.transforms.v2.functional`` on a single image with the same
 parameters, including where torchvision rounds and where it truncates, so a batch equals a loop
@@ -26,7 +27,7 @@ GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 
 def per_sample(values: Tensor, like: Tensor) -> Tensor:
     """(N,) values as float32 (N, 1, 1, 1) on ``like``'s device, ready to broadcast over images."""
-    return values.to(device=like.device, dtype=torch.float32).view(-1, 1, 1, 1)
+    return values.to(device=like.device, dtype=torch.float32, non_blocking=True).view(-1, 1, 1, 1)
 
 
 def truncate_to_uint8(images: Tensor) -> Tensor:
@@ -51,9 +52,10 @@ def crop_flip(images: Tensor, tops: Tensor, lefts: Tensor, flips: Tensor, size: 
     padded = F.pad(images, (padding,) * 4) if padding else images
     width = padded.shape[-1]
     steps = torch.arange(size, device=images.device)
-    rows = tops.to(images.device).view(n, 1) + steps  # (N, size)
+    rows = tops.to(images.device, non_blocking=True).view(n, 1) + steps  # (N, size)
     # A mirrored crop reads its columns right to left.
-    cols = torch.where(flips.to(images.device).view(n, 1), steps.flip(0), steps) + lefts.to(images.device).view(n, 1)
+    mirror = flips.to(images.device, non_blocking=True).view(n, 1)
+    cols = torch.where(mirror, steps.flip(0), steps) + lefts.to(images.device, non_blocking=True).view(n, 1)
     flat = (rows.view(n, size, 1) * width + cols.view(n, 1, size)).view(n, 1, size * size)
     out = padded.flatten(2).gather(2, flat.expand(n, c, size * size))
     return out.view(n, c, size, size)
@@ -70,8 +72,8 @@ def cutout(images: Tensor, centers_y: Tensor, centers_x: Tensor, size: int) -> T
     device = images.device
     ys = torch.arange(height, device=device).view(1, height, 1)
     xs = torch.arange(width, device=device).view(1, 1, width)
-    cy = centers_y.to(device).view(-1, 1, 1)
-    cx = centers_x.to(device).view(-1, 1, 1)
+    cy = centers_y.to(device, non_blocking=True).view(-1, 1, 1)
+    cx = centers_x.to(device, non_blocking=True).view(-1, 1, 1)
     hole = (ys >= cy - half) & (ys < cy + half) & (xs >= cx - half) & (xs < cx + half)  # (N, H, W)
     return images.masked_fill(hole.unsqueeze(1), 0)
 
@@ -182,16 +184,16 @@ def affine(images: Tensor, matrices: Tensor, interpolation: str = "nearest",
     ys = torch.arange(height, device=device, dtype=torch.float32) + 0.5 - height / 2
     base = torch.stack([xs.view(1, -1).expand(height, -1), ys.view(-1, 1).expand(-1, width),
                         torch.ones(height, width, device=device)], dim=-1)  # (H, W, 3)
-    source = torch.matmul(base.view(1, -1, 3), matrices.to(device, torch.float32).transpose(1, 2))
+    source = torch.matmul(base.view(1, -1, 3), matrices.to(device, torch.float32, non_blocking=True).transpose(1, 2))
     # Normalised coordinates for grid_sample with align_corners=False: pixel edges at +-1.
-    grid = (source / torch.tensor([width / 2, height / 2], device=device)).view(n, height, width, 2)
+    grid = (source / torch.tensor([width / 2, height / 2]).to(device, non_blocking=True)).view(n, height, width, 2)
     pixels = images.to(torch.float32)
     if fill is not None:
         pixels = torch.cat([pixels, torch.ones(n, 1, height, width, device=device)], dim=1)
     out = F.grid_sample(pixels, grid, mode=interpolation, padding_mode="zeros", align_corners=False)
     if fill is not None:
         out, mask = out[:, :c], out[:, c:]
-        fill_value = torch.tensor(list(fill), dtype=torch.float32, device=device).view(1, c, 1, 1)
+        fill_value = torch.tensor(list(fill), dtype=torch.float32).to(device, non_blocking=True).view(1, c, 1, 1)
         if interpolation == "nearest":
             out = torch.where(mask < 0.5, fill_value, out)
         else:
@@ -322,8 +324,8 @@ def hue_float(pixels: Tensor, shifts: Tensor) -> Tensor:
     is_g = (top == g) & ~is_r
     rise = torch.where(is_r, g - b, torch.where(is_g, b - r, r - g))
     start = torch.where(is_r, 0.0, torch.where(is_g, 2.0, 4.0))
-    sixths = start + rise / safe + 6.0 * shifts.to(x.device, torch.float32).view(-1, 1, 1)
-    offsets = torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1)
+    sixths = start + rise / safe + 6.0 * shifts.to(x.device, torch.float32, non_blocking=True).view(-1, 1, 1)
+    offsets = torch.tensor([5.0, 3.0, 1.0]).to(x.device, non_blocking=True).view(1, 3, 1, 1)
     t = torch.remainder(offsets + sixths.unsqueeze(1), 6.0)
     out = top.unsqueeze(1) - spread.unsqueeze(1) * torch.minimum(t, 4.0 - t).clamp_(0.0, 1.0)
     # torchvision converts its [0, 1] result by scaling with 256 - 1e-3 and truncating.
@@ -333,7 +335,7 @@ def hue_float(pixels: Tensor, shifts: Tensor) -> Tensor:
 def posterize(images: Tensor, bits: Tensor) -> Tensor:
     """Keeps the ``bits`` (1..8) most significant bits of every channel."""
     masks = (255 - (2 ** (8 - bits.to(torch.int64)) - 1)).to(torch.uint8)
-    return images & masks.to(images.device).view(-1, 1, 1, 1)
+    return images & masks.to(images.device, non_blocking=True).view(-1, 1, 1, 1)
 
 
 def solarize(images: Tensor, thresholds: Tensor) -> Tensor:
@@ -350,7 +352,7 @@ def gaussian_blur(images: Tensor, sigmas: Tensor, kernel_size: int) -> Tensor:
     """
     n, c, height, width = images.shape
     offsets = torch.arange(kernel_size, device=images.device, dtype=torch.float32) - (kernel_size - 1) / 2
-    sigma = sigmas.to(images.device, torch.float32).view(-1, 1)
+    sigma = sigmas.to(images.device, torch.float32, non_blocking=True).view(-1, 1)
     kernel = torch.softmax(-0.5 * (offsets.view(1, -1) / sigma) ** 2, dim=1)  # (N, k), sums to 1
     half = kernel_size // 2
     padded = F.pad(images.to(torch.float32), (half, half, half, half), mode="reflect")

@@ -60,7 +60,7 @@ def apply_op(images: Tensor, name: str, magnitudes: Tensor, interpolation: str,
     shears are about the top-left corner, translations are truncated to whole pixels.
     """
     height, width = images.shape[-2:]
-    m = magnitudes.to(images.device, torch.float32)
+    m = magnitudes.to(images.device, torch.float32, non_blocking=True)
     if name in ("ShearX", "ShearY"):
         return ops.affine(images, ops.shear_matrices(m, name[-1].lower(), height, width), interpolation, fill)
     if name in ("TranslateX", "TranslateY"):
