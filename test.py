@@ -120,6 +120,7 @@ def main(args: argparse.Namespace) -> None:
     if args.tau_norm is not None:
         network = type(network)(network.backbone, tau_normalize_head(network.head, args.tau_norm))
     network.to(ctx.device).eval()
+    network = dist.wrap_forward_only(network, ctx)  # --gpu 0,1,..: batches split over the GPUs
     predict = network
     if args.posthoc_tau is not None:
         # f_y(x) - tau * log pi_y, with the offset built on the device once, not per batch.

@@ -38,6 +38,7 @@ class Method(nn.Module):
         # What the step calls: the model itself, or its DataParallel / DDP wrapper. Kept outside
         # the module tree so the state dict holds the unwrapped weights only.
         object.__setattr__(self, "_network", None)
+        object.__setattr__(self, "_eval_network", None)  # what predict() calls, see wrap()
 
     @property
     def num_classes(self) -> int:
@@ -54,6 +55,14 @@ class Method(nn.Module):
         gives DataParallel (or nothing) for forward-only networks such as a frozen teacher, which
         DDP cannot wrap. Subclasses with such networks extend this."""
         object.__setattr__(self, "_network", wrap_train(self.trainable_network()))
+        # Evaluation splits batches over DataParallel's GPUs too. It never goes through DDP
+        # (evaluation shards may differ in length between ranks, and DDP's forward would wait for
+        # the others) nor torch.compile (evaluation batches differ in size and mode).
+        classifier = self.classifier()
+        if isinstance(self._network, nn.DataParallel) and classifier is self.trainable_network():
+            object.__setattr__(self, "_eval_network", self._network)
+        else:
+            object.__setattr__(self, "_eval_network", wrap_eval(classifier))
 
     def network(self, *args, **kwargs):
         net = self._network if self._network is not None else self.trainable_network()
@@ -83,10 +92,8 @@ class Method(nn.Module):
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for evaluation; runs through the DataParallel wrapper when there is one."""
-        if self._network is not None and isinstance(self._network, nn.DataParallel) \
-                and self.trainable_network() is self.classifier():
-            return self._network(images)
-        return self.classifier()(images)
+        net = self._eval_network if self._eval_network is not None else self.classifier()
+        return net(images)
 
 
 # ---- command line ------------------------------------------------------------------------------

@@ -103,7 +103,7 @@ class RotationPretraining(Method):
         net = self._network if isinstance(self._network, nn.DataParallel) else self._joint
         rotation_logits, probe_logits = net(torch.cat([images, rotate_images(images, labels)]))
         hits = (rotation_logits[batch:].argmax(dim=1) == labels).sum()
-        self.rotation_eval += torch.stack([hits, torch.tensor(batch, device=hits.device)]).to(self.rotation_eval)
+        self.rotation_eval += torch.stack([hits, torch.full_like(hits, batch)]).to(self.rotation_eval)
         return probe_logits[:batch]
 
     def on_epoch_end(self, epoch: int, evaluations: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
