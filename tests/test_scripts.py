@@ -61,3 +61,15 @@ def test_script_commands_parse(script, tmp_path):
     assert trained > 0
     # SEEDS="0 1" must repeat every row for both seeds.
     assert any("--seed" in call for call in calls)
+
+
+def test_fair_comparison_picks_rows(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATASETS", "cifar10")
+    monkeypatch.setenv("METHODS", "ldam_drw ce_ssp")
+    calls = recorded_commands(os.path.join(ROOT, "scripts", "fair_comparison_cifar.sh"), tmp_path)
+    methods = [(call[call.index("--method") + 1] if "--method" in call else "lcsl", call[call.index("--seed") + 1])
+               for call in calls]
+    # ce_ssp brings the rotation run it starts from; SEEDS="0 1" repeats both; CIFAR-100 is skipped.
+    assert methods == [("ldam_drw", "0"), ("rotation", "0"), ("ce", "0"),
+                       ("ldam_drw", "1"), ("rotation", "1"), ("ce", "1")]
+    assert all(call[call.index("--dataset") + 1] == "cifar10" for call in calls)
