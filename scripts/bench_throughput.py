@@ -206,7 +206,8 @@ def main(args: argparse.Namespace) -> float:
     for pipeline in pipelines:
         epoch = CIFAR_LT_R100_IMAGES / pipeline.rate
         precision = "fp32" if pipeline.amp == "none" else pipeline.amp
-        print(f"{pipeline.label:6s} ({precision}, {'channels_last' if pipeline.label == 'fast' else 'NCHW'}): "
+        layout = "NCHW" if pipeline.label == "papers" else "channels_last" + (", compiled" if args.compile else "")
+        print(f"{pipeline.label:6s} ({precision}, {layout}): "
               f"{pipeline.rate:8.1f} images/s, {pipeline.images} images in {pipeline.seconds:.1f} s; "
               f"CIFAR-10-LT r100 epoch {epoch:.1f} s, 200 epochs {200 * epoch / 60:.1f} min")
     speedup = pipelines[1].rate / pipelines[0].rate
