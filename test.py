@@ -106,7 +106,7 @@ def plot_per_class(path: str, summary: Dict[str, Any], counts) -> None:
 def main(args: argparse.Namespace) -> None:
     from datasets.augment import build_transform
     from datasets.loaders import build_eval_loader
-    from losses.priors import log_prior
+    from losses.priors import posthoc_adjusted
     from models.heads import tau_normalize_head
     from utils import dist
     from utils.checkpoint import load_checkpoint
@@ -123,9 +123,7 @@ def main(args: argparse.Namespace) -> None:
     network = dist.wrap_forward_only(network, ctx)  # --gpu 0,1,..: batches split over the GPUs
     predict = network
     if args.posthoc_tau is not None:
-        # f_y(x) - tau * log pi_y, with the offset built on the device once, not per batch.
-        offset = log_prior(data.train_counts, args.posthoc_tau).to(ctx.device)
-        predict = lambda x: network(x).float() - offset  # noqa: E731
+        predict = posthoc_adjusted(network, data.train_counts, args.posthoc_tau, ctx.device)
     transform = None if data.style == "cifar" else build_transform("test", data.style, data.image_size)
     loader = build_eval_loader(source, transform, args.batch_size, workers=args.workers, rank=ctx.rank,
                                world_size=ctx.world_size)

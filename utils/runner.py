@@ -272,7 +272,7 @@ def run_training(config: TrainConfig, label: str, prepare_method: Optional[Calla
 def finalize(config, method, data, ctx, loaders, inputs, records, logger) -> Dict[str, Any]:
     """Labels each reported number with the rule that produced it; adds test-time variants of
     the last-epoch model (flip TTA, post-hoc logit adjustment, tau-normalisation) when asked."""
-    from losses.priors import log_prior
+    from losses.priors import posthoc_adjusted
     from models.heads import tau_normalize_head
 
     results: Dict[str, Any] = {
@@ -296,8 +296,8 @@ def finalize(config, method, data, ctx, loaders, inputs, records, logger) -> Dic
         variants["last_flip_tta"] = (method.predict, True)
     if config.eval_posthoc_tau is not None:
         tau = config.eval_posthoc_tau
-        offset = log_prior(data.train_counts, tau).to(ctx.device)  # once, not per batch
-        variants[f"last_posthoc_la_tau{tau:g}"] = (lambda x: method.predict(x).float() - offset, False)
+        variants[f"last_posthoc_la_tau{tau:g}"] = (posthoc_adjusted(method.predict, data.train_counts, tau,
+                                                                    ctx.device), False)
     if config.eval_tau_norm is not None:
         net = method.classifier()
         tau_net = type(net)(net.backbone, tau_normalize_head(net.head, config.eval_tau_norm))
