@@ -113,8 +113,8 @@ class RotationPretraining(Method):
             return {}
         accuracy = float(100.0 * counts[0] / counts[1])
         return {"method/rotation_top1": accuracy,
-                "method/rotation_scope": "rotated evaluation images of the last evaluated epoch "
-                                         "(test split, plus the validation split when there is one)"}
+                "method/rotation_scope": f"rotated images of the {' and '.join(sorted(evaluations))} "
+                                         "split(s) at the last evaluation"}
 
 
 # ---- command line ------------------------------------------------------------------------------

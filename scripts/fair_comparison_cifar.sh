@@ -3,6 +3,8 @@
 # the same LDAM-DRW image subset, a 20-per-class validation split that chooses best.pth for all
 # of them, and the last-epoch number reported first. Method-specific hyper-parameters stay at
 # their papers' values; the backbone, epochs, data and selection rule are what is equalised.
+# The 10,000 test images are scored every 10 epochs, at each validation improvement and after the
+# last epoch (--test_interval): the reported numbers are the same, a CPU run is ~20% shorter.
 #
 #   SEEDS="0 1 2" bash scripts/fair_comparison_cifar.sh --amp bf16
 #   DATASETS=cifar10 METHODS="ce ldam_drw bccl lcsl ce_ssp" bash scripts/fair_comparison_cifar.sh --resume auto
@@ -18,7 +20,7 @@ DATASETS=${DATASETS:-"cifar10 cifar100"}
 METHODS=${METHODS:-"ce focal ldam_drw cb_reweight logit_adjust balanced_softmax bccl lcsl rotation ce_ssp"}
 ROOT_LOG=${ROOT_LOG:-log/fair_comparison}
 COMMON=(--imb_factor 0.01 --imb_type exp --lt_selection shuffle --lt_seed 0 --arch resnet32 --epochs 200
-        --val_per_class 20 --select_on val)
+        --val_per_class 20 --select_on val --test_interval 10)
 wanted() { [[ " $METHODS " == *" $1 "* ]]; }
 
 for seed in $SEEDS; do

@@ -238,6 +238,42 @@ def test_selection_split_is_resolved_from_the_data(cifar10_root, tmp_path):
     assert results["best_on_val"]["num_samples"] == 40 and "selection_top1" in results["best_on_val"]
 
 
+def test_test_interval_scores_the_test_set_only_when_needed(cifar10_root, tmp_path, monkeypatch):
+    from utils import engine
+    from utils.config import ConfigError
+
+    seen = []  # (split, top1) per evaluation, in order; the test split has 40 images
+
+    def spy(*args, **kwargs):
+        summary = real_evaluate(*args, **kwargs)
+        seen.append(("test" if summary["num_samples"] == 40 else "val", summary["top1"]))
+        return summary
+
+    real_evaluate = engine.evaluate
+    monkeypatch.setattr(engine, "evaluate", spy)
+    # A vanishing learning rate keeps the validation top-1 (nearly) flat, so most epochs need no test.
+    results = run_training(config_for(cifar10_root.root, str(tmp_path / "run"), "--epochs", "7",
+                                      "--val_per_class", "2", "--test_interval", "3", "--lr", "1e-12",
+                                      "--warmup_epochs", "0"), "ce")
+    rounds, best_val = [], -1.0
+    for split, top1 in seen:
+        if split == "val":
+            rounds.append({"val": top1})
+        else:
+            rounds[-1]["test"] = top1
+    assert len(rounds) == 7
+    for epoch, scores in enumerate(rounds, start=1):
+        due = epoch % 3 == 0 or epoch == 7 or scores["val"] > best_val
+        assert ("test" in scores) == due, (epoch, rounds)
+        best_val = max(best_val, scores["val"])
+    skipped = sum("test" not in scores for scores in rounds)
+    assert skipped >= 1 and results["last"]["epoch"] == 7
+    assert results["best_on_val"]["top1"] == rounds[results["best_on_val"]["epoch"] - 1]["test"]
+    assert f"over the {7 - skipped} epochs whose test set was evaluated" in results["best_on_test"]["rule"]
+    with pytest.raises(ConfigError, match="--test_interval 3 needs --select_on val"):
+        run_training(config_for(cifar10_root.root, str(tmp_path / "other"), "--test_interval", "3"), "ce")
+
+
 def test_run_never_writes_into_its_pretrained_input(cifar10_root, tmp_path):
     source = str(tmp_path / "source")
     run_training(config_for(cifar10_root.root, source, "--epochs", "1"), "ce")

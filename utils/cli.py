@@ -79,6 +79,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--limit_batches", type=int, default=None, help="batches per epoch (smoke runs)")
     group.add_argument("--log_interval", type=int, default=50, help="steps between log synchronisations")
     group.add_argument("--eval_interval", type=int, default=1, help="evaluate every N epochs")
+    group.add_argument("--test_interval", type=int, default=1,
+                       help="with --select_on val: evaluate the test set only every N epochs, when the "
+                            "validation top-1 improves, and after the last epoch (saves time; the "
+                            "last-epoch and selected-checkpoint numbers are unchanged)")
     add_bool_flag(group, "--progress", default=True, help="tqdm progress bars")
     add_bool_flag(group, "--tta_flip", default=False, help="also report flip test-time augmentation")
     add_bool_flag(group, "--tb_save", default=True,
@@ -147,6 +151,7 @@ def run_config(args: argparse.Namespace, default_seed: int) -> RunConfig:
                      amp=args.amp, channels_last=args.channels_last, compile=args.compile,
                      workers=args.workers, aug_backend=args.aug_backend, limit_batches=args.limit_batches,
                      log_interval=args.log_interval, eval_interval=args.eval_interval,
+                     test_interval=args.test_interval,
                      progress=args.progress, tta_flip=args.tta_flip)
 
 

@@ -86,6 +86,10 @@ class RunConfig:
     limit_batches: Optional[int] = None  # cap batches per epoch (smoke runs)
     log_interval: int = 50  # steps between host synchronisations for logging / NaN checks
     eval_interval: int = 1  # evaluate every N epochs (and always after the last)
+    # With validation selection, the test set (often 50x the validation split) is evaluated every
+    # N epochs, at every validation improvement (so the selected checkpoint's test numbers are
+    # exact) and after the last epoch; 1 evaluates it whenever the validation split is.
+    test_interval: int = 1
     progress: bool = True  # tqdm bars
     tta_flip: bool = False  # also report flip test-time augmentation at the end
 
@@ -98,6 +102,9 @@ class RunConfig:
             raise ConfigError(f"--aug_backend must be auto, tensor or pil, got '{self.aug_backend}'")
         if self.workers < 0:
             raise ConfigError(f"--workers must be non-negative, got {self.workers}")
+        for flag in ("eval_interval", "test_interval"):
+            if getattr(self, flag) < 1:
+                raise ConfigError(f"--{flag} must be at least 1, got {getattr(self, flag)}")
 
 
 @dataclass(frozen=True)

@@ -172,6 +172,17 @@ def evaluate(predict, loader, inputs, ctx, train_counts, amp="none", tta_flip=Fa
     return summarize(logits, targets, train_counts)
 
 
+def _test_due(config: TrainConfig, records: Dict[str, Any], evaluations: Dict[str, Dict[str, Any]],
+              epoch: int) -> bool:
+    """Whether this evaluation also scores the test set: always at --test_interval 1; otherwise
+    every test_interval epochs and whenever the validation top-1 improves, because best_on_val
+    keeps the test numbers of that epoch."""
+    if config.run.test_interval == 1 or (epoch + 1) % config.run.test_interval == 0:
+        return True
+    best = records.get("best_on_val")
+    return "val" in evaluations and (best is None or evaluations["val"]["top1"] > best["selection_top1"])
+
+
 def _record_best(records: Dict[str, Any], split: str, evaluations: Dict[str, Dict[str, Any]],
                  epoch: int) -> bool:
     """Keeps, under best_on_<split>, the TEST summary of the epoch with the highest top-1 on
@@ -237,19 +248,22 @@ def fit(config: TrainConfig, method, data, ctx: DeviceContext, loaders: Dict[str
         if last_epoch or (epoch + 1) % config.run.eval_interval == 0:
             method.eval()
             dist.broadcast_buffers(method)
-            for split in ("val", "test"):
-                if split in loaders:
-                    evaluations[split] = evaluate(method.predict, loaders[split], inputs, ctx,
-                                                  data.train_counts, config.run.amp)
+            if "val" in loaders:
+                evaluations["val"] = evaluate(method.predict, loaders["val"], inputs, ctx,
+                                              data.train_counts, config.run.amp)
+            if last_epoch or _test_due(config, records, evaluations, epoch):
+                evaluations["test"] = evaluate(method.predict, loaders["test"], inputs, ctx,
+                                               data.train_counts, config.run.amp)
+                records["test_evaluations"] = records.get("test_evaluations", 0) + 1
             records.update(method.on_epoch_end(epoch, evaluations) or {})
         improved = False
         for split in evaluations:
             better = _record_best(records, split, evaluations, epoch)
             improved |= better and f"best_on_{split}" == selection_key
-        if evaluations:
+        if "test" in evaluations:
             records["last"] = {**evaluations["test"], "epoch": epoch + 1}
-            if "val" in evaluations:
-                records["last_val"] = {**evaluations["val"], "epoch": epoch + 1}
+        if "val" in evaluations:
+            records["last_val"] = {**evaluations["val"], "epoch": epoch + 1}
         records["elapsed_s"] = records.get("elapsed_s", 0.0) + (time.time() - began)
         _log_epoch(logger, epoch, lr, train, evaluations)
         if improved:

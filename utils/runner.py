@@ -77,7 +77,7 @@ def find_resume(config: TrainConfig, label: str) -> Optional[str]:
 # number of epochs (to extend a run). Everything else must equal the checkpoint's config.
 RESUMABLE_CHANGES = {
     "run": {"resume", "gpu", "workers", "progress", "out_dir", "root_log", "log_interval", "eval_interval",
-            "limit_batches", "compile", "tta_flip"},
+            "test_interval", "limit_batches", "compile", "tta_flip"},
     "data": {"data_root", "split_dir", "train_list", "val_list", "test_list", "download"},
     "optim": {"epochs"},
     "": {"eval_posthoc_tau", "eval_tau_norm", "script"},
@@ -114,7 +114,10 @@ def resolve_selection(config: TrainConfig, data: LongTailData) -> TrainConfig:
         raise ConfigError("--select_on val needs a validation split: add --val_per_class N (CIFAR) or "
                           "--val_list (list datasets), or pass --select_on test as the papers did")
     if config.select_on is None:
-        return dataclasses.replace(config, select_on="val" if has_val else "test")
+        config = dataclasses.replace(config, select_on="val" if has_val else "test")
+    if config.select_on == "test" and config.run.test_interval > 1:
+        raise ConfigError(f"--test_interval {config.run.test_interval} needs --select_on val (and a validation "
+                          "split): selecting on the test set evaluates it at every evaluation")
     return config
 
 
@@ -269,6 +272,14 @@ def run_training(config: TrainConfig, label: str, prepare_method: Optional[Calla
     return results
 
 
+def _test_scope(config: TrainConfig, records: Dict[str, Any]) -> str:
+    if config.run.test_interval == 1:
+        return ""
+    return (f", over the {records.get('test_evaluations', 0)} epochs whose test set was evaluated "
+            f"(--test_interval {config.run.test_interval}: every {config.run.test_interval} epochs, "
+            "validation improvements and the last)")
+
+
 def finalize(config, method, data, ctx, loaders, inputs, records, logger) -> Dict[str, Any]:
     """Labels each reported number with the rule that produced it; adds test-time variants of
     the last-epoch model (flip TTA, post-hoc logit adjustment, tau-normalisation) when asked."""
@@ -282,7 +293,7 @@ def finalize(config, method, data, ctx, loaders, inputs, records, logger) -> Dic
         "last": {**records.get("last", {}), "rule": "last epoch"},
         "best_on_test": {**records.get("best_on_test", {}),
                          "rule": "best top-1 on the TEST set (test-set selection, as in the papers' "
-                                 "code: optimistic, not a clean estimate)"},
+                                 "code: optimistic, not a clean estimate)" + _test_scope(config, records)},
         "selected_checkpoint": {"file": "best.pth", "rule": f"best top-1 on the {config.select_on} split"},
     }
     if "best_on_val" in records:
