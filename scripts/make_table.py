@@ -92,6 +92,15 @@ def mean_std(values: List[Optional[float]]) -> str:
     return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
 
 
+def train_time(seconds: List[Optional[float]]) -> str:
+    """Mean training time over seeds (epochs only, summed over resumed sessions)."""
+    seconds = [s for s in seconds if s is not None]
+    if not seconds:
+        return "n/a"
+    mean = float(np.mean(seconds))
+    return f"{mean / 3600:.1f} h" if mean >= 3600 else f"{mean / 60:.0f} min"
+
+
 def build_table(results: List[Dict[str, Any]], paper: bool, by: Sequence[str] = ()) -> str:
     groups: Dict[Tuple, List[Dict[str, Any]]] = defaultdict(list)
     for result in results:
@@ -100,6 +109,7 @@ def build_table(results: List[Dict[str, Any]], paper: bool, by: Sequence[str] = 
     header += [f"last {m}" for m in METRICS] + ["selected top1", "selection"]
     if paper:
         header.append("paper top1")
+    header += ["train time", "hardware"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, members in sorted(groups.items()):
         dataset, ratio, label, arch = key[:4]
@@ -110,6 +120,8 @@ def build_table(results: List[Dict[str, Any]], paper: bool, by: Sequence[str] = 
         if paper:
             value = PAPER_TOP1.get((label, dataset, ratio))
             row.append("" if value is None else f"{value:.2f}")
+        row += [train_time([m.get("train_time_s") for m in members]),
+                "/".join(sorted({m.get("hardware") or m.get("device", "?") for m in members}))]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

@@ -236,6 +236,8 @@ def test_selection_split_is_resolved_from_the_data(cifar10_root, tmp_path):
     assert results["selected_checkpoint"]["rule"] == "best top-1 on the val split"
     # The validation-selected entry reports the TEST accuracy of that epoch (40 test images).
     assert results["best_on_val"]["num_samples"] == 40 and "selection_top1" in results["best_on_val"]
+    # Timings are labelled with the hardware: CPU model and thread count here.
+    assert results["hardware"].endswith(f"({torch.get_num_threads()} thread{'s' * (torch.get_num_threads() != 1)})")
 
 
 def test_test_interval_scores_the_test_set_only_when_needed(cifar10_root, tmp_path, monkeypatch):

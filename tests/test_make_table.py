@@ -9,10 +9,11 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import make_table  # noqa: E402
 
 
-def fake_result(folder, label, top1, val=None):
+def fake_result(folder, label, top1, val=None, train_time_s=None, hardware=None):
     os.makedirs(folder, exist_ok=True)
     result = {"dataset": "cifar10", "imb_factor": 0.01, "label": label, "arch": "resnet32",
-              "train_counts": [50, 5], "method": "erm",
+              "train_counts": [50, 5], "method": "erm", "device": "cpu", "train_time_s": train_time_s,
+              "hardware": hardware,
               "last": {"top1": top1, "many": None, "medium": top1 + 1, "few": top1 - 1, "per_class": [top1, None]},
               "best_on_test": {"top1": top1 + 2}}
     if val is not None:
@@ -22,17 +23,18 @@ def fake_result(folder, label, top1, val=None):
 
 
 def test_table_averages_seeds_and_labels_rules(tmp_path):
-    fake_result(str(tmp_path / "a"), "bccl", 80.0)
-    fake_result(str(tmp_path / "b"), "bccl", 82.0)
-    fake_result(str(tmp_path / "c"), "ce", 70.0, val=69.0)
+    fake_result(str(tmp_path / "a"), "bccl", 80.0, train_time_s=3 * 3600, hardware="AMD EPYC (1 thread)")
+    fake_result(str(tmp_path / "b"), "bccl", 82.0, train_time_s=4 * 3600, hardware="AMD EPYC (1 thread)")
+    fake_result(str(tmp_path / "c"), "ce", 70.0, val=69.0, train_time_s=1500)
     results = [json.load(open(p)) for p in make_table.find_results([str(tmp_path)])]
     table = make_table.build_table(results, paper=True)
     bccl = next(line for line in table.splitlines() if "| bccl |" in line)
     # mean of 80 and 82, sample std sqrt(2) = 1.41; best-on-test mean 83; BCCL's paper number.
     assert "| 2 | 81.00 ± 1.41 |" in bccl and "| n/a |" in bccl
-    assert "83.00 ± 1.41 | best on TEST | 85.22 |" in bccl
+    assert "83.00 ± 1.41 | best on TEST | 85.22 | 3.5 h | AMD EPYC (1 thread) |" in bccl
     ce = next(line for line in table.splitlines() if "| ce |" in line)
-    assert "| 69.00 | best on val |" in ce
+    # An older results.json without the hardware field falls back to the device name.
+    assert "| 69.00 | best on val |  | 25 min | cpu |" in ce
 
 
 def test_cli_writes_plot_and_errors_cleanly(tmp_path):

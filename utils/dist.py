@@ -40,6 +40,24 @@ class DeviceContext:
         return len(self.data_parallel_ids) > 1
 
 
+def describe_hardware(ctx: DeviceContext) -> str:
+    """The hardware a run's timings belong to: GPU model(s) and count, or CPU model and threads."""
+    if ctx.device.type == "cuda":
+        count = len(ctx.data_parallel_ids) if ctx.data_parallel else ctx.world_size
+        return f"{count} x {torch.cuda.get_device_name(ctx.device)}"
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as stream:
+            model = next((line.split(":", 1)[1].strip() for line in stream if line.startswith("model name")), model)
+    except OSError:  # not Linux
+        import platform
+
+        model = platform.processor() or model
+    threads = torch.get_num_threads()
+    processes = f", {ctx.world_size} processes" if ctx.distributed else ""
+    return f"{model} ({threads} thread{'s' if threads != 1 else ''}{processes})"
+
+
 def parse_gpu_ids(gpu: Optional[str]) -> Optional[List[int]]:
     """'0' -> [0]; '0,1,2,3' -> [0, 1, 2, 3]; None -> None (use the default device)."""
     if gpu is None or str(gpu).strip() in ("", "None", "none"):

@@ -217,7 +217,7 @@ def run_training(config: TrainConfig, label: str, prepare_method: Optional[Calla
     check_not_own_input(config, run_dir)
     logger = RunLogger(run_dir, is_main=ctx.is_main)
     logger.info(f"run folder: {run_dir}")
-    logger.info(f"device: {ctx.device} (world size {ctx.world_size}); precision: "
+    logger.info(f"device: {ctx.device}, {dist.describe_hardware(ctx)} (world size {ctx.world_size}); precision: "
                 f"{resolve_amp(config.run.amp, ctx.device)} (--amp {config.run.amp}); "
                 f"channels_last: {config.run.channels_last}")
     logger.info(f"{data.name}: {len(data.train)} training images in {data.num_classes} classes "
@@ -266,6 +266,7 @@ def run_training(config: TrainConfig, label: str, prepare_method: Optional[Calla
     results["run_dir"] = run_dir
     results["method_options"] = dict(config.method_options)
     results["device"] = str(ctx.device) + (f" x{ctx.world_size}" if ctx.distributed else "")
+    results["hardware"] = dist.describe_hardware(ctx)
     results["wall_time_s"] = time.time() - wall_start
     results["train_time_s"] = records.get("elapsed_s")
     logger.write_json("results.json", results)
