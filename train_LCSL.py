@@ -37,7 +37,7 @@ from utils.config import ConfigError, OneLineErrorParser, TrainConfig
 from utils.engine import DeviceInputs, collect_logits
 from utils.logger import write_json
 from utils.metrics import format_shot_table, summarize
-from utils.runner import build_loaders, find_resume, run_training
+from utils.runner import build_loaders, find_resume, run_label, run_training
 
 # The reference's --dataset spellings.
 DATASET_ALIASES = {"imagenet": "imagenet_lt", "inaturalist": "inat2018"}
@@ -178,10 +178,8 @@ def resolve_resume(config: TrainConfig, label: str, start_epoch: int) -> Optiona
     the epoch after the last finished one."""
     path = config.run.resume
     if path == "auto" or (path is None and start_epoch > 1):
-        # run_training marks runs with pseudo-labelled data or a pre-trained start in the folder
-        # name; the search must use the name it gives.
-        label += ("_ssp" if config.pretrained_model else "") + ("_semi" if config.unlabeled else "")
-        path = find_resume(config, label)
+        # The search must use the folder name run_training gives (SSP / pseudo-label suffixes).
+        path = find_resume(config, run_label(config, label))
     if start_epoch > 1:
         if path is None:
             where = config.run.out_dir or f"the runs under --root_log {config.run.root_log} named like this one"

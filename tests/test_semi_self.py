@@ -3,9 +3,11 @@ D_U selection, pre-trained loading, the MoCo queue, cRT, SVHN-LT, and the pipeli
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
+import types
 import urllib.error
 from concurrent.futures import ThreadPoolExecutor
 
@@ -423,9 +425,29 @@ def test_rotation_then_ce_then_pseudo_labels_then_semi_supervised(smoke, capsys)
 def test_moco_then_crt(smoke):
     root, common, chain = smoke
     assert "pretrained: loaded 186 tensors" in chain.result()
+    # cRT on a MoCo backbone is an SSP row; its results carry the label the tables group by.
+    assert json.load(open(root / "crt" / "results.json"))["label"] == "crt_ssp"
     assert os.path.isfile(root / "crt" / "last.pth")
     argv = ["--method", "crt", "--out_dir", str(root / "moco"), "--pretrained_model", str(root / "moco" / "last.pth")]
     with pytest.raises(ConfigError, match="must not overwrite"):
         main_script.build_config(main_script.get_args_parser().parse_args(argv))
     with pytest.raises(ConfigError, match="--pretrained_model"):
         main_script.build_config(main_script.get_args_parser().parse_args(["--method", "crt"]))
+
+
+@pytest.mark.parametrize("payload,expected", [
+    ({"method": "rotation", "config": {"pretrained_model": None}}, "ce_ssp"),
+    ({"method": "moco", "config": {}}, "ce_ssp"),
+    ({"method": "erm", "config": {"pretrained_model": None}}, "ce"),  # cRT / fine-tuning on a supervised run
+    ({"method": "erm", "config": {"pretrained_model": "runs/rotation"}}, "ce_ssp"),  # cRT on a CE+SSP run
+    (None, "ce_ssp"),  # a foreign file: the papers' MoCo / stage checkpoints
+])
+def test_run_label_marks_only_self_supervised_starts(tmp_path, payload, expected):
+    from utils.checkpoint import FORMAT_NAME
+    from utils.runner import run_label
+
+    path = str(tmp_path / "start.pth")
+    torch.save({"state_dict": {}} if payload is None else {"format": FORMAT_NAME, **payload}, path)
+    config = types.SimpleNamespace(pretrained_model=path, unlabeled=None)
+    assert run_label(config, "ce") == expected
+    assert run_label(types.SimpleNamespace(pretrained_model=None, unlabeled="d_u.pkl"), "ce") == "ce_semi"

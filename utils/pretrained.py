@@ -35,6 +35,26 @@ SUBTREE_PREFIXES = ("encoder_q.", "model.", "backbone.", "feat_model.")
 CLASSIFIER_NAMES = ("fc", "linear", "head", "classifier", "projector")
 
 
+# Methods whose checkpoints are self-supervised pre-training (stage 1 of SSP).
+SELF_SUPERVISED_METHODS = ("rotation", "moco")
+
+
+def is_self_supervised_start(path: str) -> bool:
+    """Whether a ``--pretrained_model`` start carries self-supervised pre-training: an ltkit
+    rotation / MoCo checkpoint, an ltkit run that itself started from pre-trained weights (cRT on
+    a CE+SSP run), or a foreign file (the papers' MoCo and stage checkpoints). cRT on a plain
+    supervised run is not SSP, and its run is not labelled as such."""
+    path = resolve_checkpoint_path(path, prefer="last.pth")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # read_weights reports an unreadable file, with its reason, when it loads it
+        return True
+    if not (isinstance(payload, dict) and payload.get("format") == FORMAT_NAME):
+        return True
+    config = payload.get("config") or {}
+    return payload.get("method") in SELF_SUPERVISED_METHODS or bool(config.get("pretrained_model"))
+
+
 def read_weights(path: str) -> Tuple[Dict[str, torch.Tensor], str]:
     """The tensors of a checkpoint file (or run folder, whose last.pth is used) and what it was."""
     path = resolve_checkpoint_path(path, prefer="last.pth")

@@ -173,15 +173,22 @@ def build_loaders(config: TrainConfig, data: LongTailData, ctx, num_views: int) 
     return loaders
 
 
+def run_label(config: TrainConfig, label: str) -> str:
+    """The method label plus what changed the recipe: self-supervised pre-training (_ssp) and
+    pseudo-labelled extra data (_semi). Run folder names and results tables use it."""
+    from utils.pretrained import is_self_supervised_start
+
+    label += "_ssp" if config.pretrained_model and is_self_supervised_start(config.pretrained_model) else ""
+    return label + ("_semi" if config.unlabeled else "")
+
+
 def run_training(config: TrainConfig, label: str, prepare_method: Optional[Callable] = None) -> Dict[str, Any]:
     """Builds everything, trains, writes results.json, and returns the results dict.
 
     `prepare_method(method, data, logger)` runs after construction (e.g. a pre-trained load).
     """
     wall_start = time.time()
-    # The run's name says when extra data or a pre-trained start changed the recipe.
-    label += "_ssp" if config.pretrained_model else ""
-    label += "_semi" if config.unlabeled else ""
+    label = run_label(config, label)
     ctx = dist.setup_devices(config.run.gpu)
     if config.run.compile and ctx.data_parallel:
         # DataParallel replicates the compiled wrapper with its forward bound to the first GPU's
