@@ -11,7 +11,8 @@
 #   SEEDS="42 1 2" bash scripts/bccl_cifar.sh                # every row, three seeds
 #   bash scripts/bccl_cifar.sh --gpu 0 --amp fp16            # extra flags go to every run
 #
-# The reference trained under fp16 autocast; these rows run in fp32 unless --amp fp16 is given.
+# The reference trained under fp16 autocast with loss scaling; these rows take --amp auto (bf16 on
+# GPUs that have it, fp16 with loss scaling on older ones, fp32 on most CPUs): add --amp fp16 to match it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

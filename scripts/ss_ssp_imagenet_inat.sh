@@ -13,7 +13,7 @@
 # Stage 2 (ALGORITHMS.md 3.5): CE(Uniform) and CE(Balanced: class-aware sampling, 4 per class),
 # 90 epochs from the MoCo backbone; cRT re-trains the classifier of the CE(Uniform)+SSP run.
 # Differences: the reference selected checkpoints on the val split; here results.json reports the
-# last epoch and labels every selection rule. iNat stage 2 in the reference used no ColorJitter.
+# last epoch and labels every selection rule. iNat stage 2 and cRT use no ColorJitter, as the reference.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,8 +59,8 @@ for seed in $SEEDS; do
   run="$OUT/inat2018_s$seed"
   moco inat2018 "$INAT" "$SPLITS_INAT" "$run" "$seed" "$@"
   stage2 inat2018 "$INAT" "$SPLITS_INAT" "$run" "$seed" 100 1e-4 ce_uniform_ssp \
-    --loss_type CE --train_rule None "$@"                                       # 35.6
+    --loss_type CE --train_rule None --color_jitter False "$@"                  # 35.6
   stage2 inat2018 "$INAT" "$SPLITS_INAT" "$run" "$seed" 100 1e-4 ce_balanced_ssp \
-    --loss_type CE --sampler class_aware --samples_per_class 4 "$@"             # 34.1
-  crt inat2018 "$INAT" "$SPLITS_INAT" "$run" "$seed" 30 1e-4 "$@"               # 31.9
+    --loss_type CE --sampler class_aware --samples_per_class 4 --color_jitter False "$@"  # 34.1
+  crt inat2018 "$INAT" "$SPLITS_INAT" "$run" "$seed" 30 1e-4 --color_jitter False "$@"  # 31.9
 done

@@ -61,3 +61,23 @@ def test_by_splits_groups_on_config_fields(tmp_path):
     # pil: mean of 60 and 64 with sample std 2.83; tensor: its single seed; an absent field reads '?'.
     assert "| ce | resnet32 | pil | ? | 2 | 62.00 ± 2.83 |" in table
     assert "| ce | resnet32 | tensor | ? | 1 | 61.00 |" in table
+
+
+def test_paper_rows_follow_the_labels_the_scripts_produce():
+    def row(label, dataset="cifar10", **extra):
+        result = {"dataset": dataset, "imb_factor": 0.01, "label": label, "arch": "resnet32",
+                  "train_counts": [5000, 50], "last": {"top1": 50.0}, "best_on_test": {"top1": 51.0}, **extra}
+        return make_table.build_table([result], paper=True).splitlines()[2]
+
+    # train_LCSL.py's labels carry the augmentation and the selection split.
+    assert "| 85.80 |" in row("lcsl_none_selval")
+    # Rotation SSP (100 - 26.50 and 100 - 23.47 error); CE(Balanced) on CIFAR is the Resample rule.
+    assert "| 73.50 |" in row("ce_ssp") and "| 76.53 |" in row("ce_effective_number_ssp")
+    # Pseudo-labelled runs are told apart by rho_U (ratio 50: 100 - 18.36).
+    semi = row("ce_semi", imb_factor=0.02, imb_factor_unlabel=0.02)
+    assert "| ce_semi_rhoU50 |" in semi and "| 81.64 |" in semi
+    # List datasets take the ratio of their counts: ImageNet-LT 1280 / 5, iNaturalist 1000 / 2.
+    imagenet = row("crt_ssp", dataset="imagenet_lt", imb_factor=None, train_counts=[1280, 40, 5])
+    assert "| imagenet_lt | 256 | crt_ssp |" in imagenet and "| 51.30 |" in imagenet
+    inat = row("ce_class_aware_ssp", dataset="inat2018", imb_factor=None, train_counts=[1000, 2])
+    assert "| 500 |" in inat and "| 65.90 |" in inat

@@ -420,6 +420,8 @@ def test_rotation_then_ce_then_pseudo_labels_then_semi_supervised(smoke, capsys)
         assert fragment in error and error.strip().count("\n") == 0
     log = run("main.py", "--method", "ce", *common, "--unlabeled", out, "--out_dir", str(root / "semi"))
     assert "pseudo-labelled D_U" in log and "short in classes 0 (0 of" in log  # no head-class leftovers
+    result = json.load(open(root / "semi" / "results.json"))  # rho_U defaults to rho (--imb_factor 0.1)
+    assert (result["label"], result["imb_factor"], result["imb_factor_unlabel"]) == ("ce_semi", 0.1, 0.1)
 
 
 def test_moco_then_crt(smoke):

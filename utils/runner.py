@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 import torch
 
-from datasets import DATASETS, LongTailData, build_dataset
+from datasets import DATASETS, SMALL_IMAGE_DATASETS, LongTailData, build_dataset
 from datasets.augment import build_transform, build_views
 from datasets.augment.tensor import build_tensor_views
 from datasets.device_loader import DeviceLoader
@@ -299,7 +299,10 @@ def finalize(config, method, data, ctx, loaders, inputs, records, logger) -> Dic
 
     results: Dict[str, Any] = {
         "dataset": data.name, "method": config.method, "arch": config.arch, "seed": config.run.seed,
-        "imb_factor": config.data.imb_factor, "train_counts": list(data.train_counts),
+        # --imb_factor only shapes the datasets whose long tail is cut here (CIFAR, SVHN).
+        "imb_factor": config.data.imb_factor if config.dataset in SMALL_IMAGE_DATASETS else None,
+        "imb_factor_unlabel": (config.imb_factor_unlabel or config.data.imb_factor) if config.unlabeled else None,
+        "train_counts": list(data.train_counts),
         "git_commit": git_commit(),
         "last": {**records.get("last", {}), "rule": "last epoch"},
         "best_on_test": {**records.get("best_on_test", {}),
