@@ -81,7 +81,8 @@ class Method(nn.Module):
         """Called before each training epoch (re-weighting schedules, teacher normalisation)."""
 
     def on_epoch_end(self, epoch: int, evaluations: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
-        """Called after evaluation with {'test': summary, 'val': summary?}; may return records."""
+        """Called after each evaluation with the summaries of the splits scored this epoch
+        ('val' when there is one; 'test' unless --test_interval skipped it); may return records."""
         return {}
 
     # ---- evaluation -------------------------------------------------------------------------------

@@ -88,7 +88,8 @@ def imbalance_ratio(result: Dict[str, Any]) -> int:
     ratio of the training counts (ImageNet-LT 256, iNaturalist 2018 500)."""
     if result.get("imb_factor"):
         return int(round(1 / result["imb_factor"]))
-    counts = [count for count in result.get("train_counts", []) if count > 0]
+    # Pseudo-labelled images do not change the dataset's own ratio.
+    counts = [count for count in result.get("labeled_counts") or result.get("train_counts", []) if count > 0]
     return int(round(max(counts) / min(counts))) if counts else 1
 
 

@@ -236,8 +236,11 @@ def test_selection_split_is_resolved_from_the_data(cifar10_root, tmp_path):
     assert results["selected_checkpoint"]["rule"] == "best top-1 on the val split"
     # The validation-selected entry reports the TEST accuracy of that epoch (40 test images).
     assert results["best_on_val"]["num_samples"] == 40 and "selection_top1" in results["best_on_val"]
-    # Timings are labelled with the hardware: CPU model and thread count here.
-    assert results["hardware"].endswith(f"({torch.get_num_threads()} thread{'s' * (torch.get_num_threads() != 1)})")
+    # Timings are labelled with the hardware: CPU model and thread count, or GPU count and model.
+    threads = torch.get_num_threads()
+    expected = f"1 x {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else \
+        f"({threads} thread{'s' * (threads != 1)})"
+    assert results["hardware"].endswith(expected)
 
 
 def test_test_interval_scores_the_test_set_only_when_needed(cifar10_root, tmp_path, monkeypatch):
@@ -253,25 +256,29 @@ def test_test_interval_scores_the_test_set_only_when_needed(cifar10_root, tmp_pa
 
     real_evaluate = engine.evaluate
     monkeypatch.setattr(engine, "evaluate", spy)
-    # A vanishing learning rate keeps the validation top-1 (nearly) flat, so most epochs need no test.
-    results = run_training(config_for(cifar10_root.root, str(tmp_path / "run"), "--epochs", "7",
-                                      "--val_per_class", "2", "--test_interval", "3", "--lr", "1e-12",
-                                      "--warmup_epochs", "0"), "ce")
-    rounds, best_val = [], -1.0
+    # A vanishing learning rate keeps the validation top-1 (nearly) flat, so most epochs need no
+    # test. Evaluations every 2 epochs (and after the last): 2, 4, 6, 8, 9.
+    results = run_training(config_for(cifar10_root.root, str(tmp_path / "run"), "--epochs", "9",
+                                      "--val_per_class", "2", "--test_interval", "3", "--eval_interval", "2",
+                                      "--lr", "1e-12", "--warmup_epochs", "0"), "ce")
+    rounds, best_val, last_tested = [], -1.0, 0
     for split, top1 in seen:
         if split == "val":
             rounds.append({"val": top1})
         else:
             rounds[-1]["test"] = top1
-    assert len(rounds) == 7
-    for epoch, scores in enumerate(rounds, start=1):
-        due = epoch % 3 == 0 or epoch == 7 or scores["val"] > best_val
+    assert len(rounds) == 5
+    for epoch, scores in zip((2, 4, 6, 8, 9), rounds):
+        # 3 epochs since the last test (not a multiple of 3: evaluations fall on even epochs), an
+        # improved validation top-1, or the last epoch.
+        due = epoch - last_tested >= 3 or epoch == 9 or scores["val"] > best_val
         assert ("test" in scores) == due, (epoch, rounds)
         best_val = max(best_val, scores["val"])
+        last_tested = epoch if due else last_tested
     skipped = sum("test" not in scores for scores in rounds)
-    assert skipped >= 1 and results["last"]["epoch"] == 7
-    assert results["best_on_val"]["top1"] == rounds[results["best_on_val"]["epoch"] - 1]["test"]
-    assert f"over the {7 - skipped} epochs whose test set was evaluated" in results["best_on_test"]["rule"]
+    assert skipped >= 1 and results["last"]["epoch"] == 9 and results["last"]["top1"] == rounds[-1]["test"]
+    assert results["best_on_val"]["top1"] == rounds[results["best_on_val"]["epoch"] // 2 - 1]["test"]
+    assert f"over the {5 - skipped} epochs whose test set was evaluated" in results["best_on_test"]["rule"]
     with pytest.raises(ConfigError, match="--test_interval 3 needs --select_on val"):
         run_training(config_for(cifar10_root.root, str(tmp_path / "other"), "--test_interval", "3"), "ce")
 

@@ -441,13 +441,22 @@ def test_moco_then_crt(smoke):
     ({"method": "rotation", "config": {"pretrained_model": None}}, "ce_ssp"),
     ({"method": "moco", "config": {}}, "ce_ssp"),
     ({"method": "erm", "config": {"pretrained_model": None}}, "ce"),  # cRT / fine-tuning on a supervised run
-    ({"method": "erm", "config": {"pretrained_model": "runs/rotation"}}, "ce_ssp"),  # cRT on a CE+SSP run
+    ({"method": "erm", "config": {"pretrained_model": "PARENT"}}, "ce_ssp"),  # cRT on a CE+SSP run
+    ({"method": "erm", "config": {"pretrained_model": "SUPERVISED"}}, "ce"),  # fine-tuned twice, never SSP
+    ({"method": "erm", "config": {"pretrained_model": "MOVED"}}, "ce_ssp"),  # unreadable: the old rule
     (None, "ce_ssp"),  # a foreign file: the papers' MoCo / stage checkpoints
 ])
 def test_run_label_marks_only_self_supervised_starts(tmp_path, payload, expected):
     from utils.checkpoint import FORMAT_NAME
     from utils.runner import run_label
 
+    parents = {"PARENT": {"method": "erm", "config": {"pretrained_model": str(tmp_path / "rotation.pth")}},
+               "SUPERVISED": {"method": "erm", "config": {"pretrained_model": None}}}
+    torch.save({"format": FORMAT_NAME, "method": "rotation", "config": {}}, tmp_path / "rotation.pth")
+    for name, parent in parents.items():
+        torch.save({"format": FORMAT_NAME, **parent}, tmp_path / f"{name}.pth")
+    if payload is not None and payload["config"].get("pretrained_model") in ("PARENT", "SUPERVISED", "MOVED"):
+        payload = {**payload, "config": {"pretrained_model": str(tmp_path / f"{payload['config']['pretrained_model']}.pth")}}
     path = str(tmp_path / "start.pth")
     torch.save({"state_dict": {}} if payload is None else {"format": FORMAT_NAME, **payload}, path)
     config = types.SimpleNamespace(pretrained_model=path, unlabeled=None)

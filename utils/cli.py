@@ -80,9 +80,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--log_interval", type=int, default=50, help="steps between log synchronisations")
     group.add_argument("--eval_interval", type=int, default=1, help="evaluate every N epochs")
     group.add_argument("--test_interval", type=int, default=1,
-                       help="with --select_on val: evaluate the test set only every N epochs, when the "
-                            "validation top-1 improves, and after the last epoch (saves time; the "
-                            "last-epoch and selected-checkpoint numbers are unchanged)")
+                       help="with --select_on val: score the test set only once N epochs have passed "
+                            "since the last test, when the validation top-1 improves, and after the "
+                            "last epoch (saves time; the last-epoch and selected-checkpoint numbers "
+                            "are unchanged)")
     add_bool_flag(group, "--progress", default=True, help="tqdm progress bars")
     add_bool_flag(group, "--tta_flip", default=False, help="also report flip test-time augmentation")
     add_bool_flag(group, "--tb_save", default=True,

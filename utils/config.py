@@ -86,9 +86,10 @@ class RunConfig:
     limit_batches: Optional[int] = None  # cap batches per epoch (smoke runs)
     log_interval: int = 50  # steps between host synchronisations for logging / NaN checks
     eval_interval: int = 1  # evaluate every N epochs (and always after the last)
-    # With validation selection, the test set (often 50x the validation split) is evaluated every
-    # N epochs, at every validation improvement (so the selected checkpoint's test numbers are
-    # exact) and after the last epoch; 1 evaluates it whenever the validation split is.
+    # With validation selection, the test set (often 50x the validation split) is evaluated once N
+    # epochs have passed since its last evaluation, at every validation improvement (so the
+    # selected checkpoint's test numbers are exact) and after the last epoch; 1 evaluates it
+    # whenever the validation split is.
     test_interval: int = 1
     progress: bool = True  # tqdm bars
     tta_flip: bool = False  # also report flip test-time augmentation at the end

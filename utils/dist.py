@@ -6,6 +6,7 @@ the same entry scripts run everywhere. Only rank 0 writes files.
 from __future__ import annotations
 
 import os
+import platform
 import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -45,14 +46,13 @@ def describe_hardware(ctx: DeviceContext) -> str:
     if ctx.device.type == "cuda":
         count = len(ctx.data_parallel_ids) if ctx.data_parallel else ctx.world_size
         return f"{count} x {torch.cuda.get_device_name(ctx.device)}"
-    model = "unknown CPU"
+    model = None
     try:
         with open("/proc/cpuinfo") as stream:
-            model = next((line.split(":", 1)[1].strip() for line in stream if line.startswith("model name")), model)
+            model = next((line.split(":", 1)[1].strip() for line in stream if line.startswith("model name")), None)
     except OSError:  # not Linux
-        import platform
-
-        model = platform.processor() or model
+        pass
+    model = model or platform.processor() or platform.machine() or "unknown CPU"  # ARM has no model name
     threads = torch.get_num_threads()
     processes = f", {ctx.world_size} processes" if ctx.distributed else ""
     return f"{model} ({threads} thread{'s' if threads != 1 else ''}{processes})"

@@ -175,9 +175,11 @@ def evaluate(predict, loader, inputs, ctx, train_counts, amp="none", tta_flip=Fa
 def _test_due(config: TrainConfig, records: Dict[str, Any], evaluations: Dict[str, Dict[str, Any]],
               epoch: int) -> bool:
     """Whether this evaluation also scores the test set: always at --test_interval 1; otherwise
-    every test_interval epochs and whenever the validation top-1 improves, because best_on_val
-    keeps the test numbers of that epoch."""
-    if config.run.test_interval == 1 or (epoch + 1) % config.run.test_interval == 0:
+    once test_interval epochs have passed since the last test (so --eval_interval cannot stretch
+    the gap, and a resumed run keeps the rhythm: records["last"] is checkpointed) and whenever the
+    validation top-1 improves, because best_on_val keeps the test numbers of that epoch."""
+    last_tested = records.get("last", {}).get("epoch", 0)
+    if config.run.test_interval == 1 or (epoch + 1) - last_tested >= config.run.test_interval:
         return True
     best = records.get("best_on_val")
     return "val" in evaluations and (best is None or evaluations["val"]["top1"] > best["selection_top1"])

@@ -39,20 +39,24 @@ CLASSIFIER_NAMES = ("fc", "linear", "head", "classifier", "projector")
 SELF_SUPERVISED_METHODS = ("rotation", "moco")
 
 
-def is_self_supervised_start(path: str) -> bool:
+def is_self_supervised_start(path: str, depth: int = 0) -> bool:
     """Whether a ``--pretrained_model`` start carries self-supervised pre-training: an ltkit
-    rotation / MoCo checkpoint, an ltkit run that itself started from pre-trained weights (cRT on
-    a CE+SSP run), or a foreign file (the papers' MoCo and stage checkpoints). cRT on a plain
-    supervised run is not SSP, and its run is not labelled as such."""
-    path = resolve_checkpoint_path(path, prefer="last.pth")
+    rotation / MoCo checkpoint, an ltkit run descended from one through its own
+    ``--pretrained_model`` (cRT on a CE+SSP run), or a foreign file, taken to be the papers' MoCo or
+    stage checkpoints. cRT on a plain supervised run is not SSP, and its run is not labelled so.
+    A start that can no longer be read (a resumed run whose stage-1 folder moved) counts as SSP:
+    loading it reports the problem when it is actually needed."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # read_weights reports an unreadable file, with its reason, when it loads it
+        payload = torch.load(resolve_checkpoint_path(path, prefer="last.pth"), map_location="cpu",
+                             weights_only=False)
+    except Exception:
         return True
     if not (isinstance(payload, dict) and payload.get("format") == FORMAT_NAME):
         return True
-    config = payload.get("config") or {}
-    return payload.get("method") in SELF_SUPERVISED_METHODS or bool(config.get("pretrained_model"))
+    if payload.get("method") in SELF_SUPERVISED_METHODS:
+        return True
+    parent = (payload.get("config") or {}).get("pretrained_model")
+    return bool(parent) and (depth >= 8 or is_self_supervised_start(parent, depth + 1))
 
 
 def read_weights(path: str) -> Tuple[Dict[str, torch.Tensor], str]:

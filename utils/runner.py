@@ -302,7 +302,7 @@ def finalize(config, method, data, ctx, loaders, inputs, records, logger) -> Dic
         # --imb_factor only shapes the datasets whose long tail is cut here (CIFAR, SVHN).
         "imb_factor": config.data.imb_factor if config.dataset in SMALL_IMAGE_DATASETS else None,
         "imb_factor_unlabel": (config.imb_factor_unlabel or config.data.imb_factor) if config.unlabeled else None,
-        "train_counts": list(data.train_counts),
+        "train_counts": list(data.train_counts), "labeled_counts": list(labeled_counts),
         "git_commit": git_commit(),
         "last": {**records.get("last", {}), "rule": "last epoch"},
         "best_on_test": {**records.get("best_on_test", {}),
