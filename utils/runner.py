@@ -268,7 +268,7 @@ def run_training(config: TrainConfig, label: str, prepare_method: Optional[Calla
         # Only rank 0's generator state is checkpointed; every rank draws its own augmentation.
         torch.manual_seed((config.run.seed * 1000 + ctx.rank) * 100003 + (payload or {}).get("epoch", 0))
     records = fit(config, method, data, ctx, loaders, inputs, logger, save_checkpoint, resume=payload)
-    results = finalize(config, method, data, ctx, loaders, inputs, records, logger)
+    results = finalize(config, method, data, ctx, loaders, inputs, records, logger, labeled_counts)
     results["label"] = label
     results["run_dir"] = run_dir
     results["method_options"] = dict(config.method_options)
@@ -291,7 +291,7 @@ def _test_scope(config: TrainConfig, records: Dict[str, Any]) -> str:
             "validation improvements and the last)")
 
 
-def finalize(config, method, data, ctx, loaders, inputs, records, logger) -> Dict[str, Any]:
+def finalize(config, method, data, ctx, loaders, inputs, records, logger, labeled_counts) -> Dict[str, Any]:
     """Labels each reported number with the rule that produced it; adds test-time variants of
     the last-epoch model (flip TTA, post-hoc logit adjustment, tau-normalisation) when asked."""
     from losses.priors import posthoc_adjusted
