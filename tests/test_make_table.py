@@ -25,16 +25,17 @@ def fake_result(folder, label, top1, val=None, train_time_s=None, hardware=None)
 def test_table_averages_seeds_and_labels_rules(tmp_path):
     fake_result(str(tmp_path / "a"), "bccl", 80.0, train_time_s=3 * 3600, hardware="AMD EPYC (1 thread)")
     fake_result(str(tmp_path / "b"), "bccl", 82.0, train_time_s=4 * 3600, hardware="AMD EPYC (1 thread)")
-    fake_result(str(tmp_path / "c"), "ce", 70.0, val=69.0, train_time_s=1500)
+    fake_result(str(tmp_path / "c"), "balanced_softmax", 70.0, val=69.0, train_time_s=1500)
     results = [json.load(open(p)) for p in make_table.find_results([str(tmp_path)])]
     table = make_table.build_table(results, paper=True)
     bccl = next(line for line in table.splitlines() if "| bccl |" in line)
     # mean of 80 and 82, sample std sqrt(2) = 1.41; best-on-test mean 83; BCCL's paper number.
     assert "| 2 | 81.00 ± 1.41 |" in bccl and "| n/a |" in bccl
     assert "83.00 ± 1.41 | best on TEST | 85.22 | 3.5 h | AMD EPYC (1 thread) |" in bccl
-    ce = next(line for line in table.splitlines() if "| ce |" in line)
-    # An older results.json without the hardware field falls back to the device name.
-    assert "| 69.00 | best on val |  | 25 min | cpu |" in ce
+    softmax = next(line for line in table.splitlines() if "| balanced_softmax |" in line)
+    # No paper number for this row: an empty cell. An older results.json without the hardware
+    # field falls back to the device name.
+    assert "| 69.00 | best on val |  | 25 min | cpu |" in softmax
 
 
 def test_cli_writes_plot_and_errors_cleanly(tmp_path):
@@ -71,6 +72,9 @@ def test_paper_rows_follow_the_labels_the_scripts_produce():
 
     # train_LCSL.py's labels carry the augmentation and the selection split.
     assert "| 85.80 |" in row("lcsl_none_selval")
+    # The baselines: 100 - the errors of the LDAM-DRW paper (ERM 29.64, LDAM-DRW 22.97, CIFAR-100 57.96).
+    assert "| 70.36 |" in row("ce") and "| 77.03 |" in row("ldam_drw")
+    assert "| 42.04 |" in row("ldam_drw", dataset="cifar100")
     # Rotation SSP (100 - 26.50 and 100 - 23.47 error); CE(Balanced) on CIFAR is the Resample rule.
     assert "| 73.50 |" in row("ce_ssp") and "| 76.53 |" in row("ce_effective_number_ssp")
     # Pseudo-labelled runs are told apart by rho_U (ratio 50: 100 - 18.36).
