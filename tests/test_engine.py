@@ -162,27 +162,37 @@ def _tiny_data():
     return LongTailData("tiny", 4, train, test, counts, (0.5,) * 3, (0.25,) * 3, 8)
 
 
-def _train_tiny(ctx, out):
+def _tiny_val():
+    rng = np.random.default_rng(1)
+    return ImageSource(rng.integers(0, 4, 14), array=rng.integers(0, 256, (14, 8, 8, 3), dtype=np.uint8))
+
+
+def _train_tiny(ctx, out, with_val=False):
+    """Two epochs at lr 0.5 on the test split; with_val: five epochs, selection on a validation
+    split and the test set scored only when --test_interval 3 or a validation gain asks for it."""
     torch.manual_seed(0)
     data = _tiny_data()
     method = build_method("erm", Classifier(_Flat(), nn.Linear(8, 4)), data.train_counts)
     method.wrap(lambda net: dist.wrap_network(net, ctx), lambda net: net)
     config = TrainConfig(script="test", dataset="tiny", data=__import__("datasets").DataOptions(), arch="flat",
                          head="linear", head_scale=None, method="erm", method_options={}, batch_size=8,
-                         train_aug=("test",), aug_options={}, sampler=None, sampler_options={}, select_on="test",
-                         optim=OptimConfig(lr=0.5, epochs=2, warmup_epochs=0, milestones=()),
+                         train_aug=("test",), aug_options={}, sampler=None, sampler_options={},
+                         select_on="val" if with_val else "test",
+                         optim=OptimConfig(lr=0.5, epochs=5 if with_val else 2, warmup_epochs=0, milestones=()),
                          # fp32: bf16 autocast (--amp auto on CPUs with native bf16) rounds batches of
                          # 4 and 8 differently, and the comparison is about gradient averaging.
-                         run=RunConfig(progress=False, workers=0, amp="none"))
+                         run=RunConfig(progress=False, workers=0, amp="none", test_interval=3 if with_val else 1))
     per_rank = config.batch_size // ctx.world_size
     loaders = {"train": build_train_loader(data.train, build_transform("test", "cifar", 8), per_rank,
                                            seed=0, rank=ctx.rank, world_size=ctx.world_size),
                "test": build_eval_loader(data.test, None, 6, rank=ctx.rank, world_size=ctx.world_size)}
+    if with_val:
+        loaders["val"] = build_eval_loader(_tiny_val(), None, 4, rank=ctx.rank, world_size=ctx.world_size)
     records = fit(config, method, data, ctx, loaders, DeviceInputs(data.mean, data.std, ctx.device), _Quiet(),
                   lambda *a: None)
     if ctx.is_main:
         torch.save({"state": method.model.state_dict(), "top1": records["last"]["top1"],
-                    "nll": records["last"]["nll"]}, out)
+                    "nll": records["last"]["nll"], "records": records}, out)
 
 
 class _Quiet:
@@ -193,12 +203,12 @@ class _Quiet:
         pass
 
 
-def _ddp_worker(rank, world, port, out):
+def _ddp_worker(rank, world, port, out, with_val=False):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     ctx = dist.setup_devices(None, backend="gloo")
     try:
-        _train_tiny(ctx, out)
+        _train_tiny(ctx, out, with_val)
     finally:
         dist.cleanup()
 
@@ -215,6 +225,25 @@ def test_ddp_gloo_matches_single_process(tmp_path):
     for key in a["state"]:
         torch.testing.assert_close(a["state"][key], b["state"][key], rtol=1e-4, atol=1e-5)  # float summation order differs
     assert a["top1"] == b["top1"] and a["nll"] == pytest.approx(b["nll"], rel=1e-5)
+
+
+def test_ddp_validation_selection_and_test_interval_agree_with_single_process(tmp_path):
+    # Every rank must take the same "score the test set now?" decision (the test pass is a
+    # collective); the decision rests on the all-reduced validation top-1, so DDP reproduces the
+    # single process's test epochs and selected epoch.
+    single = str(tmp_path / "single.pt")
+    _train_tiny(dist.DeviceContext(torch.device("cpu")), single, with_val=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ddp = str(tmp_path / "ddp.pt")
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, ddp, True), nprocs=2, join=True)
+    a, b = torch.load(single)["records"], torch.load(ddp)["records"]
+    assert 2 <= a["test_evaluations"] < 5  # the interval skipped some epochs, the last was scored
+    assert a["test_evaluations"] == b["test_evaluations"]
+    for key in ("best_on_val", "last", "last_val"):
+        assert a[key]["epoch"] == b[key]["epoch"] and a[key]["top1"] == pytest.approx(b[key]["top1"])
+    assert a["best_on_val"]["selection_top1"] == pytest.approx(b["best_on_val"]["selection_top1"])
 
 
 def test_bf16_channels_last_and_gpu_flag_without_cuda(cifar10_root, tmp_path, capfd):
