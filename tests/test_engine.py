@@ -213,14 +213,19 @@ def _ddp_worker(rank, world, port, out, with_val=False):
         dist.cleanup()
 
 
-def test_ddp_gloo_matches_single_process(tmp_path):
-    single = str(tmp_path / "single.pt")
-    _train_tiny(dist.DeviceContext(torch.device("cpu")), single)
+def _train_tiny_ddp(out, with_val=False):
+    """_train_tiny in two gloo processes on a free local port."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, out, with_val), nprocs=2, join=True)
+
+
+def test_ddp_gloo_matches_single_process(tmp_path):
+    single = str(tmp_path / "single.pt")
+    _train_tiny(dist.DeviceContext(torch.device("cpu")), single)
     ddp = str(tmp_path / "ddp.pt")
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, ddp), nprocs=2, join=True)
+    _train_tiny_ddp(ddp)
     a, b = torch.load(single), torch.load(ddp)
     for key in a["state"]:
         torch.testing.assert_close(a["state"][key], b["state"][key], rtol=1e-4, atol=1e-5)  # float summation order differs
@@ -233,11 +238,8 @@ def test_ddp_validation_selection_and_test_interval_agree_with_single_process(tm
     # single process's test epochs and selected epoch.
     single = str(tmp_path / "single.pt")
     _train_tiny(dist.DeviceContext(torch.device("cpu")), single, with_val=True)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     ddp = str(tmp_path / "ddp.pt")
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, ddp, True), nprocs=2, join=True)
+    _train_tiny_ddp(ddp, with_val=True)
     a, b = torch.load(single)["records"], torch.load(ddp)["records"]
     assert 2 <= a["test_evaluations"] < 5  # the interval skipped some epochs, the last was scored
     assert a["test_evaluations"] == b["test_evaluations"]
