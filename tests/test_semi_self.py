@@ -251,6 +251,30 @@ def test_pretrained_load_refuses_partial_or_foreign_weights(tmp_path, change, me
         load_pretrained(erm(), path, ListLogger())
 
 
+def test_pretrained_load_refuses_an_unfinished_run_folder_but_takes_its_file(tmp_path):
+    weights = backbone_weights()
+    source = build_method("rotation", build_model("resnet32", 3), COUNTS)
+    source.model.backbone.load_state_dict(weights)
+    run = tmp_path / "rotation_run"
+
+    def save(epoch):
+        save_atomic(build_payload(method_name="rotation", method_kwargs={}, model_kwargs={}, dataset={},
+                                  config={"optim": {"epochs": 200}}, state_dict=source.state_dict(), epoch=epoch),
+                    str(run / "last.pth"))
+
+    save(170)
+    with pytest.raises(CheckpointError, match="stopped after epoch 170 of 200; finish it first"):
+        load_pretrained(erm(), str(run), ListLogger())
+    method, logger = erm(), ListLogger()
+    load_pretrained(method, str(run / "last.pth"), logger)  # a file: the user chose that epoch
+    assert all(torch.equal(v, weights[k]) for k, v in method.model.backbone.state_dict().items())
+    assert "from epoch 170 of its run's 200" in logger.messages[-1]
+    save(200)
+    logger = ListLogger()
+    load_pretrained(erm(), str(run), logger)
+    assert len(logger.messages) == 1 and "loaded 186 tensors" in logger.messages[0]
+
+
 def test_pretrained_load_refuses_its_own_run_folder(tmp_path):
     torch.save(backbone_weights(), str(tmp_path / "last.pth"))
     with pytest.raises(CheckpointError, match="own folder"):

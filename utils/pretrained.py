@@ -21,7 +21,7 @@ silently loaded nothing (ALGORITHMS.md 3.8 item 2); here that is an error.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
@@ -59,15 +59,26 @@ def is_self_supervised_start(path: str, depth: int = 0) -> bool:
     return bool(parent) and (depth >= 8 or is_self_supervised_start(parent, depth + 1))
 
 
-def read_weights(path: str) -> Tuple[Dict[str, torch.Tensor], str]:
-    """The tensors of a checkpoint file (or run folder, whose last.pth is used) and what it was."""
+def training_progress(payload: Mapping[str, Any]) -> Optional[Tuple[int, int]]:
+    """(completed epochs, planned epochs) of an ltkit checkpoint, None where either is unknown."""
+    done = payload.get("epoch")
+    planned = ((payload.get("config") or {}).get("optim") or {}).get("epochs")
+    if isinstance(done, int) and isinstance(planned, int):
+        return done, planned
+    return None
+
+
+def read_weights(path: str) -> Tuple[Dict[str, torch.Tensor], str, Optional[Tuple[int, int]]]:
+    """The tensors of a checkpoint file (or run folder, whose last.pth is used), what it was, and
+    for an ltkit checkpoint its (completed, planned) epochs."""
     path = resolve_checkpoint_path(path, prefer="last.pth")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # truncated zip, pickle garbage, wrong file type
         raise CheckpointError(f"--pretrained_model {path}: cannot read it ({type(error).__name__})") from None
-    kind = "state dict"
+    kind, progress = "state dict", None
     if isinstance(payload, dict) and payload.get("format") == FORMAT_NAME:
+        progress = training_progress(payload)
         payload, kind = payload["state_dict"], f"ltkit {payload.get('method')} checkpoint"
     elif isinstance(payload, dict) and isinstance(payload.get("state_dict_best"), dict):
         payload, kind = payload["state_dict_best"].get("feat_model", {}), "stage checkpoint (feat_model)"
@@ -76,7 +87,7 @@ def read_weights(path: str) -> Tuple[Dict[str, torch.Tensor], str]:
     if not isinstance(payload, Mapping):
         raise CheckpointError(f"--pretrained_model {path}: no state dict inside ({type(payload).__name__})")
     tensors = {str(k): v for k, v in payload.items() if isinstance(v, torch.Tensor)}
-    return tensors, kind
+    return tensors, kind, progress
 
 
 def _strip_wrappers(key: str) -> str:
@@ -130,7 +141,14 @@ def load_pretrained(method, path: str, logger) -> Dict[str, Any]:
                               "checkpoints would be overwritten; write the run elsewhere (--out_dir)")
     backbone = method.model.backbone
     target = backbone.state_dict()
-    raw, kind = read_weights(resolved)
+    raw, kind, progress = read_weights(resolved)
+    unfinished = progress is not None and progress[0] < progress[1]
+    if unfinished and os.path.isdir(path):
+        # A run folder stands for its finished result; a stage-1 run cut off by a time limit would
+        # otherwise hand stage 2 a half-trained backbone without a word.
+        raise CheckpointError(f"--pretrained_model {path}: that run stopped after epoch {progress[0]} of "
+                              f"{progress[1]}; finish it first (re-run its command with --resume auto), or "
+                              f"pass the file {resolved} to start from this epoch on purpose")
     source, selected = backbone_keys(raw, list(target))
     arch = type(backbone).__name__
     matched = [k for k in source if k in target]
@@ -162,4 +180,6 @@ def load_pretrained(method, path: str, logger) -> Dict[str, Any]:
     logger.info(f"pretrained: loaded {len(matched)} tensors into the {arch} backbone from {resolved} ({kind}"
                 + (f", sub-tree {''.join(selected)}" if selected else "") + f"); ignored {len(classifier)} "
                 f"classifier / projection tensors; the classifier head ({head_tensors} tensors) is newly initialised")
+    if unfinished:
+        logger.info(f"pretrained: note that {resolved} is from epoch {progress[0]} of its run's {progress[1]}")
     return {"loaded": len(matched), "ignored": len(classifier), "head": head_tensors}
