@@ -32,12 +32,15 @@ from torch import Tensor
 from losses import LOSSES
 from losses.supcon import centroid_loss, class_averaged_supcon
 from methods.base import METHOD_CLIS, METHODS, Method, MethodChoice
+from models.heads import NormedLinear
 from utils.dist import gather_no_grad, gather_with_grad
 from utils.kmeans import INITS as KMEANS_INITS
 from utils.kmeans import batched_kmeans
 
 REFRESH_MODES = ("step", "epoch")
 QUEUE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# BCCL's NormedLinear init: uniform(-1, 1) class vectors clipped to norm 5 (model/resnet.py, line 15).
+HEAD_INIT_MAX_NORM = 5.0
 CIFAR_HIDDEN = 512  # the "cifar" projection head widens ResNet-32's 64-d features (ALGORITHMS.md 2.2)
 # k-means runs on at most this many queued numbers at once (C x Q x D split over classes), which
 # bounds its float32 temporaries on ImageNet-LT / iNaturalist (1000-8142 classes, D = 2048).
@@ -169,6 +172,10 @@ class BCCL(Method):
         self.warmup_epochs, self.kmeans_every, self.kmeans_refresh = warmup_epochs, kmeans_every, kmeans_refresh
         self.kmeans_init = kmeans_init
         self.seed = seed
+        if isinstance(model.head, NormedLinear):
+            # BCCL's cosine classifier starts with class vectors of norm up to 5, not 1 (see
+            # NormedLinear.reset_parameters): that sets its early effective learning rate.
+            model.head.reset_parameters(max_norm=HEAD_INIT_MAX_NORM)
         hidden = CIFAR_HIDDEN if model.feat_dim == 64 else model.feat_dim
         self.projector = ProjectionHead(model.feat_dim, hidden, feat_dim)
         # Logit adjustment with tau = 1 (Menon et al., ICLR 2021), as BCCL's LogitAdjust.

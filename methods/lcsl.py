@@ -11,7 +11,9 @@ minority class. The student learns from both signals:
     yhat_i = argmax softmax(T_flip(x~)_i / tau),  m_i = 1[max softmax >= conf] * 1[yhat_i in M],
 
 where T_flip averages T's logits on the image and its mirror and M is the set of classes with
-fewer training images than the mean. T starts as a separate random network and gives no labels
+fewer training images than the mean. Before the mixed batch, the student also sees the clean batch
+in train mode without a graph, as the reference does: that pass only updates BatchNorm's running
+statistics. T starts as a separate random network and gives no labels
 until a student first replaces it (``training_step`` says why). At the start of each epoch T's classifier rows are scaled
 to unit L2 norm; after each evaluation T is replaced by S whenever S's mean per-class accuracy on
 the selection split improves (the same S the engine saves as best.pth, see ``on_epoch_end``).
@@ -203,6 +205,13 @@ class LCSL(Method):
             # a Kaiming-initialised ResNet-32 in eval mode with fresh BN statistics instead emits
             # features of norm ~1e3 and fully confident random labels, which would be pure noise.
             pseudo, mask = targets, torch.zeros(targets.shape[0], device=targets.device)
+        with torch.no_grad():
+            # The reference also runs the student on the clean batch, in train mode, just before
+            # the mixed one (train_LCSL.py, line 193). Its output is unused, but every BatchNorm's
+            # running statistics see the clean batch and then the mixed one, so at test time BN
+            # normalises with statistics of both (mixed images have lower variance: about 0.72
+            # of the clean one at the stem). Only that side effect matters, so no graph is kept.
+            self.network(images)
         logits = self.network(mixed)  # B x C, the one forward with a graph
         loss, parts = lcsl_loss(logits, targets, perm, lam, pseudo, mask, self.alpha, self.beta)
         parts["sl/mask_rate"] = mask.mean()  # share of the batch whose teacher label counts

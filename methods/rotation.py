@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from methods.base import METHOD_CLIS, METHODS, Method, MethodChoice
+from models import init_linear_like_backbone
 from utils import dist
 
 NUM_ROTATIONS = 4
@@ -69,7 +70,9 @@ class RotationPretraining(Method):
 
     def __init__(self, model: nn.Module, class_counts: Sequence[int]):
         super().__init__(model, class_counts)
-        self.rotation_head = nn.Linear(model.feat_dim, NUM_ROTATIONS)
+        # As the reference builds it: the network's own classifier with 4 outputs, so on ResNet-32
+        # it gets the same Kaiming-normal init.
+        self.rotation_head = init_linear_like_backbone(model.backbone, nn.Linear(model.feat_dim, NUM_ROTATIONS))
         # Outside the module tree (the state dict holds `model` and `rotation_head` once each).
         object.__setattr__(self, "_joint", _RotationNetwork(model, self.rotation_head))
         # Hits and images of the rotated evaluation batches since the last epoch end.

@@ -86,10 +86,22 @@ def build_model(arch: str, num_classes: int, head: str = "linear", scale: float 
     head_factory = HEADS.get(head)
     backbone = backbone_factory()
     classifier_head = head_factory(backbone.out_dim, num_classes, scale)
-    if getattr(backbone, "kaiming_init", False) and isinstance(classifier_head, nn.Linear):
-        # The LDAM-DRW ResNet-32 initialises its linear classifier with Kaiming-normal too.
-        nn.init.kaiming_normal_(classifier_head.weight)
+    if isinstance(classifier_head, nn.Linear):
+        init_linear_like_backbone(backbone, classifier_head)
     return Classifier(backbone, classifier_head)
+
+
+def init_linear_like_backbone(backbone: nn.Module, linear: nn.Linear) -> nn.Linear:
+    """Kaiming-normal weights for a linear layer on a Kaiming-initialised backbone.
+
+    The LDAM-DRW ResNet-32 code (also Yang & Xu's ``models/resnet_cifar.py``, ``_weights_init``)
+    applies ``kaiming_normal_`` to every Linear it builds: the classifier, and in rotation
+    pre-training the 4-way rotation classifier. Other backbones keep PyTorch's default init.
+    The bias keeps PyTorch's default, as there. Returns ``linear``.
+    """
+    if getattr(backbone, "kaiming_init", False):
+        nn.init.kaiming_normal_(linear.weight)
+    return linear
 
 
 __all__ = [
@@ -97,6 +109,7 @@ __all__ = [
     "HEADS",
     "Classifier",
     "build_model",
+    "init_linear_like_backbone",
     "CifarResNet",
     "ResNetTrunk",
     "NormedLinear",

@@ -42,12 +42,22 @@ class NormedLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        # LDAM-DRW's init: uniform(-1, 1) entries, then every class vector rescaled to unit norm.
-        # Only the direction matters to the forward; unit rows start every class on equal footing.
+    def reset_parameters(self, max_norm: float | None = None) -> None:
+        """Uniform(-1, 1) entries, then each class vector scaled to unit norm (``max_norm=None``,
+        LDAM-DRW's ``renorm_(2, 1, 1e-5).mul_(1e5)``) or clipped to norm at most ``max_norm``
+        (BCCL's ``renorm_(2, 1, 5)``, ``model/resnet.py``).
+
+        Only the direction enters the forward, but the norm sets the head's effective learning
+        rate: the gradient of cos(h, w) with respect to w scales with 1 / ||w||, so BCCL's rows of
+        norm ~4.6 (64-d uniform entries: sqrt(64 / 3)) learn about five times slower at first
+        than unit rows.
+        """
         with torch.no_grad():
             self.weight.uniform_(-1.0, 1.0)
-            self.weight.copy_(F.normalize(self.weight, dim=1))
+            if max_norm is None:
+                self.weight.copy_(F.normalize(self.weight, dim=1))
+            else:
+                self.weight.renorm_(2, 0, max_norm)  # dim 0: each row, our (classes x dim) layout
 
     def forward(self, x: Tensor) -> Tensor:
         # x: N x D, weight: C x D  ->  logits: N x C

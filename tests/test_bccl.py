@@ -226,6 +226,15 @@ def tiny_batch(step):
     return views, torch.tensor([0, 0, 1, 2, 0, 1])
 
 
+def test_cosine_head_starts_as_bccls_and_ldams_stays_unit():
+    torch.manual_seed(1)
+    method = build_method("bccl", build_model("resnet32", 10, head="normed", scale=1 / 0.03), [50] * 10)
+    norms = method.model.head.weight.detach().norm(dim=1)
+    assert (norms <= 5 + 1e-5).all() and float(norms.mean()) > 4.0  # BCCL: clipped to 5, ~4.6
+    ldam = build_model("resnet32", 10, head="normed")  # LDAM-DRW's cosine head: unit rows
+    torch.testing.assert_close(ldam.head.weight.norm(dim=1), torch.ones(10))
+
+
 def test_training_step_queues_centroids_and_gradients(one_thread):
     method = tiny_method(warmup_epochs=1, kmeans_every=10)
     method.train()

@@ -120,7 +120,7 @@ def test_training_step_one_student_forward_and_hand_loss():
     method.teacher.register_forward_hook(lambda m, i, o: calls["teacher"].append(i[0].shape[0]))
     images, targets = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 5, 9])
     out = method.training_step(images, targets, epoch=0)
-    assert calls == {"student": [4], "teacher": [8]}  # no clean-batch forward; flip in one pass
+    assert calls == {"student": [4, 4], "teacher": [8]}  # clean then mixed; the flip in one pass
     assert out["parts"]["sl/mask_rate"].item() == 1.0
     with torch.no_grad():
         logits = method.model(0.3 * images + 0.7 * images[perm]).tolist()
@@ -131,6 +131,38 @@ def test_training_step_one_student_forward_and_hand_loss():
     assert all(p.grad is None and not p.requires_grad for p in method.teacher.parameters())
     assert all(p.grad is not None for p in method.model.parameters())
     assert not method.teacher.training and method.model.training
+
+
+def test_batchnorm_statistics_see_the_clean_batch_then_the_mixed_one():
+    """The reference's unused clean forward (train mode) updates BN's running statistics before
+    the mixed forward: each BN ends at 0.9 * (0.9 * r + 0.1 * clean) + 0.1 * mixed."""
+    method = lcsl().train()
+    lam, perm = torch.tensor(0.4), torch.tensor([1, 2, 3, 0])
+    method.draw_mixup = lambda batch_size, device: (lam, perm)
+    images, targets = torch.randn(4, 3, 8, 8) * 2 + 1, torch.tensor([0, 1, 5, 9])
+    replay = build_model("resnet32", len(COUNTS))
+    replay.load_state_dict(method.model.state_dict())
+    bn = method.model.backbone.bn1
+    start = bn.running_mean.clone()
+    method.training_step(images, targets, epoch=0)
+    mixed = 0.4 * images + 0.6 * images[perm]
+    with torch.no_grad():
+        replay.train()
+        first = replay.backbone.conv1(images).mean(dim=(0, 2, 3))
+        second = replay.backbone.conv1(mixed).mean(dim=(0, 2, 3))
+        replay(images)
+        replay(mixed)
+    # The stem's BN by hand (momentum 0.1), then every BN of the network against the replay.
+    torch.testing.assert_close(bn.running_mean, 0.9 * (0.9 * start + 0.1 * first) + 0.1 * second)
+    assert int(bn.num_batches_tracked) == 2
+    for name, value in replay.state_dict().items():
+        torch.testing.assert_close(method.model.state_dict()[name], value, msg=name)
+    mixed_only = build_model("resnet32", len(COUNTS))
+    mixed_only.load_state_dict(replay.state_dict())
+    mixed_only.backbone.bn1.running_mean.copy_(start)
+    with torch.no_grad():
+        mixed_only.train()(mixed)
+    assert not torch.allclose(mixed_only.backbone.bn1.running_mean, bn.running_mean)
 
 
 def test_the_random_initial_teacher_gives_no_labels():

@@ -175,6 +175,24 @@ def test_normed_head_default_scale_and_init():
     torch.testing.assert_close(head.weight.norm(dim=1), torch.ones(10))
 
 
+def test_normed_head_clipped_init_keeps_short_rows_and_clips_long_ones():
+    torch.manual_seed(0)
+    head = NormedLinear(64, 10)
+    head.reset_parameters(max_norm=5.0)
+    norms = head.weight.detach().norm(dim=1)
+    assert (head.weight.abs() <= 1).all() and (norms <= 5 + 1e-5).all()
+    # 64 uniform(-1, 1) entries have norm about sqrt(64 / 3) = 4.6: some rows stay below 5.
+    assert 4.0 < float(norms.mean()) < 5.0 and (norms < 5 - 1e-3).any()
+    head = NormedLinear(2048, 3)
+    head.reset_parameters(max_norm=5.0)  # norm ~26 before clipping: every row ends at exactly 5
+    torch.testing.assert_close(head.weight.norm(dim=1), torch.full((3,), 5.0))
+    head = NormedLinear(2, 1)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[3.0, 4.0]]))
+        head.weight.renorm_(2, 0, 2.5)  # the operation the init applies: [3, 4] has norm 5 -> halved
+    torch.testing.assert_close(head.weight, torch.tensor([[1.5, 2.0]]))
+
+
 def test_normed_linear_matches_hand_computed_cosine():
     head = NormedLinear(2, 2, scale=2.0)
     with torch.no_grad():

@@ -98,6 +98,18 @@ def pool_of(labels, start=0):
     return semi.Pool("synthetic", images=images, reference_labels=np.asarray(labels))
 
 
+def test_rotation_head_is_kaiming_normal_on_resnet32():
+    """The reference builds the rotation network as ResNet-32 with 4 outputs, whose
+    ``_weights_init`` gives the linear layer Kaiming-normal weights: std sqrt(2 / 64) = 0.177, where
+    nn.Linear's default (uniform +-1/8) has std 0.072."""
+    torch.manual_seed(0)
+    method = build_method("rotation", build_model("resnet32", 10), [50] * 10)
+    weight = method.rotation_head.weight.detach()
+    assert weight.shape == (4, 64)
+    assert abs(float(weight.std()) - (2 / 64) ** 0.5) < 0.03
+    assert float(weight.abs().max()) > 1 / 8  # outside nn.Linear's default uniform range
+
+
 def test_pseudo_label_file_round_trip_threshold_and_overwrite(tmp_path):
     pool, path = pool_of([0, 1, 2, 1]), str(tmp_path / "p.pkl")
     pseudo, conf = np.array([0, 2, 2, 1]), np.array([0.9, 0.4, 0.8, 0.99])

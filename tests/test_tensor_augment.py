@@ -207,6 +207,88 @@ def test_augmentation_space_equals_torchvision():
     assert tuple(T.RandAugment()._augmentation_space(11, (32, 32))) == tensor_policy.RANDAUG_OPS
 
 
+def test_paper_autoaugment_space_differs_from_torchvision_in_rotate_and_solarize_only():
+    from datasets.augment.pil import PaperAutoAugment
+
+    theirs = T.AutoAugment()._augmentation_space(10, (32, 32))
+    papers = PaperAutoAugment()._augmentation_space(10, (32, 32))
+    tensor = tensor_policy.augmentation_space(10, 32, 32, solarize_start=tensor_policy.PAPER_SOLARIZE_START)
+    for name, (magnitudes, signed) in papers.items():
+        if name not in ("Rotate", "Solarize"):
+            assert torch.equal(magnitudes, theirs[name][0]) and signed == theirs[name][1], name
+        expected = magnitudes.double() if magnitudes.ndim else torch.zeros(10, dtype=torch.float64)
+        assert torch.allclose(tensor[name], expected), name
+    assert papers["Rotate"][1] is False and theirs["Rotate"][1] is True
+    # The CIFAR10Policy class: np.linspace(256, 0, 10), i.e. 256 * (1 - k / 9).
+    assert torch.allclose(papers["Solarize"][0].double(), torch.tensor([256 * (1 - k / 9) for k in range(10)],
+                                                                        dtype=torch.float64))
+
+
+def _forced_sub_policy(monkeypatch, transform, index, coins, signs):
+    """Makes ``transform`` (torchvision's AutoAugment class) draw sub-policy ``index``, the
+    application coins ``coins`` (a stage runs when its coin <= its probability) and ``signs``
+    (0 = torchvision negates a signed op)."""
+    monkeypatch.setattr(type(transform), "get_params",
+                        staticmethod(lambda n: (index, torch.tensor(coins), torch.tensor(signs))))
+
+
+def test_paper_autoaugment_rotates_by_positive_angles_only(monkeypatch):
+    from datasets.augment.pil import PaperAutoAugment
+
+    policy = PaperAutoAugment(T.AutoAugmentPolicy.CIFAR10, fill=[128, 128, 128])
+    index = policy.policies.index((("Rotate", 0.7, 2), ("TranslateX", 0.3, 9)))
+    _forced_sub_policy(monkeypatch, policy, index, [0.0, 0.0], [0, 1])
+    image = Image.fromarray(natural_batch(1)[0].permute(1, 2, 0).numpy())
+    out = policy(image)
+    angle = 30 * 2 / 9  # linspace(0, 30, 10)[2] = 6.67 degrees, counter-clockwise as PIL's rotate
+    shift = int(150 / 331 * 32 * 9 / 9)
+    rotated = F1.rotate(image, angle, fill=[128, 128, 128])
+    expected = F1.affine(rotated, 0.0, [shift, 0], 1.0, [0.0, 0.0], fill=[128, 128, 128])
+    assert np.array_equal(np.asarray(out), np.asarray(expected))
+    assert not np.array_equal(np.asarray(out), np.asarray(
+        F1.affine(F1.rotate(image, -angle, fill=[128, 128, 128]), 0.0, [shift, 0], 1.0, [0.0, 0.0],
+                  fill=[128, 128, 128])))
+
+
+def test_paper_autoaugment_solarize_thresholds(monkeypatch):
+    """Sub-policy (Solarize 0.5 bin 2, Invert 0.0): the papers' threshold 199.1 inverts the grey
+    levels 200..255 and keeps 199, where torchvision's 198.3 inverts 199 too."""
+    from datasets.augment.pil import PaperAutoAugment
+
+    levels = torch.arange(256, dtype=torch.uint8).view(1, 16, 16).expand(3, -1, -1)
+    image = Image.fromarray(levels.permute(1, 2, 0).numpy())
+    policy = PaperAutoAugment(T.AutoAugmentPolicy.CIFAR10)
+    index = policy.policies.index((("Solarize", 0.5, 2), ("Invert", 0.0, None)))
+    _forced_sub_policy(monkeypatch, policy, index, [0.1, 0.9], [1, 1])  # Solarize on, Invert off
+    out = torch.from_numpy(np.asarray(policy(image))[..., 0].copy()).flatten().int()
+    expected = torch.where(torch.arange(256) >= 200, 255 - torch.arange(256), torch.arange(256)).int()
+    assert torch.equal(out, expected)
+    batch = levels.unsqueeze(0).contiguous()
+    papers_bin = tensor_policy.augmentation_space(10, 16, 16, tensor_policy.PAPER_SOLARIZE_START)["Solarize"][2]
+    tensor_out = tensor_policy.apply_op(batch, "Solarize", torch.tensor([papers_bin]), "nearest", None)
+    assert torch.equal(tensor_out[0, 0].flatten().int(), expected)
+    bin0 = tensor_policy.augmentation_space(10, 16, 16, tensor_policy.PAPER_SOLARIZE_START)["Solarize"][0]
+    assert torch.equal(tensor_policy.apply_op(batch, "Solarize", torch.tensor([bin0]), "nearest", None), batch)
+
+
+def test_batch_autoaugment_draws_the_papers_magnitudes(monkeypatch):
+    seen = {}
+    real = tensor_policy.apply_op
+
+    def recording(images, name, magnitudes, interpolation, fill):
+        seen.setdefault(name, []).append(magnitudes)
+        return real(images, name, magnitudes, interpolation, fill)
+
+    monkeypatch.setattr(tensor_policy, "apply_op", recording)
+    tensor_policy.BatchAutoAugment(fill=(128, 128, 128))(random_batch(2000), torch.Generator().manual_seed(3))
+    rotations = torch.cat(seen["Rotate"])
+    assert (rotations > 0).all() and rotations.numel() > 50  # bins 2, 8, 9: never negative
+    thresholds = set(torch.cat(seen["Solarize"]).double().round(decimals=3).tolist())
+    assert thresholds <= {round(256 * (1 - k / 9), 3) for k in range(10)} and len(thresholds) >= 3
+    shears = torch.cat(seen["ShearY"])
+    assert (shears < 0).any() and (shears > 0).any()  # the other geometric ops keep their sign
+
+
 def test_color_jitter_runs_each_sample_in_its_drawn_order():
     """Redraws the parameters from a copy of the generator and applies torchvision's ops per image."""
     images = natural_batch(12)

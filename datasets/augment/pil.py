@@ -11,12 +11,15 @@ BCCL ``dataset/transform.py`` (2.6), the semi/self-supervised code's MoCo v2 and
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
+import torch
+from torch import Tensor
 from torchvision import transforms as T
 
 from datasets.augment.core import TRANSFORMS, Transform, check_style
 from datasets.augment.ops import Cutout
+from datasets.augment.tensor_policy import PAPER_AUTOAUG_UNSIGNED, PAPER_SOLARIZE_START
 
 CIFAR_PADDING = 4  # RandomCrop(32, padding=4) in all three repos
 CUTOUT_SIZE = 16  # LCSL / BCCL Cutout(n_holes=1, length=16)
@@ -104,20 +107,36 @@ def cutout(
     return _to_uint8(ops, [Cutout(cutout_size)])
 
 
+class PaperAutoAugment(T.AutoAugment):
+    """torchvision's AutoAugment with the magnitudes of the papers' ``CIFAR10Policy`` class.
+
+    Same sub-policies, probabilities and bins; Rotate keeps its positive angle and Solarize's
+    thresholds run from 256 down to 0 (see ``tensor_policy.PAPER_AUTOAUG_UNSIGNED``).
+    """
+
+    def _augmentation_space(self, num_bins: int, image_size: Tuple[int, int]) -> Dict[str, Tuple[Tensor, bool]]:
+        space = super()._augmentation_space(num_bins, image_size)
+        for name in PAPER_AUTOAUG_UNSIGNED:
+            space[name] = (space[name][0], False)
+        space["Solarize"] = (torch.linspace(PAPER_SOLARIZE_START, 0.0, num_bins), False)
+        return space
+
+
 @TRANSFORMS.register("autoaug")
 def autoaug(style: str, image_size: int, *, cutout_size: int = CUTOUT_SIZE) -> Transform:
     """RandomCrop(32, 4) + flip + AutoAugment (CIFAR-10 policy) + Cutout(1 x 16).
 
     LCSL ``--data_aug autoaug`` and BCCL's first CIFAR view (Cubuk et al. 2019; DeVries & Taylor
     2017). torchvision's CIFAR-10 policy has the same 25 sub-policies and magnitude bins as the
-    ``CIFAR10Policy`` class the papers copy; like it, we fill exposed pixels with grey 128.
-    That class resamples shears bicubically and translations/rotations with nearest neighbour;
-    torchvision uses one interpolation for all, and we keep its nearest-neighbour default.
-    Defined for CIFAR-style images only, as in the papers.
+    ``CIFAR10Policy`` class the papers copy; ``PaperAutoAugment`` gives it that class's rotation
+    (positive angles) and Solarize thresholds (256 -> 0), and like it we fill exposed pixels with
+    grey 128. That class resamples shears bicubically and translations/rotations with nearest
+    neighbour; torchvision uses one interpolation for all, and we keep its nearest-neighbour
+    default. Defined for CIFAR-style images only, as in the papers.
     """
     check_style("autoaug", style, allowed=("cifar",))
     ops = _crop_flip(style, image_size)
-    ops.append(T.AutoAugment(T.AutoAugmentPolicy.CIFAR10, fill=list(AUTOAUG_FILL)))
+    ops.append(PaperAutoAugment(T.AutoAugmentPolicy.CIFAR10, fill=list(AUTOAUG_FILL)))
     return _to_uint8(ops, [Cutout(cutout_size)])
 
 

@@ -27,13 +27,22 @@ RANDAUG_OPS: Tuple[str, ...] = ("Identity", "ShearX", "ShearY", "TranslateX", "T
                                 "AutoContrast", "Equalize")
 SIGNED = {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast",
           "Sharpness"}
+# The ``CIFAR10Policy`` class that BCCL (``randaugment.py``, ``SubPolicy``) and LCSL
+# (``data/autoaug.py``) copy differs from torchvision's AutoAugment in two ways: ``rotate`` turns
+# by the positive angle only (``img.rotate(magnitude)``, no random sign), and the Solarize
+# thresholds are ``np.linspace(256, 0, 10)``, so bin 0 inverts nothing and bin k inverts the
+# pixels >= 256 (1 - k / 9) instead of >= 255 (1 - k / 9).
+PAPER_AUTOAUG_UNSIGNED = frozenset({"Rotate"})
+PAPER_SOLARIZE_START = 256.0
 
 
-def augmentation_space(num_bins: int, height: int, width: int) -> Dict[str, Tensor]:
+def augmentation_space(num_bins: int, height: int, width: int,
+                       solarize_start: float = 255.0) -> Dict[str, Tensor]:
     """Magnitude of every op at each of ``num_bins`` levels (ops without a magnitude: zeros).
 
     Shear up to 0.3, translation up to 150/331 of the side, rotation up to 30 degrees, enhancement
-    factors up to 1 +- 0.9, posterize from 8 down to 4 bits, solarize threshold from 255 down to 0.
+    factors up to 1 +- 0.9, posterize from 8 down to 4 bits, solarize threshold from
+    ``solarize_start`` (torchvision: 255; the papers' AutoAugment policy: 256) down to 0.
     """
     def ramp(start: float, end: float) -> Tensor:
         # float32 linspace, as torchvision builds its tables, so thresholds match to the bit
@@ -45,7 +54,7 @@ def augmentation_space(num_bins: int, height: int, width: int) -> Dict[str, Tens
         "Rotate": ramp(0.0, 30.0),
         "Brightness": ramp(0.0, 0.9), "Color": ramp(0.0, 0.9), "Contrast": ramp(0.0, 0.9), "Sharpness": ramp(0.0, 0.9),
         "Posterize": 8 - (torch.arange(num_bins) / ((num_bins - 1) / 4)).round().to(torch.float64),
-        "Solarize": ramp(255.0, 0.0),
+        "Solarize": ramp(solarize_start, 0.0),
     }
     for name in ("Identity", "AutoContrast", "Equalize", "Invert"):
         table[name] = torch.zeros(num_bins, dtype=torch.float64)
@@ -101,7 +110,9 @@ def run_grouped(images: Tensor, names: Sequence[str], op_ids: Tensor, applied: T
 class BatchAutoAugment:
     """AutoAugment with a learned policy (default CIFAR-10), per-sample sub-policies.
 
-    The policy table is torchvision's own, the one the PIL ``autoaug`` recipe runs.
+    The sub-policies are torchvision's table (the same 25 as the papers' ``CIFAR10Policy``); the
+    magnitudes are the papers' (``PAPER_AUTOAUG_UNSIGNED``, ``PAPER_SOLARIZE_START``), as in the
+    PIL ``autoaug`` recipe.
     """
 
     def __init__(self, policy: T.AutoAugmentPolicy = T.AutoAugmentPolicy.CIFAR10,
@@ -117,9 +128,9 @@ class BatchAutoAugment:
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
         n, _, height, width = images.shape
-        space = augmentation_space(10, height, width)
+        space = augmentation_space(10, height, width, solarize_start=PAPER_SOLARIZE_START)
         table = torch.stack([space[name] for name in self.names])  # (ops, 10)
-        signed = torch.tensor([name in SIGNED for name in self.names])
+        signed = torch.tensor([name in SIGNED - PAPER_AUTOAUG_UNSIGNED for name in self.names])
         chosen = integers(len(self.policies), n, generator)
         probs = torch.rand(n, 2, generator=generator, dtype=torch.float64)
         negative = integers(2, 2 * n, generator).view(n, 2) == 0  # torchvision negates on a 0
