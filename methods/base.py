@@ -85,6 +85,11 @@ class Method(nn.Module):
         ('val' when there is one; 'test' unless --test_interval skipped it); may return records."""
         return {}
 
+    def epoch_statistics(self) -> Dict[str, torch.Tensor]:
+        """Per-class vectors (C values each) describing the epoch just trained, summed over DDP
+        ranks; the engine writes them to the run's per_class.csv and tensorboard."""
+        return {}
+
     # ---- evaluation -------------------------------------------------------------------------------
     def classifier(self) -> nn.Module:
         """The image -> logits network evaluated by test.py (unwrapped)."""

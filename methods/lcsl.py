@@ -31,6 +31,7 @@ from datasets.longtail import minority_classes
 from methods.base import METHODS, Method, StepOutput
 from models import build_model
 from models.heads import normalize_rows_
+from utils import dist
 from utils.config import ConfigError
 
 SELECTION_SPLITS = ("val", "test")
@@ -154,6 +155,10 @@ class LCSL(Method):
         minority = torch.zeros(self.num_classes, dtype=torch.bool)
         minority[minority_classes(list(class_counts))] = True
         self.register_buffer("minority", minority, persistent=False)
+        # Teacher labels of this epoch per class: every label it gave, and those that counted
+        # (confident, minority class). Epoch diagnostics only, reset at each epoch start.
+        self.register_buffer("teacher_labels", torch.zeros(self.num_classes), persistent=False)
+        self.register_buffer("counted_labels", torch.zeros(self.num_classes), persistent=False)
         object.__setattr__(self, "_teacher_network", None)
         # teacher_epoch > 0, kept on the host so the step never reads the buffer back; refreshed
         # at every epoch start (after a resume too) and on replacement.
@@ -198,6 +203,9 @@ class LCSL(Method):
         mixed = mix_images(images, lam, perm)  # B x 3 x H x W; the only images S and T see
         if self._teacher_trained:
             pseudo, mask = self_labels(self.teacher_logits(mixed), self.tau, self.threshold, self.minority)
+            # index_add_ rather than bincount: no host synchronisation on CUDA.
+            self.teacher_labels.index_add_(0, pseudo, torch.ones_like(mask))
+            self.counted_labels.index_add_(0, pseudo, mask)
         else:
             # Until a student first replaces it, the teacher is the random initialisation and
             # gives no labels. In the reference its unit-norm rows on a ResNet-34 with PyTorch's
@@ -222,8 +230,21 @@ class LCSL(Method):
         """Unit-L2 classifier rows for the teacher (``utils.Normalizer`` in the reference), so head
         classes lose the weight-norm advantage before the teacher labels minority samples."""
         self._teacher_trained = int(self.teacher_epoch) > 0
+        self.teacher_labels.zero_()
+        self.counted_labels.zero_()
         if self.fc_norm:
             normalize_rows_(self.teacher.head)
+
+    @torch.no_grad()
+    def epoch_statistics(self) -> Dict[str, Tensor]:
+        """What shows whether the self-labels reach the tail: the teacher's labels per class (all,
+        and those that counted) and the student's classifier row norms and biases, which
+        decide how far its logits favour the head classes."""
+        head = self.model.head
+        return {"lcsl/teacher_labels": dist.all_reduce_sum(self.teacher_labels).cpu(),
+                "lcsl/counted_labels": dist.all_reduce_sum(self.counted_labels).cpu(),
+                "lcsl/student_row_norm": head.weight.detach().float().norm(dim=1).cpu(),
+                "lcsl/student_bias": head.bias.detach().float().cpu()}
 
     @torch.no_grad()
     def replace_teacher(self) -> None:

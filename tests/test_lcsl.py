@@ -122,6 +122,11 @@ def test_training_step_one_student_forward_and_hand_loss():
     out = method.training_step(images, targets, epoch=0)
     assert calls == {"student": [4, 4], "teacher": [8]}  # clean then mixed; the flip in one pass
     assert out["parts"]["sl/mask_rate"].item() == 1.0
+    statistics = method.epoch_statistics()
+    assert statistics["lcsl/teacher_labels"].tolist() == [0] * 9 + [4]  # all four labelled class 9 ...
+    assert statistics["lcsl/counted_labels"].tolist() == [0] * 9 + [4]  # ... a minority class: all count
+    torch.testing.assert_close(statistics["lcsl/student_row_norm"], method.model.head.weight.detach().norm(dim=1))
+    torch.testing.assert_close(statistics["lcsl/student_bias"], method.model.head.bias.detach())
     with torch.no_grad():
         logits = method.model(0.3 * images + 0.7 * images[perm]).tolist()
     mix = sum(0.3 * ce(row, int(y)) + 0.7 * ce(row, int(y_b)) for row, y, y_b in zip(logits, targets, targets[perm])) / 4
@@ -333,6 +338,12 @@ def test_readme_command_end_to_end_then_test_script(smoke_run, tmp_path):
         assert {"many", "medium", "few", "mean_per_class"} <= set(entry) and "val split" in entry["rule"]
     config = json.load(open(os.path.join(run, "config.json")))
     assert config["optim"]["epochs"] == 2 and config["method_options"]["alpha"] == 1.0
+    with open(os.path.join(run, "per_class.csv")) as stream:
+        rows = [line.strip().split(",") for line in stream]
+    assert rows[0] == ["epoch", "statistic", *(f"class_{c}" for c in range(10))]
+    assert [(row[0], row[1]) for row in rows[1:5]] == [("1", "lcsl/teacher_labels"), ("1", "lcsl/counted_labels"),
+                                                     ("1", "lcsl/student_row_norm"), ("1", "lcsl/student_bias")]
+    assert len(rows) == 9 and rows[1][2:] == ["0"] * 10  # epoch 1: the random teacher gives no label
 
     out_json = str(tmp_path / "best.json")
     result = run_script("test.py", "--path", run, "--which", "best", "--json", out_json)

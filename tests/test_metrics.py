@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -134,3 +135,18 @@ def test_summarize_and_table():
     assert "66.67" in table and "n/a" not in table
     no_few = summarize(logits[:4, :2], targets[:4], [500, 50])
     assert no_few["few"] is None and "n/a" in format_shot_table(no_few)
+
+
+def test_per_class_statistics_file_and_resume_truncation(tmp_path):
+    from utils.logger import RunLogger
+
+    logger = RunLogger(str(tmp_path), tensorboard=True)
+    for epoch in (1, 2, 3):
+        logger.per_class({"a": [epoch, 2.5], "b": [0, 1]}, epoch)
+    logger.forget_per_class_after(2)  # resumed after epoch 2: epoch 3 is trained again
+    logger.per_class({"a": [30, 0.125], "b": [1, 1]}, 3)
+    logger.close()
+    rows = (tmp_path / "per_class.csv").read_text().splitlines()
+    assert rows == ["epoch,statistic,class_0,class_1", "1,a,1,2.5", "1,b,0,1", "2,a,2,2.5", "2,b,0,1",
+                    "3,a,30,0.125", "3,b,1,1"]
+    assert any(name.startswith("events") for name in os.listdir(tmp_path / "tb"))

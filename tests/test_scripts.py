@@ -73,3 +73,27 @@ def test_fair_comparison_picks_rows(tmp_path, monkeypatch):
     assert methods == [("ldam_drw", "0"), ("rotation", "0"), ("ce", "0"),
                        ("ldam_drw", "1"), ("rotation", "1"), ("ce", "1")]
     assert all(call[call.index("--dataset") + 1] == "cifar10" for call in calls)
+
+
+def test_evidence_queue_skips_finished_and_claimed_jobs_and_takes_over_dead_claims(tmp_path):
+    root = tmp_path / "log"
+    (root / "ce_cifar10_seed0").mkdir(parents=True)
+    (root / "ce_cifar10_seed0" / "results.json").write_text("{}")  # finished: never touched again
+    (root / ".claims" / "bccl_s0").mkdir(parents=True)
+    (root / ".claims" / "bccl_s0" / "pid").write_text(str(os.getpid()))  # held by a live lane
+    (root / ".claims" / "lcsl_s0").mkdir()
+    (root / ".claims" / "lcsl_s0" / "pid").write_text("999999999")  # a lane that died: taken over
+    calls = recorded_commands(os.path.join(ROOT, "scripts", "evidence_cifar10.sh"), tmp_path)
+    outs = [call[call.index("--out_dir") + 1].rsplit("/", 1)[1] for call in calls if "--out_dir" in call]
+    assert outs[:4] == ["lcsl_cifar10_seed0", "lcsl_wd5e-4_cifar10_seed0", "lcsl_alpha0_cifar10_seed0",
+                        "ldam_drw_cifar10_seed0"]
+    assert "ce_cifar10_seed0" not in outs and "bccl_cifar10_seed0" not in outs
+    assert outs.count("ce_ssp_cifar10_seed1") == 1 and outs.index("rotation_cifar10_seed1") < outs.index(
+        "ce_ssp_cifar10_seed1")
+    assert outs[-2:] == ["semi_r50_ce_seed0", "semi_r50_ce_du_rhoU50_seed0"]
+    # Every run once: 3 LCSL variants, 5 runs per seed, LCSL seeds 1 and 2, the two semi runs,
+    # less the finished CE and the claimed BCCL.
+    assert len(outs) == 3 + 3 * 5 + 2 + 2 - 2
+    assert not (root / ".claims" / "lcsl_s0").exists() and (root / ".claims" / "bccl_s0").exists()
+    wd = calls[1]
+    assert wd[wd.index("--weight_decay", wd.index("--weight_decay") + 1) + 1] == "5e-4"  # the last one wins

@@ -190,6 +190,15 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return tensor / dist.get_world_size()
 
 
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks (counts gathered during an epoch); identity without DDP."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    tensor = tensor.clone()
+    dist.all_reduce(tensor)
+    return tensor
+
+
 def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     """Maximum over ranks, so every rank takes the same decision; identity without DDP."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:

@@ -235,6 +235,7 @@ def fit(config: TrainConfig, method, data, ctx: DeviceContext, loaders: Dict[str
             scaler.load_state_dict(resume["scaler"])
         records = dict(resume["records"])
         start_epoch = int(resume["epoch"])
+        logger.forget_per_class_after(start_epoch)  # rows of the epoch the kill interrupted
         logger.info(f"resumed from {resume['path']} after epoch {start_epoch}")
     selection_key = f"best_on_{config.select_on}"
     for epoch in range(start_epoch, optim.epochs):
@@ -245,6 +246,9 @@ def fit(config: TrainConfig, method, data, ctx: DeviceContext, loaders: Dict[str
         loaders["train"].set_epoch(epoch)
         method.on_epoch_start(epoch)
         train = train_one_epoch(method, optimizer, scaler, loaders["train"], inputs, epoch, config, ctx, logger)
+        statistics = method.epoch_statistics()
+        if statistics:
+            logger.per_class({name: values.tolist() for name, values in statistics.items()}, epoch + 1)
         last_epoch = epoch + 1 == optim.epochs
         evaluations: Dict[str, Dict[str, Any]] = {}
         if last_epoch or (epoch + 1) % config.run.eval_interval == 0:

@@ -1,14 +1,17 @@
 """Run folder, log file and tensorboardX curves; only rank 0 writes."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
+
+PER_CLASS_FILE = "per_class.csv"  # the methods' per-class statistics, one row per epoch and statistic
 
 
 def _jsonable(value: Any) -> Any:
@@ -67,9 +70,47 @@ class RunLogger:
             if value is not None and math.isfinite(float(value)):
                 self._writer.add_scalar(tag, float(value), step)
 
-    def histogram(self, tag: str, values, step: int) -> None:
-        if self._writer is not None:
-            self._writer.add_histogram(tag, np.asarray(values, dtype=np.float64), step)
+    def per_class(self, statistics: Dict[str, Sequence[float]], epoch: int) -> None:
+        """One row per statistic in ``<run>/per_class.csv`` (epoch, statistic, class_0 ... class_C-1)
+        and one tensorboard histogram per statistic whose buckets are the classes: bucket c
+        holds class c's value, so the histogram view reads as a per-class bar chart over epochs
+        without a scalar series per class."""
+        if not (self.is_main and self.run_dir):
+            return
+        path = os.path.join(self.run_dir, PER_CLASS_FILE)
+        width = max(len(values) for values in statistics.values())
+        new_file = not os.path.exists(path)
+        with open(path, "a", newline="") as stream:
+            writer = csv.writer(stream)
+            if new_file:
+                writer.writerow(["epoch", "statistic", *(f"class_{c}" for c in range(width))])
+            for name, values in statistics.items():
+                writer.writerow([epoch, name, *(f"{float(v):.6g}" for v in values)])
+        if self._writer is None:
+            return
+        for name, values in statistics.items():
+            weights = np.asarray(values, dtype=np.float64)
+            classes = np.arange(len(weights), dtype=np.float64)
+            total = float(weights.sum())
+            self._writer.add_histogram_raw(
+                name, min=0.0, max=float(len(weights) - 1), num=total, sum=float((classes * weights).sum()),
+                sum_squares=float((classes ** 2 * weights).sum()),
+                bucket_limits=(classes + 0.5).tolist(), bucket_counts=weights.tolist(), global_step=epoch)
+
+    def forget_per_class_after(self, epoch: int) -> None:
+        """Drops per_class.csv rows of epochs after ``epoch``: a resumed run trains them again."""
+        path = os.path.join(self.run_dir, PER_CLASS_FILE) if (self.is_main and self.run_dir) else None
+        if path is None or not os.path.exists(path):
+            return
+        with open(path, newline="") as stream:
+            rows = list(csv.reader(stream))
+        kept = rows[:1] + [row for row in rows[1:] if row and int(row[0]) <= epoch]
+        if len(kept) == len(rows):
+            return
+        tmp = path + ".tmp"
+        with open(tmp, "w", newline="") as stream:
+            csv.writer(stream).writerows(kept)
+        os.replace(tmp, path)
 
     def write_json(self, name: str, payload: Dict[str, Any]) -> None:
         if self.is_main and self.run_dir:

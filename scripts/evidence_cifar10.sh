@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The CIFAR-10 evidence runs behind README's "Measured" tables, as a queue of jobs that several
+# lanes (processes) share: each lane takes the next job no live lane holds and whose run has no
+# results.json yet, so restarting the lanes after a stop continues where they were (every run gets
+# --resume auto) and finished runs are never touched.
+#
+#   OMP_NUM_THREADS=1 nohup bash scripts/evidence_cifar10.sh --data_root data > lane0.log 2>&1 &
+#   OMP_NUM_THREADS=1 nohup bash scripts/evidence_cifar10.sh --data_root data > lane1.log 2>&1 &
+#   python scripts/make_table.py results/cifar10_lt_r100 --paper --gains
+#
+# Jobs, in order (ResNet-32, 200 epochs, the fair-comparison protocol of fair_comparison_cifar.sh):
+#   1. LCSL explained, seed 0: the reference recipe, weight decay 5e-4, and alpha 0 (mixup only).
+#   2. Seeds 0, 1 and 2 of CE, LDAM-DRW, BCCL, rotation -> CE (CE + SSP) and LCSL (CIFAR-10-LT r100).
+#   3. Semi-supervised, seed 0, CIFAR-10-LT r50: CE, pseudo-labels for the leftover pool, CE + D_U
+#      (rho_U = 50).
+# ROOT_LOG (default runs/evidence) holds the run folders; extra arguments go to every training run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROOT_LOG=${ROOT_LOG:-runs/evidence}
+mkdir -p "$ROOT_LOG"
+EXTRA=("$@")
+FAIR=(--dataset cifar10 --imb_factor 0.01 --imb_type exp --lt_selection shuffle --lt_seed 0 --arch resnet32
+      --epochs 200 --val_per_class 20 --select_on val --test_interval 10 --resume auto --progress False)
+LCSL=(--batch_size 64 --alpha 1. --beta 1. --lr 0.01 --weight_decay 5e-3 --lambda_init 0.5)
+# The semi-self reference's supervised recipe (train.py; train_semi.py with batch 256), rho = 50.
+SEMI=(--dataset cifar10 --imb_factor 0.02 --imb_type exp --lt_seed 0 --arch resnet32 --loss_type CE
+      --train_rule None --epochs 200 --lr 0.1 --momentum 0.9 --wd 2e-4 --warmup_epochs 5 --schedule 160 180
+      --lr_gamma 0.01 --aug standard --resume auto --progress False)
+
+run_main() { python main.py "$@" "${EXTRA[@]}"; }
+run_lcsl() { python train_LCSL.py "$@" "${EXTRA[@]}"; }
+
+# ---- the jobs: name -> commands; a job is done when its last run has results.json --------------
+job_lcsl() {  # seed tag [lcsl flags that differ from the reference recipe]
+  local seed=$1 tag=$2
+  run_lcsl "${FAIR[@]}" "${LCSL[@]}" "${@:3}" --seed "$seed" --out_dir "$ROOT_LOG/${tag}_cifar10_seed$seed"
+}
+job_main() {  # method seed
+  run_main --method "$1" "${FAIR[@]}" --seed "$2" --out_dir "$ROOT_LOG/$1_cifar10_seed$2"
+}
+job_bccl() {  # seed
+  run_main --method bccl "${FAIR[@]}" --temp 0.1 --lr 0.15 --use-norm True --wd 5e-4 --cos True -b 128 \
+    --feat_dim 128 --seed "$1" --out_dir "$ROOT_LOG/bccl_cifar10_seed$1"
+}
+job_ce_ssp() {  # seed
+  run_main --method rotation "${FAIR[@]}" --seed "$1" --out_dir "$ROOT_LOG/rotation_cifar10_seed$1"
+  run_main --method ce "${FAIR[@]}" --pretrained_model "$ROOT_LOG/rotation_cifar10_seed$1" --seed "$1" \
+    --out_dir "$ROOT_LOG/ce_ssp_cifar10_seed$1"
+}
+job_semi() {  # seed
+  local base="$ROOT_LOG/semi_r50_ce_seed$1" pseudo="$ROOT_LOG/semi_r50_pseudo_seed$1.pkl"
+  run_main "${SEMI[@]}" -b 128 --seed "$1" --out_dir "$base"
+  [[ -f "$pseudo" ]] || python scripts/gen_pseudolabels.py --path "$base" --which last --pool leftover --out "$pseudo"
+  run_main "${SEMI[@]}" -b 256 --unlabeled "$pseudo" --imb_factor_unlabel 0.02 --unlabel_size_factor 5 \
+    --seed "$1" --out_dir "$ROOT_LOG/semi_r50_ce_du_rhoU50_seed$1"
+}
+
+# name | folder of its last run | command
+JOBS=(
+  "lcsl_s0|lcsl_cifar10_seed0|job_lcsl 0 lcsl"
+  "lcsl_wd5e-4_s0|lcsl_wd5e-4_cifar10_seed0|job_lcsl 0 lcsl_wd5e-4 --weight_decay 5e-4"
+  "lcsl_alpha0_s0|lcsl_alpha0_cifar10_seed0|job_lcsl 0 lcsl_alpha0 --alpha 0"
+)
+for seed in 0 1 2; do
+  JOBS+=("ce_s$seed|ce_cifar10_seed$seed|job_main ce $seed"
+         "ldam_drw_s$seed|ldam_drw_cifar10_seed$seed|job_main ldam_drw $seed"
+         "bccl_s$seed|bccl_cifar10_seed$seed|job_bccl $seed"
+         "ce_ssp_s$seed|ce_ssp_cifar10_seed$seed|job_ce_ssp $seed")
+  [[ $seed == 0 ]] || JOBS+=("lcsl_s$seed|lcsl_cifar10_seed$seed|job_lcsl $seed lcsl")
+done
+JOBS+=("semi_s0|semi_r50_ce_du_rhoU50_seed0|job_semi 0")
+
+# ---- claiming: a lock folder per job holding the lane's pid; a dead lane's claim is taken over ----
+claim() {
+  local lock="$ROOT_LOG/.claims/$1"
+  mkdir -p "$ROOT_LOG/.claims"
+  if mkdir "$lock" 2>/dev/null; then echo $$ > "$lock/pid"; return 0; fi
+  local holder; holder=$(cat "$lock/pid" 2>/dev/null || true)
+  if [[ -n "$holder" ]] && kill -0 "$holder" 2>/dev/null; then return 1; fi
+  rm -rf "$lock" && mkdir "$lock" 2>/dev/null && echo $$ > "$lock/pid"
+}
+release() { rm -rf "$ROOT_LOG/.claims/$1"; }
+
+for entry in "${JOBS[@]}"; do
+  IFS='|' read -r name folder command <<< "$entry"
+  [[ -f "$ROOT_LOG/$folder/results.json" ]] && continue
+  claim "$name" || continue
+  echo "$(date '+%F %T') lane $$: $name"
+  if ! eval "$command"; then echo "$(date '+%F %T') lane $$: $name FAILED"; fi
+  release "$name"
+done
+echo "$(date '+%F %T') lane $$: no job left"
