@@ -1,44 +1,204 @@
-"""One self-describing checkpoint format, written atomically.
+"""One self-describing checkpoint format, written atomically, read without running code.
 
 A checkpoint holds everything needed to rebuild and evaluate the model without the command
 line (method, model kwargs, dataset description, class counts, config) and everything needed
 to continue training exactly (optimiser, scaler, RNG states, epoch, best-so-far records).
+
+Every checkpoint read of the toolkit (``test.py --path``, ``--resume``, ``--pretrained_model``,
+``scripts/gen_pseudolabels.py``) goes through ``read_torch_file``, which unpickles with
+``torch.load(weights_only=True)``: plain containers, numbers, strings and tensors only, so a
+crafted file cannot run code. The toolkit writes nothing else. The only extra types allowed are
+the NumPy ones that real files carry: the NumPy RNG state of checkpoints written by earlier
+versions of this toolkit and the NumPy scalar ``best_acc1`` of the papers' ``.pth.tar`` files
+(``SAFE_NUMPY_GLOBALS``). Anything else stops with one line naming the file, the refused type and
+``--trust_checkpoint``, which loads with full pickle for files the user vouches for.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import errno
 import os
+import pickle
 import random
+import re
+import shutil
 import subprocess
 import tempfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 FORMAT_NAME = "ltkit-checkpoint"
 FORMAT_VERSION = 1
+# save_atomic writes to "<TEMPORARY_PREFIX><random><TEMPORARY_SUFFIX>" in the target folder and
+# renames it; a file named so is never a finished checkpoint (see is_temporary_checkpoint).
+TEMPORARY_PREFIX = ".tmp-"
+TEMPORARY_SUFFIX = ".pth"
+TRUST_FLAG = "--trust_checkpoint"
 
 
 class CheckpointError(RuntimeError):
-    """The file is missing, truncated or not an ltkit checkpoint; the message says which."""
+    """The file is missing, truncated, unsafe or not an ltkit checkpoint; the message says which."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The file needs a type that could run code when loaded, and --trust_checkpoint was not given."""
+
+
+def is_temporary_checkpoint(name: str) -> bool:
+    """Whether a file name (no folder) is a temporary file of save_atomic."""
+    return name.startswith(TEMPORARY_PREFIX) and name.endswith(TEMPORARY_SUFFIX)
+
+
+def _write_failure_cause(error: BaseException, folder: str) -> str:
+    """The OS reason behind a failed write. torch's zip writer reports a failed write as
+    "enforce fail at inline_container.cc" and keeps the OSError only as the exception context."""
+    seen: Optional[BaseException] = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno:
+            if seen.errno in (errno.EACCES, errno.EPERM):
+                return f"permission denied ({seen.strerror}): is the folder read-only?"
+            if seen.errno == errno.EROFS:
+                return "the file system is read-only"
+            if seen.errno in (errno.ENOSPC, errno.EDQUOT):
+                return f"the disk is full ({seen.strerror}): free some space"
+            return seen.strerror or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    try:
+        if shutil.disk_usage(folder).free < 64 * 1024 * 1024:
+            return "the disk is (nearly) full: free some space"
+    except OSError:
+        pass
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def save_atomic(payload: Dict[str, Any], path: str) -> None:
     """Writes to a temporary file in the same folder, then renames, so a crash never leaves a
-    half-written checkpoint where a good one was."""
+    half-written checkpoint where a good one was.
+
+    A failed write (read-only folder, full disk) removes the temporary file, leaves the previous
+    checkpoint at ``path`` as it was, and raises ``CheckpointError`` naming the file and the cause.
+    """
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    tmp_path = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        handle, tmp_path = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=TEMPORARY_SUFFIX, dir=folder)
         with os.fdopen(handle, "wb") as stream:
             torch.save(payload, stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(tmp_path, path)
+    except (OSError, RuntimeError) as error:
+        _discard(tmp_path)
+        raise CheckpointError(f"cannot write checkpoint {path}: {_write_failure_cause(error, folder)}; "
+                              "the previous checkpoint there (if any) is unchanged") from None
     except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
+        _discard(tmp_path)
         raise
+
+
+def _discard(tmp_path: Optional[str]) -> None:
+    if tmp_path is not None and os.path.exists(tmp_path):
+        try:
+            os.remove(tmp_path)
+        except OSError:
+            pass  # the folder turned read-only under us; the next start of the run removes it
+
+
+# ---- reading ----------------------------------------------------------------------------------
+# Whether this invocation was started with --trust_checkpoint. A context variable, set by the entry
+# scripts around their work (``trusting``), because the permission belongs to the command, not to
+# the run: it is not part of the saved config (a resume must not inherit it) and it has to reach
+# every load site (resume, --pretrained_model, the run label) without threading through them.
+_TRUSTED: contextvars.ContextVar[bool] = contextvars.ContextVar("ltkit_trust_checkpoint", default=False)
+
+
+def add_trust_argument(parser) -> None:
+    """The one definition of --trust_checkpoint, shared by every entry that loads checkpoints."""
+    from utils.config import add_bool_flag
+
+    add_bool_flag(parser, TRUST_FLAG, "--trust-checkpoint", default=False,
+                  help="load checkpoints that need types outside the safe list with full pickle "
+                       "(weights_only=False): this EXECUTES code stored in the file, so use it only "
+                       "for files you trust")
+
+
+@contextlib.contextmanager
+def trusting(enabled: bool) -> Iterator[None]:
+    """Within this block, checkpoint reads use full pickle when ``enabled`` (--trust_checkpoint)."""
+    token = _TRUSTED.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
+
+
+def _numpy_globals() -> List[Tuple[Any, str]]:
+    """NumPy array and scalar reconstruction, under the module names of NumPy 1 and 2 (a file
+    names the functions as the NumPy that wrote it spelled them), and the dtype classes of the
+    numeric dtypes those arrays and scalars use (torch rebuilds a dtype through its class)."""
+    core = getattr(np, "_core", None) or np.core
+    entries = [(np.ndarray, "numpy.ndarray"), (np.dtype, "numpy.dtype")]
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        entries += [(core.multiarray._reconstruct, f"{module}._reconstruct"),
+                    (core.multiarray.scalar, f"{module}.scalar")]
+    dtypes = getattr(np, "dtypes", None)  # NumPy >= 1.25; older NumPy rebuilds dtypes without it
+    if dtypes is not None:
+        for code in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                     "float16", "float32", "float64"):
+            kind = type(np.dtype(code))
+            entries.append((kind, f"numpy.dtypes.{kind.__name__}"))
+    return entries
+
+
+SAFE_NUMPY_GLOBALS = _numpy_globals()
+
+
+def _allow_numpy():
+    if not hasattr(torch.serialization, "safe_globals"):  # torch < 2.5: plain weights_only only
+        return contextlib.nullcontext()
+    return torch.serialization.safe_globals(SAFE_NUMPY_GLOBALS)
+
+
+def _refused_type(error: BaseException) -> Optional[str]:
+    """The type weights_only refused, from torch's message; None when the error is another one."""
+    message = str(error)
+    if "Weights only load failed" not in message:
+        return None
+    for pattern in (r"GLOBAL ([\w.]+)", r"but got <class '([^']+)'>"):
+        match = re.search(pattern, message)
+        if match:
+            return match.group(1)
+    # torch's message: a paragraph of advice, then the reason, then a pointer to the docs.
+    reasons = [line.strip() for line in message.splitlines()[1:]
+               if line.strip() and not line.strip().startswith(("(", "Check the documentation"))]
+    return reasons[0].replace("WeightsUnpickler error: ", "") if reasons else "a type weights_only does not allow"
+
+
+def read_torch_file(path: str, what: str = "checkpoint", trust: Optional[bool] = None) -> Any:
+    """``torch.load`` on the CPU without running code from the file (see the module docstring).
+
+    ``what`` names the file's role in messages (``--pretrained_model``, ``checkpoint``);
+    ``trust`` (default: the --trust_checkpoint of this command) loads with full pickle instead.
+    Raises ``CheckpointError`` with one line for a refused type and for an unreadable file.
+    """
+    trust = _TRUSTED.get() if trust is None else trust
+    try:
+        if trust:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        with _allow_numpy():
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated zip, pickle garbage, wrong file type, refused type
+        refused = _refused_type(error) if isinstance(error, pickle.UnpicklingError) else None
+        if refused is not None:
+            raise UnsafeCheckpointError(
+                f"{what} {path}: refused to load '{refused}', a type that can run code when loaded; if you "
+                f"trust this file, rerun with {TRUST_FLAG} (it executes code from the file)") from None
+        raise CheckpointError(f"cannot read {what} {path}: it is truncated or not a torch file "
+                              f"({type(error).__name__})") from None
 
 
 def resolve_checkpoint_path(path: str, prefer: str = "best.pth") -> str:
@@ -54,14 +214,10 @@ def resolve_checkpoint_path(path: str, prefer: str = "best.pth") -> str:
     return path
 
 
-def load_checkpoint(path: str, prefer: str = "best.pth") -> Dict[str, Any]:
-    """Loads and validates an ltkit checkpoint on the CPU."""
+def load_checkpoint(path: str, prefer: str = "best.pth", trust: Optional[bool] = None) -> Dict[str, Any]:
+    """Loads and validates an ltkit checkpoint on the CPU (``read_torch_file``: no code runs)."""
     path = resolve_checkpoint_path(path, prefer)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # truncated zip, pickle garbage, wrong file type
-        raise CheckpointError(f"cannot read checkpoint {path}: it is truncated or not a torch "
-                              f"file ({type(error).__name__})") from None
+    payload = read_torch_file(path, trust=trust)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path} is not an ltkit checkpoint (no '{FORMAT_NAME}' header); "
                               "for foreign weights use --pretrained_model")
@@ -73,16 +229,27 @@ def load_checkpoint(path: str, prefer: str = "best.pth") -> Dict[str, Any]:
 
 
 def capture_rng_state() -> Dict[str, Any]:
-    """Python, NumPy and torch (CPU and every CUDA device) generator states."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python, NumPy and torch (CPU and every CUDA device) generator states, as plain containers
+    and tensors so that the checkpoint loads with weights_only=True (NumPy's key as a list)."""
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"] = {"key": [int(k) for k in numpy_state["state"]["key"]],
+                            "pos": int(numpy_state["state"]["pos"])}
+    numpy_state["has_gauss"], numpy_state["gauss"] = int(numpy_state["has_gauss"]), float(numpy_state["gauss"])
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def restore_rng_state(state: Dict[str, Any]) -> None:
+    """Takes both layouts: a dict with the key as a list (this version) and NumPy's legacy tuple
+    with the key as an array (checkpoints of earlier versions)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = {**numpy_state, "state": {"key": np.asarray(numpy_state["state"]["key"], dtype=np.uint32),
+                                                "pos": int(numpy_state["state"]["pos"])}}
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])

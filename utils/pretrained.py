@@ -7,7 +7,9 @@ Also the first half of decoupled training (cRT), whose backbone comes from a fin
 
 Accepted files: an ltkit checkpoint of any method (its ``model.backbone`` is taken), a raw state
 dict, or a dict holding one under ``state_dict`` (MoCo and the paper's checkpoints) or
-``state_dict_best['feat_model']`` (the paper's ImageNet-LT stage checkpoints). Wrapper prefixes
+``state_dict_best['feat_model']`` (the paper's ImageNet-LT stage checkpoints), each read without
+running code from it (``utils.checkpoint.read_torch_file``; MoCo's and the papers' ``.pth.tar``
+files need no --trust_checkpoint). Wrapper prefixes
 (``module.`` from DataParallel / DDP, ``_orig_mod.`` from torch.compile) are stripped and the
 sub-tree of the backbone is selected (``encoder_q.`` of MoCo, ``model.`` / ``backbone.`` of
 ltkit), so the keys become the backbone's own (torchvision's names for ResNet-50).
@@ -25,7 +27,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from utils.checkpoint import FORMAT_NAME, CheckpointError, resolve_checkpoint_path
+from utils.checkpoint import (FORMAT_NAME, CheckpointError, UnsafeCheckpointError, read_torch_file,
+                              resolve_checkpoint_path)
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Sub-trees that hold the backbone, tried in this order: MoCo's query encoder, an ltkit method's
@@ -45,11 +48,13 @@ def is_self_supervised_start(path: str, depth: int = 0) -> bool:
     ``--pretrained_model`` (cRT on a CE+SSP run), or a foreign file, taken to be the papers' MoCo or
     stage checkpoints. cRT on a plain supervised run is not SSP, and its run is not labelled so.
     A start that can no longer be read (a resumed run whose stage-1 folder moved) counts as SSP:
-    loading it reports the problem when it is actually needed."""
+    loading it reports the problem when it is actually needed. A file refused as unsafe stops here,
+    before anything is written (this runs before the run folder is made)."""
     try:
-        payload = torch.load(resolve_checkpoint_path(path, prefer="last.pth"), map_location="cpu",
-                             weights_only=False)
-    except Exception:
+        payload = read_torch_file(resolve_checkpoint_path(path, prefer="last.pth"), "--pretrained_model")
+    except UnsafeCheckpointError:
+        raise
+    except CheckpointError:
         return True
     if not (isinstance(payload, dict) and payload.get("format") == FORMAT_NAME):
         return True
@@ -72,10 +77,7 @@ def read_weights(path: str) -> Tuple[Dict[str, torch.Tensor], str, Optional[Tupl
     """The tensors of a checkpoint file (or run folder, whose last.pth is used), what it was, and
     for an ltkit checkpoint its (completed, planned) epochs."""
     path = resolve_checkpoint_path(path, prefer="last.pth")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # truncated zip, pickle garbage, wrong file type
-        raise CheckpointError(f"--pretrained_model {path}: cannot read it ({type(error).__name__})") from None
+    payload = read_torch_file(path, "--pretrained_model")
     kind, progress = "state dict", None
     if isinstance(payload, dict) and payload.get("format") == FORMAT_NAME:
         progress = training_progress(payload)
