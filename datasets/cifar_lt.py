@@ -3,13 +3,18 @@
 The pickles are read directly, without torchvision's md5 check, so re-encoded copies (whose
 md5 differs from the official files') load. Only missing files trigger a download, and the
 downloaded archive is md5-checked by torchvision.
+
+They are read with ``ArrayUnpickler``, which rebuilds dicts, lists, strings, numbers and NumPy
+arrays and refuses every other type, so a planted file cannot run code. What was read is then
+checked (uint8 N x 3072 pixels, N labels in range, 10,000 rows per official batch), so a damaged
+file is named as damaged instead of failing deep inside pickle or loading silently.
 """
 from __future__ import annotations
 
 import os
 import pickle
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -29,6 +34,7 @@ class CifarLayout:
     test_file: str
     meta_file: str
     label_key: str  # 'labels' (CIFAR-10) or 'fine_labels' (CIFAR-100)
+    rows: Tuple[Tuple[str, int], ...]  # images in each official file (checked where 'batch_label' says official)
     names_key: str  # class-name list in the meta pickle
     url: str
     md5: str  # of the archive; only checked on download
@@ -40,6 +46,7 @@ CIFAR10 = CifarLayout(
     test_file="test_batch",
     meta_file="batches.meta",
     label_key="labels",
+    rows=tuple((name, 10000) for name in (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")),
     names_key="label_names",
     url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
     md5="c58f30108f718f92721af3b95e74349a",
@@ -50,6 +57,7 @@ CIFAR100 = CifarLayout(
     test_file="test",
     meta_file="meta",
     label_key="fine_labels",
+    rows=(("train", 50000), ("test", 10000)),
     names_key="fine_label_names",
     url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
     md5="eb9058c3a382ffc7106e4002c42a8d85",
@@ -95,41 +103,124 @@ def ensure_cifar_files(root: str, layout: CifarLayout, download: bool) -> None:
         raise DatasetError(_not_found_message(root, layout, missing, "the downloaded archive is incomplete"))
 
 
-def _read_pickle(path: str) -> dict:
+# ---- reading pickles without running code ----------------------------------------------------
+class UnsafePickleError(pickle.UnpicklingError):
+    """The pickle names a type outside ARRAY_GLOBALS (it could run code when rebuilt)."""
+
+
+def _latin1_encode(text: Any, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` as pickle protocol 2 uses it from Python 3 (bytes saved as a latin1 str,
+    e.g. the pixel buffer of re-encoded CIFAR batches); no other use of the codec machinery."""
+    if not isinstance(text, str) or encoding.lower().replace("-", "").replace("_", "") != "latin1":
+        raise UnsafePickleError(f"_codecs.encode with {type(text).__name__} / {encoding!r} (only latin1 text)")
+    return text.encode("latin1")
+
+
+def _array_globals() -> Dict[Tuple[str, str], Callable[..., Any]]:
+    """The globals a pickle of dicts, lists, strings, numbers and NumPy arrays names: array
+    reconstruction under NumPy 1's and 2's module names (the functions NumPy itself pickles with,
+    wherever they live in this NumPy), protocol 5's buffer form, and protocol 2's bytes."""
+    reconstruct = np.zeros(0).__reduce__()[0]
+    frombuffer = np.zeros(1).__reduce_ex__(5)[0]
+    allowed: Dict[Tuple[str, str], Callable[..., Any]] = {
+        ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1_encode}
+    for prefix in ("numpy.core", "numpy._core"):
+        allowed[(f"{prefix}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{prefix}.numeric", "_frombuffer")] = frombuffer
+    return allowed
+
+
+ARRAY_GLOBALS = _array_globals()
+
+
+class ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain data and NumPy arrays only: ``find_class`` resolves nothing outside
+    ARRAY_GLOBALS, so no other callable (``os.system``, ``eval``, ...) can be reached."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return ARRAY_GLOBALS[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(f"{module}.{name}") from None
+
+
+def read_array_pickle(path: str, encoding: str = "ASCII") -> Any:
+    """Loads a pickle with ``ArrayUnpickler``; raises what the read raised (callers name the file)."""
+    with open(path, "rb") as handle:
+        return ArrayUnpickler(handle, encoding=encoding).load()
+
+
+def damaged(path: str, detail: str) -> str:
+    return (f"{path} is damaged ({detail}): delete it and rerun with --download True, or regenerate it")
+
+
+def _read_pickle(path: str) -> Dict[str, Any]:
     try:
-        with open(path, "rb") as handle:
-            # latin1 turns the Python 2 byte strings of the official files into str keys.
-            return pickle.load(handle, encoding="latin1")
-    except (OSError, pickle.UnpicklingError, EOFError) as error:
-        raise DatasetError(f"cannot read CIFAR pickle {path}: {error}") from error
+        # latin1 turns the Python 2 byte strings of the official files into str keys.
+        entry = read_array_pickle(path, encoding="latin1")
+    except UnsafePickleError as error:
+        raise DatasetError(f"{path}: refused to unpickle '{error}' (a CIFAR pickle holds only arrays, lists "
+                           "and numbers; this one could run code): delete it and rerun with --download True") from None
+    except OSError as error:
+        raise DatasetError(f"cannot read CIFAR pickle {path}: {error.strerror or error}") from None
+    except Exception as error:  # damaged bytes surface as any of UnpicklingError, EOFError,
+        # UnicodeDecodeError, MemoryError, ValueError, KeyError, IndexError, TypeError, ...
+        first = (str(error).splitlines() or [""])[0][:120]
+        raise DatasetError(damaged(path, f"{type(error).__name__}: {first}" if first else type(error).__name__)) from None
+    if not isinstance(entry, dict):
+        raise DatasetError(damaged(path, f"it holds a {type(entry).__name__}, not a dict"))
+    return entry
 
 
-def _read_batches(root: str, layout: CifarLayout, names: Sequence[str]) -> ImageSource:
+def _check_batch(path: str, entry: Dict[str, Any], layout: CifarLayout, num_classes: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The pixel rows and labels of one batch, after checking they fit together."""
+    if "data" not in entry or layout.label_key not in entry:
+        raise DatasetError(f"{path} lacks the keys 'data' and '{layout.label_key}' (damaged, or not a CIFAR batch)")
+    data = entry["data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        what = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DatasetError(damaged(path, f"'data' must be uint8 N x 3072 pixel rows, got {what}"))
+    try:
+        labels = np.asarray(entry[layout.label_key])
+    except (TypeError, ValueError) as error:
+        raise DatasetError(damaged(path, f"'{layout.label_key}' is not a list of integers ({error})")) from None
+    if labels.ndim != 1 or len(labels) != len(data) or (len(labels) and labels.dtype.kind not in "iu"):
+        raise DatasetError(damaged(path, f"{len(data)} pixel rows but '{layout.label_key}' holds "
+                                         f"{labels.dtype} {labels.shape}"))
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DatasetError(damaged(path, f"labels must lie in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}"))
+    if "filenames" in entry and len(entry["filenames"]) != len(data):
+        raise DatasetError(damaged(path, f"{len(data)} pixel rows but {len(entry['filenames'])} file names"))
+    expected = dict(layout.rows).get(os.path.basename(path))
+    # Official (and regenerated) batches say what they are in 'batch_label'; small copies such as
+    # test fixtures do not, and are taken at whatever size they have.
+    if "batch_label" in entry and expected is not None and len(data) != expected:
+        raise DatasetError(damaged(path, f"{len(data)} images where the official file has {expected}"))
+    return data, labels.astype(np.int64)
+
+
+def _read_batches(root: str, layout: CifarLayout, names: Sequence[str], num_classes: int) -> ImageSource:
     arrays, labels = [], []
     for name in names:
         path = os.path.join(root, layout.folder, name)
-        entry = _read_pickle(path)
-        if "data" not in entry or layout.label_key not in entry:
-            raise DatasetError(f"{path} lacks the keys 'data' and '{layout.label_key}'")
-        data = np.asarray(entry["data"], dtype=np.uint8)
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            raise DatasetError(f"{path}: expected N x 3072 pixel rows, got shape {data.shape}")
+        data, targets = _check_batch(path, _read_pickle(path), layout, num_classes)
         # Rows are channel-planar (R plane, G plane, B plane); the containers want N x H x W x 3.
         arrays.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        labels.append(np.asarray(entry[layout.label_key], dtype=np.int64))
+        labels.append(targets)
     return ImageSource(np.concatenate(labels), array=np.ascontiguousarray(np.concatenate(arrays)))
 
 
 def read_cifar(root: str, layout: CifarLayout, download: bool) -> Tuple[ImageSource, ImageSource, List[str]]:
     """The full (balanced) training set, the test set and the class names of one CIFAR variant."""
     ensure_cifar_files(root, layout, download)
-    train = _read_batches(root, layout, layout.train_files)
-    test = _read_batches(root, layout, (layout.test_file,))
     meta_path = os.path.join(root, layout.folder, layout.meta_file)
     meta = _read_pickle(meta_path)
-    if layout.names_key not in meta:
-        raise DatasetError(f"{meta_path} lacks the key '{layout.names_key}'")
-    return train, test, [str(n) for n in meta[layout.names_key]]
+    names = meta.get(layout.names_key)
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise DatasetError(f"{meta_path} lacks the class-name list '{layout.names_key}' (damaged, or not CIFAR's meta file)")
+    train = _read_batches(root, layout, layout.train_files, len(names))
+    test = _read_batches(root, layout, (layout.test_file,), len(names))
+    return train, test, list(names)
 
 
 def build_long_tail(
