@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import os
 import platform
+import random
 import sys
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
+
+import numpy as np
 
 import torch
 import torch.distributed as dist
@@ -230,6 +233,38 @@ def broadcast_object(value, src: int = 0):
     holder = [value]
     dist.broadcast_object_list(holder, src=src)
     return holder[0]
+
+
+def seed_epoch(seed: int, rank: int, epoch: int) -> None:
+    """Seeds this process's global generators (Python, NumPy, torch CPU and CUDA) from (seed,
+    rank, epoch) alone, at the start of every epoch.
+
+    Methods draw mixup coefficients, rotations and key shuffles from these generators, and so do
+    the PIL transforms without DataLoader workers. A checkpoint holds only rank 0's states, so
+    a stream that ran on from the start of training would continue differently on the other
+    ranks after a resume; one derived from the epoch is the same whether or not the run was
+    interrupted, and differs between ranks so each augments its own shard independently.
+    """
+    # SeedSequence mixes the three numbers into well-spread states; the last word keeps these
+    # streams apart from other (seed, rank, epoch) derivations in the code.
+    words = np.random.SeedSequence([seed % 2 ** 63, rank, epoch, 0x45504F43]).generate_state(2, np.uint64)
+    random.seed(int(words[0]))
+    np.random.seed(int(words[0] % 2 ** 32))
+    torch.manual_seed(int(words[1] % 2 ** 63))  # also seeds every CUDA device
+
+
+def first_over_ranks(found: Optional[Tuple[int, str]]) -> Optional[str]:
+    """The message of the lowest-ordered failure any rank found, on every rank (None: none did).
+
+    For checks split across ranks: every rank must take the same decision, or the ones that
+    carry on would wait for the others in the next collective forever.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None if found is None else found[1]
+    everyone: List[Optional[Tuple[int, str]]] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, found)
+    failures = sorted(item for item in everyone if item is not None)
+    return failures[0][1] if failures else None
 
 
 def cleanup() -> None:

@@ -243,6 +243,9 @@ def fit(config: TrainConfig, method, data, ctx: DeviceContext, loaders: Dict[str
         lr = learning_rate(optim, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        # Random streams restart from (seed, rank, epoch), so a resumed run (any rank) draws what
+        # the uninterrupted one drew.
+        dist.seed_epoch(config.run.seed, ctx.rank, epoch)
         loaders["train"].set_epoch(epoch)
         method.on_epoch_start(epoch)
         train = train_one_epoch(method, optimizer, scaler, loaders["train"], inputs, epoch, config, ctx, logger)

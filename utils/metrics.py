@@ -31,20 +31,53 @@ def _check_logits(logits: torch.Tensor, targets: torch.Tensor) -> None:
         raise ValueError(f"expected targets of shape ({logits.shape[0]},), got {tuple(targets.shape)}")
 
 
+def predicted_class(logits: torch.Tensor) -> torch.Tensor:
+    """The one prediction rule every reported number uses: the class with the highest logit.
+
+    Ties (common with bf16 logits) go to the lowest class index, and NaN never wins a row, so
+    top-1, per-class, many / medium / few and ECE all score the same predicted class (a ``topk``
+    for top-1 next to an ``argmax`` for per-class accuracy may break the same tie differently).
+    Returns (N,) int64.
+    """
+    scores = _ranking_scores(logits)
+    best = scores.max(dim=1, keepdim=True).values  # (N, 1)
+    classes = torch.arange(scores.shape[1], device=scores.device).expand_as(scores)
+    # The smallest index among the maxima, explicitly rather than by a sort's tie order.
+    return torch.where(scores == best, classes, scores.shape[1]).min(dim=1).values
+
+
+def target_rank(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """0-based rank of each target under the ``predicted_class`` order (N,): the classes with a
+    higher logit, plus those with an equal logit and a lower index. Rank 0 is exactly
+    ``predicted_class == target``, so top-1 from ranks equals top-1 from predictions."""
+    scores = _ranking_scores(logits)
+    targets = targets.long().to(scores.device)
+    own = scores.gather(1, targets.unsqueeze(1))  # (N, 1)
+    classes = torch.arange(scores.shape[1], device=scores.device).unsqueeze(0)
+    ahead = (scores > own) | ((scores == own) & (classes < targets.unsqueeze(1)))
+    return ahead.sum(dim=1)
+
+
+def _ranking_scores(logits: torch.Tensor) -> torch.Tensor:
+    # NaN compares false with everything; as -inf it ranks last and can never be predicted.
+    logits = torch.as_tensor(logits).float()
+    return torch.where(torch.isnan(logits), torch.full_like(logits, float("-inf")), logits)
+
+
 def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5)) -> Dict[int, float]:
     """Percentage of samples whose target is among the k highest logits, for each k in ``ks``.
 
-    k is clipped to the number of classes (top-5 of a 3-class problem is top-3, i.e. 100%), but
-    the returned dict keeps the requested k as its key so callers can always read ``[5]``.
+    Ranks follow ``predicted_class`` (ties to the lower class index), so top-1 here is the
+    accuracy of the predictions that per-class accuracy scores. k is clipped to the number of
+    classes (top-5 of a 3-class problem is top-3, i.e. 100%), but the returned dict keeps the
+    requested k as its key so callers can always read ``[5]``.
     """
     logits, targets = torch.as_tensor(logits), torch.as_tensor(targets)
     _check_logits(logits, targets)
     if not ks or any(k < 1 for k in ks):
         raise ValueError(f"ks must be a non-empty sequence of k >= 1, got {tuple(ks)}")
-    largest = min(max(ks), logits.shape[1])
-    top = logits.topk(largest, dim=1).indices  # (N, largest), best first
-    hits = top == targets.unsqueeze(1)  # (N, largest); at most one True per row
-    return {k: 100.0 * hits[:, : min(k, largest)].any(dim=1).float().mean().item() for k in ks}
+    rank = target_rank(logits, targets)  # (N,)
+    return {k: 100.0 * (rank < k).float().mean().item() for k in ks}
 
 
 def per_class_accuracy(predictions: ArrayLike, targets: ArrayLike, num_classes: int) -> np.ndarray:
@@ -101,18 +134,20 @@ def shot_accuracy(
     return result
 
 
-def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, n_bins: int = 15) -> float:
+def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, n_bins: int = 15,
+                               predictions: Optional[torch.Tensor] = None) -> float:
     """Expected calibration error in percent (Guo et al., ICML 2017, Eq. 3).
 
     Samples are binned by confidence max_c p_c into equal-width bins (b/B, (b+1)/B] over (0, 1];
-    ECE = sum_b |acc_b - conf_b| * |bin b| / N.
+    ECE = sum_b |acc_b - conf_b| * |bin b| / N. A sample is correct when its prediction (given,
+    or ``predicted_class(probs)``) is its target.
     """
     probs, targets = torch.as_tensor(probs), torch.as_tensor(targets)
     _check_logits(probs, targets)
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")
-    confidence, prediction = probs.double().max(dim=1)
-    confidence = confidence.cpu().numpy()
+    prediction = predicted_class(probs) if predictions is None else torch.as_tensor(predictions)
+    confidence = probs.double().max(dim=1).values.cpu().numpy()
     correct = (prediction == targets).cpu().numpy().astype(np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     # searchsorted(side='left') returns i with edges[i-1] < conf <= edges[i]: right-closed bins.
@@ -141,8 +176,10 @@ def summarize(logits: torch.Tensor, targets: torch.Tensor, train_counts: ArrayLi
     num_classes = len(_to_numpy(train_counts).ravel())
     if logits.shape[1] != num_classes:
         raise ValueError(f"logits have {logits.shape[1]} classes but train_counts has {num_classes}")
+    # Every number below scores this one prediction (or, for top-5, the ranking it heads).
+    predictions = predicted_class(logits)
     topk = topk_accuracy(logits, targets, ks=(1, 5))
-    per_class = per_class_accuracy(logits.argmax(dim=1), targets, num_classes)
+    per_class = per_class_accuracy(predictions, targets, num_classes)
     shots = shot_accuracy(per_class, train_counts)
     groups = shot_groups(train_counts)
     return {
@@ -152,7 +189,7 @@ def summarize(logits: torch.Tensor, targets: torch.Tensor, train_counts: ArrayLi
         "group_sizes": {name: len(classes) for name, classes in groups.items()},
         "mean_per_class": float(np.nanmean(per_class)),  # N > 0, so at least one class is present
         "per_class": [None if math.isnan(value) else float(value) for value in per_class],
-        "ece": expected_calibration_error(logits.double().softmax(dim=1), targets),
+        "ece": expected_calibration_error(logits.double().softmax(dim=1), targets, predictions=predictions),
         "nll": negative_log_likelihood(logits, targets),
         "num_samples": int(targets.numel()),
     }
