@@ -11,30 +11,31 @@ offline, but on CIFAR reverse-imbalanced and empty for the head class), ``ti_pic
 paper's ``ti_80M_selected.pickle``), ``svhn_extra_pool`` (SVHN's ``extra`` split) and
 ``image_folder_pool`` / ``image_list_pool`` (any images).
 
-Pseudo-label file: a pickled dict, written atomically::
+Pseudo-label file: a NumPy ``.npz`` archive, written atomically and read with
+``allow_pickle=False``, so it cannot carry code. Arrays (absent when None)::
 
-    format            "ltkit-pseudo-labels";  version: 1
     pseudo_labels     int64 (N,)      argmax of the classifier (what training uses)
     confidences       float32 (N,)    max softmax probability of that prediction
-    reference_labels  int64 (N,) | None   labels known for the pool (true CIFAR / SVHN labels, or
+    reference_labels  int64 (N,)      labels known for the pool (true CIFAR / SVHN labels, or
                                       the TI selection's ``extrapolated_targets``); used ONLY to
                                       choose which images enter D_U, as the paper does
-    images            uint8 (N, H, W, 3) | None   pixels (in-memory pools) ...
-    paths             list[str] | None            ... or absolute image paths
-    num_classes       int             classes of the classifier
-    dataset           str             dataset of the run that produced the labels
-    pool              str             what the pool was
-    labeled_indices   int64 array | None   leftover pools: the labelled subset the pool excludes
-    prediction_model  str             checkpoint that produced the labels
-    threshold         float | None    confidence threshold applied (None: all kept, the paper)
-    pool_size         int             images in the pool before the threshold
+    images            uint8 (N, H, W, 3)   pixels (in-memory pools) ...
+    paths             str (N,)             ... or absolute image paths
+    labeled_indices   int64           leftover pools: the labelled subset the pool excludes
+    meta              str ()          JSON: format "ltkit-pseudo-labels", version 2, num_classes,
+                                      dataset, pool, validation_size, prediction_model,
+                                      threshold (None: all kept, the paper), pool_size
+
+Version 1 files were pickles; they are refused (regenerate them). The paper's
+``ti_80M_selected.pickle`` pool is read with the restricted ``ArrayUnpickler`` of CIFAR's pickles.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-import pickle
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -42,10 +43,13 @@ import numpy as np
 from PIL import Image
 
 from .base import DatasetError, ImageSource, LongTailData
+from .cifar_lt import UnsafePickleError, read_array_pickle
 from .longtail import unlabeled_class_counts
 
 FORMAT_NAME = "ltkit-pseudo-labels"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: a pickle (refused, as pickles can carry code)
+# Optional arrays of the archive, absent when the pool has none.
+OPTIONAL_ARRAYS = ("reference_labels", "images", "paths", "labeled_indices")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 
 
@@ -101,10 +105,14 @@ def ti_pickle_pool(path: str) -> Pool:
     """The paper's 80M-TinyImages selection: a pickle with ``data`` (N, 32, 32, 3) uint8 and
     ``extrapolated_targets`` (the selection model's labels, used as reference labels)."""
     try:
-        with open(path, "rb") as handle:
-            entry = pickle.load(handle)
-    except (OSError, pickle.UnpicklingError, EOFError) as error:
-        raise DatasetError(f"cannot read pool pickle {path}: {error}") from error
+        entry = read_array_pickle(path, encoding="latin1")  # as CIFAR: Python 2 strings, if any
+    except UnsafePickleError as error:
+        raise DatasetError(f"--pool {path}: refused to unpickle '{error}' (the ti_80M_selected.pickle format "
+                           "holds only arrays; this file could run code)") from None
+    except OSError as error:
+        raise DatasetError(f"cannot read pool pickle {path}: {error.strerror or error}") from None
+    except Exception as error:  # damaged bytes: UnpicklingError, EOFError, UnicodeDecodeError, ...
+        raise DatasetError(f"{path} is damaged ({type(error).__name__}): copy it again") from None
     if not isinstance(entry, dict) or "data" not in entry or "extrapolated_targets" not in entry:
         raise DatasetError(f"{path}: expected a dict with keys 'data' and 'extrapolated_targets' "
                            "(the ti_80M_selected.pickle format)")
@@ -196,16 +204,22 @@ def save_pseudo_labels(path: str, pool: Pool, pseudo_labels: np.ndarray, confide
         "paths": None if pool.paths is None else [pool.paths[i] for i in keep],
         "num_classes": int(num_classes), "dataset": dataset, "pool": pool.name,
         "labeled_indices": None if pool.labeled_indices is None else np.asarray(pool.labeled_indices),
-        "validation_size": pool.validation_size,
-        "prediction_model": prediction_model, "threshold": threshold, "pool_size": len(pool),
+        "validation_size": int(pool.validation_size),
+        "prediction_model": prediction_model, "threshold": None if threshold is None else float(threshold),
+        "pool_size": len(pool),
     }
+    arrays = {"pseudo_labels": entry["pseudo_labels"], "confidences": entry["confidences"]}
+    arrays.update({name: np.asarray(entry[name], dtype=str if name == "paths" else None)
+                   for name in OPTIONAL_ARRAYS if entry[name] is not None})
+    arrays["meta"] = np.array(json.dumps({k: v for k, v in entry.items() if k not in arrays}))
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".pkl", dir=folder)
+    handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
     try:
         with os.fdopen(handle, "wb") as stream:
-            # Protocol 4 writes objects over 4 GB (the SVHN extra pixels are 1.6 GB).
-            pickle.dump(entry, stream, protocol=4)
+            # Written to the open file, so NumPy does not append ".npz" to the name; zip64 takes
+            # the SVHN extra pixels (1.6 GB).
+            np.savez(stream, **arrays)
         os.replace(tmp_path, path)
     except BaseException:
         if os.path.exists(tmp_path):
@@ -218,16 +232,32 @@ def load_pseudo_labels(path: str) -> Dict[str, Any]:
     """Reads and checks a pseudo-label file; errors name the file and what is wrong."""
     if not os.path.isfile(path):
         raise DatasetError(f"--unlabeled {path}: file not found (write it with scripts/gen_pseudolabels.py)")
-    try:
+    if not zipfile.is_zipfile(path):
         with open(path, "rb") as handle:
-            entry = pickle.load(handle)
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as error:
-        raise DatasetError(f"cannot read pseudo-label file {path}: {type(error).__name__}: {error}") from None
-    if not isinstance(entry, dict) or entry.get("format") != FORMAT_NAME:
+            is_pickle = handle.read(1) == b"\x80"  # the PROTO opcode that starts pickles of protocol >= 2
+        raise DatasetError(
+            f"--unlabeled {path}: " + ("a pickle (pseudo-label files of earlier versions); pickles can carry "
+                                        "code and are not read: regenerate it with scripts/gen_pseudolabels.py"
+                                        if is_pickle else "not a pseudo-label .npz archive of "
+                                        "scripts/gen_pseudolabels.py (damaged, or another kind of file)"))
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            entry: Dict[str, Any] = {name: archive[name] for name in archive.files}
+        meta = json.loads(str(entry.pop("meta")))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:  # JSON errors are ValueErrors
+        raise DatasetError(f"--unlabeled {path} is damaged or not a pseudo-label file "
+                           f"({type(error).__name__}): regenerate it with scripts/gen_pseudolabels.py") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise DatasetError(f"{path} is not a pseudo-label file of scripts/gen_pseudolabels.py "
                            f"(no '{FORMAT_NAME}' header)")
-    if entry.get("version", 0) > FORMAT_VERSION:
-        raise DatasetError(f"{path} has format version {entry['version']}, newer than this code's {FORMAT_VERSION}")
+    if meta.get("version", 0) > FORMAT_VERSION:
+        raise DatasetError(f"{path} has format version {meta['version']}, newer than this code's {FORMAT_VERSION}")
+    entry = {**{name: None for name in OPTIONAL_ARRAYS}, **meta, **entry}
+    if entry["paths"] is not None:
+        entry["paths"] = [str(p) for p in entry["paths"]]
+    missing = [name for name in ("pseudo_labels", "confidences") if name not in entry]
+    if missing:
+        raise DatasetError(f"{path}: the archive lacks {', '.join(missing)}; regenerate it")
     size = len(entry["pseudo_labels"])
     pixels = entry["images"] if entry["images"] is not None else entry["paths"]
     if pixels is None or len(pixels) != size or len(entry["confidences"]) != size or (

@@ -49,7 +49,7 @@ job_ce_ssp() {  # seed
     --out_dir "$ROOT_LOG/ce_ssp_cifar10_seed$1"
 }
 job_semi() {  # seed
-  local base="$ROOT_LOG/semi_r50_ce_seed$1" pseudo="$ROOT_LOG/semi_r50_pseudo_seed$1.pkl"
+  local base="$ROOT_LOG/semi_r50_ce_seed$1" pseudo="$ROOT_LOG/semi_r50_pseudo_seed$1.npz"
   run_main "${SEMI[@]}" -b 128 --seed "$1" --out_dir "$base"
   [[ -f "$pseudo" ]] || python scripts/gen_pseudolabels.py --path "$base" --which last --pool leftover --out "$pseudo"
   run_main "${SEMI[@]}" -b 256 --unlabeled "$pseudo" --imb_factor_unlabel 0.02 --unlabel_size_factor 5 \

@@ -1,13 +1,13 @@
 """Pseudo-label an unlabelled pool with a trained run (step 2 of the semi-supervised pipeline of
 Yang & Xu, NeurIPS 2020, ALGORITHMS.md 3.2).
 
-    python scripts/gen_pseudolabels.py --path RUN --pool leftover --out pseudo.pkl
-    python scripts/gen_pseudolabels.py --path RUN --pool data/ti_80M_selected.pickle --out pseudo.pkl
-    python scripts/gen_pseudolabels.py --path RUN --pool svhn_extra --out pseudo_svhn.pkl
-    python scripts/gen_pseudolabels.py --path RUN --pool FOLDER_OR_LIST.txt --out pseudo.pkl [--threshold 0.95]
+    python scripts/gen_pseudolabels.py --path RUN --pool leftover --out pseudo.npz
+    python scripts/gen_pseudolabels.py --path RUN --pool data/ti_80M_selected.pickle --out pseudo.npz
+    python scripts/gen_pseudolabels.py --path RUN --pool svhn_extra --out pseudo_svhn.npz
+    python scripts/gen_pseudolabels.py --path RUN --pool FOLDER_OR_LIST.txt --out pseudo.npz [--threshold 0.95]
 
 The run's classifier is rebuilt from its checkpoint alone and applied in eval mode, without
-test-time augmentation, to every pool image; the file (format in ``datasets/semi.py``) holds hard
+test-time augmentation, to every pool image; the .npz file (format in ``datasets/semi.py``) holds hard
 labels, confidences, the pool's reference labels where known (used only to select images, as in
 the paper) and the checkpoint path. ``--threshold`` keeps only predictions at least that
 confident (the paper kept all). Train on the result with ``main.py --unlabeled FILE``.
@@ -28,6 +28,7 @@ import numpy as np
 # Runnable as ``python scripts/gen_pseudolabels.py`` from the repo root: make the packages importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils.checkpoint import add_trust_argument  # noqa: E402
 from utils.config import ConfigError, OneLineErrorParser, add_bool_flag  # noqa: E402
 
 # Pre-training runs have no classifier of the dataset's classes worth trusting for labels.
@@ -40,7 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--which", choices=["last", "best"], default="last", help="checkpoint of a run folder")
     parser.add_argument("--pool", required=True, help="leftover | svhn_extra | PICKLE | FOLDER | LIST")
     parser.add_argument("--pool_root", default=None, help="SVHN .mat folder, or the root of a list's paths")
-    parser.add_argument("--out", required=True, help="pseudo-label file to write")
+    parser.add_argument("--out", required=True, help="pseudo-label file to write (.npz)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="keep predictions with confidence >= T only (default: keep all, as the paper)")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
@@ -51,6 +52,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("-b", "--batch_size", "--batch-size", dest="batch_size", type=int, default=256)
     parser.add_argument("--workers", "-j", type=int, default=4)
     parser.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"])
+    add_trust_argument(parser)
     return parser
 
 
@@ -107,9 +109,13 @@ def main(args: argparse.Namespace) -> None:
 
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise ConfigError(f"--threshold must lie in [0, 1], got {args.threshold}")
+    if not args.out.endswith(".npz"):
+        # The file is a NumPy archive (it cannot carry code, unlike the pickles of earlier versions).
+        raise ConfigError(f"--out {args.out}: pseudo-label files are .npz archives; name it "
+                          f"{os.path.splitext(args.out)[0]}.npz")
     if os.path.exists(args.out) and not args.force:
         raise ConfigError(f"--out {args.out} exists; pass --force to overwrite it")
-    payload = load_checkpoint(args.path, prefer=f"{args.which}.pth")
+    payload = load_checkpoint(args.path, prefer=f"{args.which}.pth", trust=args.trust_checkpoint)
     if payload["method"] in SELF_SUPERVISED:
         raise CheckpointError(f"{payload['path']} is a {payload['method']} pre-training run; pseudo-label with a "
                               "classifier trained on the labelled set (e.g. --method ce)")

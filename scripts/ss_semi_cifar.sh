@@ -44,17 +44,17 @@ for seed in $SEEDS; do
   pool=leftover
   [[ -f "$DATA/ti_80M_selected.pickle" ]] && pool="$DATA/ti_80M_selected.pickle"
   python scripts/gen_pseudolabels.py --path "$OUT/cifar10_base_s$seed" --which last --pool "$pool" \
-    --out "$OUT/cifar10_pseudo_s$seed.pkl" --force
+    --out "$OUT/cifar10_pseudo_s$seed.npz" --force
   for factor in "${RHO_U_FACTORS[@]}"; do
-    semi cifar10 "$DATA" "$seed" "$OUT/cifar10_pseudo_s$seed.pkl" "$factor" "$@"
+    semi cifar10 "$DATA" "$seed" "$OUT/cifar10_pseudo_s$seed.npz" "$factor" "$@"
   done
 
   # ---- SVHN-LT, rho = 50 (n_max 1000, digit 0 last) ------------------------------------------------
   # CE+D_U error: rho_U=1 13.07 | rho_U=25 13.36 | rho_U=50 13.16 | rho_U=100 14.54
   base svhn "$SVHN_DATA" "$seed" "$@"
   python scripts/gen_pseudolabels.py --path "$OUT/svhn_base_s$seed" --which last --pool svhn_extra \
-    --pool_root "$SVHN_DATA" --download True --out "$OUT/svhn_pseudo_s$seed.pkl" --force
+    --pool_root "$SVHN_DATA" --download True --out "$OUT/svhn_pseudo_s$seed.npz" --force
   for factor in "${RHO_U_FACTORS[@]}"; do
-    semi svhn "$SVHN_DATA" "$seed" "$OUT/svhn_pseudo_s$seed.pkl" "$factor" "$@"
+    semi svhn "$SVHN_DATA" "$seed" "$OUT/svhn_pseudo_s$seed.npz" "$factor" "$@"
   done
 done

@@ -111,7 +111,7 @@ def test_rotation_head_is_kaiming_normal_on_resnet32():
 
 
 def test_pseudo_label_file_round_trip_threshold_and_overwrite(tmp_path):
-    pool, path = pool_of([0, 1, 2, 1]), str(tmp_path / "p.pkl")
+    pool, path = pool_of([0, 1, 2, 1]), str(tmp_path / "p.npz")
     pseudo, conf = np.array([0, 2, 2, 1]), np.array([0.9, 0.4, 0.8, 0.99])
     semi.save_pseudo_labels(path, pool, pseudo, conf, num_classes=3, dataset="toy", prediction_model="ckpt.pth")
     entry = semi.load_pseudo_labels(path)
@@ -126,9 +126,9 @@ def test_pseudo_label_file_round_trip_threshold_and_overwrite(tmp_path):
     entry = semi.load_pseudo_labels(path)
     assert entry["pseudo_labels"].tolist() == [0, 2, 1] and entry["images"][:, 0, 0, 0].tolist() == [0, 2, 3]
     assert entry["threshold"] == 0.8 and entry["pool_size"] == 4
-    (tmp_path / "bad.pkl").write_bytes(b"not a pickle")
-    with pytest.raises(DatasetError, match="bad.pkl"):
-        semi.load_pseudo_labels(str(tmp_path / "bad.pkl"))
+    (tmp_path / "bad.npz").write_bytes(b"not a pickle")
+    with pytest.raises(DatasetError, match="bad.npz"):
+        semi.load_pseudo_labels(str(tmp_path / "bad.npz"))
 
 
 def test_unlabeled_sizes_by_hand_and_the_papers_numbers():
@@ -151,7 +151,7 @@ def toy_data(counts=(8, 4, 2)):
 
 def test_add_pseudo_labeled_selects_by_reference_and_trains_on_pseudo_labels(tmp_path):
     reference = np.array([0] * 5 + [1] * 10 + [2] * 3)  # class 0 can give 5 of the 16 wanted
-    pool, path = pool_of(reference), str(tmp_path / "p.pkl")
+    pool, path = pool_of(reference), str(tmp_path / "p.npz")
     pseudo = (reference + 1) % 3
     semi.save_pseudo_labels(path, pool, pseudo, np.ones(18), num_classes=3, dataset="toy", prediction_model="m")
     messages = []
@@ -177,7 +177,7 @@ def test_folder_and_list_pools_join_file_and_memory_training_sets(tmp_path):
     assert semi.decode_pool(listed, 4).images[:, 0, 0, 0].tolist() == [0, 1, 2, 3]
     with pytest.raises(DatasetError, match="8x8"):
         semi.decode_pool(listed, 8)
-    path = str(tmp_path / "p.pkl")
+    path = str(tmp_path / "p.npz")
     semi.save_pseudo_labels(path, listed, np.array([2, 2, 1, 0]), np.ones(4), num_classes=3, dataset="toy",
                             prediction_model="m")
     in_memory = semi.add_pseudo_labeled(toy_data(), path, 1.0, 1, log=lambda _: None)
@@ -191,7 +191,7 @@ def test_folder_and_list_pools_join_file_and_memory_training_sets(tmp_path):
 def test_leftover_pool_of_another_subset_is_refused(tmp_path):
     pool = pool_of([1, 2])
     pool.labeled_indices = np.array([5, 6, 7])
-    path = str(tmp_path / "p.pkl")
+    path = str(tmp_path / "p.npz")
     semi.save_pseudo_labels(path, pool, np.array([1, 2]), np.ones(2), num_classes=3, dataset="toy",
                             prediction_model="m")
     with pytest.raises(DatasetError, match="another long-tailed subset"):
@@ -203,7 +203,7 @@ def test_leftover_pool_made_without_this_runs_validation_split_is_refused(tmp_pa
     without_val = DATASETS.build("cifar10_sample", DataOptions(imb_factor=0.1))
     with_val = DATASETS.build("cifar10_sample", DataOptions(imb_factor=0.1, val_per_class=5))
     pool = semi.leftover_pool(without_val)
-    path = str(tmp_path / "p.pkl")
+    path = str(tmp_path / "p.npz")
     labels = np.zeros(len(pool), dtype=np.int64)
     semi.save_pseudo_labels(path, pool, labels, np.ones(len(pool)), num_classes=10, dataset=without_val.name,
                             prediction_model="m")
@@ -443,13 +443,13 @@ def test_rotation_then_ce_then_pseudo_labels_then_semi_supervised(smoke, capsys)
     run("main.py", "--method", "rotation", *common, "--out_dir", str(root / "rot"))
     log = run("main.py", "--method", "ce", *common, "--pretrained_model", str(root / "rot"), "--out_dir", str(root / "ce"))
     assert "pretrained: loaded 186 tensors" in log
-    out = str(root / "pseudo.pkl")
+    out = str(root / "pseudo.npz")
     run("scripts/gen_pseudolabels.py", "--path", str(root / "ce"), "--pool", "leftover", "--out", out, "--workers", "0")
     assert len(semi.load_pseudo_labels(out)["pseudo_labels"]) == 400 - 159  # the images the LT cut left out
     script = gen_script()
     for argv, fragment in ((["--path", str(root / "ce"), "--out", out], "--force"),
-                           (["--path", str(root / "nope"), "--out", str(root / "new.pkl")], "not found"),
-                           (["--path", str(root / "rot"), "--out", str(root / "new.pkl")], "pre-training run")):
+                           (["--path", str(root / "nope"), "--out", str(root / "new.npz")], "not found"),
+                           (["--path", str(root / "rot"), "--out", str(root / "new.npz")], "pre-training run")):
         args = script.get_args_parser().parse_args([*argv, "--pool", "leftover", "--workers", "0"])
         assert run_guarded("gen_pseudolabels.py", lambda: script.main(args)) == 2
         error = capsys.readouterr().err
@@ -497,4 +497,4 @@ def test_run_label_marks_only_self_supervised_starts(tmp_path, payload, expected
     torch.save({"state_dict": {}} if payload is None else {"format": FORMAT_NAME, **payload}, path)
     config = types.SimpleNamespace(pretrained_model=path, unlabeled=None)
     assert run_label(config, "ce") == expected
-    assert run_label(types.SimpleNamespace(pretrained_model=None, unlabeled="d_u.pkl"), "ce") == "ce_semi"
+    assert run_label(types.SimpleNamespace(pretrained_model=None, unlabeled="d_u.npz"), "ce") == "ce_semi"
