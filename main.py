@@ -88,10 +88,12 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
 
 
 def main(args: argparse.Namespace) -> None:
+    from utils.checkpoint import trusting
     from utils.runner import run_training
 
     config, label = build_config(args)
-    run_training(config, label)
+    with trusting(args.trust_checkpoint):
+        run_training(config, label)
 
 
 if __name__ == "__main__":

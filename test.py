@@ -22,6 +22,8 @@ from utils.config import OneLineErrorParser
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    from utils.checkpoint import add_trust_argument
+
     parser = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--path", required=True, help="run folder or checkpoint file")
     parser.add_argument("--which", choices=["last", "best"], default="last",
@@ -39,6 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--posthoc_tau", type=float, default=None, help="post-hoc logit adjustment")
     parser.add_argument("--json", default=None, help="write the summary to this JSON file")
     parser.add_argument("--plot", default=None, help="write per-class accuracy vs training count (PNG)")
+    add_trust_argument(parser)
     return parser
 
 
@@ -112,7 +115,7 @@ def main(args: argparse.Namespace) -> None:
     from utils.checkpoint import load_checkpoint
     from utils.engine import DeviceInputs, evaluate
 
-    payload = load_checkpoint(args.path, prefer=f"{args.which}.pth")
+    payload = load_checkpoint(args.path, prefer=f"{args.which}.pth", trust=args.trust_checkpoint)
     method = rebuild(payload)
     data, source = evaluation_set(payload, args.data_root, args.split)
     ctx = dist.setup_devices(args.gpu)

@@ -32,7 +32,7 @@ from datasets.augment import recipe_options
 from models.heads import tau_normalize_head
 from test import rebuild
 from utils import cli, dist
-from utils.checkpoint import load_checkpoint, resolve_checkpoint_path
+from utils.checkpoint import load_checkpoint, resolve_checkpoint_path, trusting
 from utils.config import ConfigError, OneLineErrorParser, TrainConfig
 from utils.engine import DeviceInputs, collect_logits
 from utils.logger import write_json
@@ -270,6 +270,11 @@ def write_report(run_dir: str, entries: Dict[str, Any], is_main: bool) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    with trusting(args.trust_checkpoint):  # --resume and --pretrained_model reads
+        train(args)
+
+
+def train(args: argparse.Namespace) -> None:
     config, label = build_config(args)
     resume = resolve_resume(config, label, args.start_epoch)
     config = dataclasses.replace(config, run=dataclasses.replace(config.run, resume=resume))

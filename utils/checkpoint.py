@@ -140,11 +140,11 @@ def _numpy_globals() -> List[Tuple[Any, str]]:
     """NumPy array and scalar reconstruction, under the module names of NumPy 1 and 2 (a file
     names the functions as the NumPy that wrote it spelled them), and the dtype classes of the
     numeric dtypes those arrays and scalars use (torch rebuilds a dtype through its class)."""
-    core = getattr(np, "_core", None) or np.core
+    # The functions NumPy itself pickles arrays and scalars with, whatever module holds them here.
+    reconstruct, scalar = np.zeros(0).__reduce__()[0], np.float64(0).__reduce__()[0]
     entries = [(np.ndarray, "numpy.ndarray"), (np.dtype, "numpy.dtype")]
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        entries += [(core.multiarray._reconstruct, f"{module}._reconstruct"),
-                    (core.multiarray.scalar, f"{module}.scalar")]
+        entries += [(reconstruct, f"{module}._reconstruct"), (scalar, f"{module}.scalar")]
     dtypes = getattr(np, "dtypes", None)  # NumPy >= 1.25; older NumPy rebuilds dtypes without it
     if dtypes is not None:
         for code in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",

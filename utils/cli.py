@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Optional
 from datasets import DATASETS, DataOptions, DatasetError
 from datasets.augment import TRANSFORMS
 from models import HEADS, MODELS
-from utils.checkpoint import CheckpointError
+from utils.checkpoint import CheckpointError, add_trust_argument
 from utils.config import ConfigError, OptimConfig, RunConfig, add_bool_flag
 
 
@@ -90,6 +90,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                   help="kept for command compatibility: tensorboardX curves are always written")
     group.add_argument("--select_on", default=None, choices=["val", "test"],
                        help="split that chooses best.pth (default: val when --val_per_class > 0)")
+    add_trust_argument(group)  # --trust_checkpoint, for --resume and --pretrained_model
 
 
 def add_semi_self_arguments(parser: argparse.ArgumentParser) -> None:
