@@ -42,9 +42,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     for entry in method_clis():
         entry.add_arguments(parser)
     evaluation = parser.add_argument_group("evaluation variants reported at the end")
-    evaluation.add_argument("--posthoc_tau", type=float, default=None,
+    evaluation.add_argument("--posthoc_tau", type=cli.limit(TrainConfig, "eval_posthoc_tau"), default=None,
                             help="also report post-hoc logit adjustment with this tau")
-    evaluation.add_argument("--tau_norm", type=float, default=None,
+    evaluation.add_argument("--tau_norm", type=cli.limit(TrainConfig, "eval_tau_norm"), default=None,
                             help="also report the tau-normalised classifier with this tau")
     return parser
 

@@ -18,7 +18,7 @@ from typing import Any, Dict
 
 import torch
 
-from utils.config import OneLineErrorParser
+from utils.config import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, OneLineErrorParser, output_file
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -32,15 +32,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="override the data folder recorded in the checkpoint")
     parser.add_argument("--split", choices=["test", "val"], default="test")
     parser.add_argument("--gpu", default=None)
-    parser.add_argument("-b", "--batch_size", "--batch-size", dest="batch_size", type=int, default=256)
-    parser.add_argument("--workers", "-j", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("-b", "--batch_size", "--batch-size", dest="batch_size", type=POSITIVE_INT, default=256)
+    parser.add_argument("--workers", "-j", type=NON_NEGATIVE_INT, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
                         help="autocast precision (auto: native bf16/fp16 on GPUs, fp32 on CPUs without bf16)")
     parser.add_argument("--tta_flip", action="store_true", help="average with the mirrored image")
-    parser.add_argument("--tau_norm", type=float, default=None, help="tau-normalise the classifier")
-    parser.add_argument("--posthoc_tau", type=float, default=None, help="post-hoc logit adjustment")
-    parser.add_argument("--json", default=None, help="write the summary to this JSON file")
-    parser.add_argument("--plot", default=None, help="write per-class accuracy vs training count (PNG)")
+    parser.add_argument("--tau_norm", type=NON_NEGATIVE, default=None, help="tau-normalise the classifier")
+    parser.add_argument("--posthoc_tau", type=NON_NEGATIVE, default=None, help="post-hoc logit adjustment")
+    parser.add_argument("--json", type=output_file, default=None, help="write the summary to this JSON file")
+    parser.add_argument("--plot", type=output_file, default=None,
+                        help="write per-class accuracy vs training count (PNG)")
     add_trust_argument(parser)
     return parser
 

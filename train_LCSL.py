@@ -33,7 +33,8 @@ from models.heads import tau_normalize_head
 from test import rebuild
 from utils import cli, dist
 from utils.checkpoint import load_checkpoint, resolve_checkpoint_path, trusting
-from utils.config import ConfigError, OneLineErrorParser, TrainConfig
+from utils.config import (FINITE, NON_NEGATIVE, POSITIVE, POSITIVE_INT, PROBABILITY, ConfigError,
+                          OneLineErrorParser, TrainConfig)
 from utils.engine import DeviceInputs, collect_logits
 from utils.logger import write_json
 from utils.metrics import format_shot_table, summarize
@@ -77,23 +78,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     cli.add_run_arguments(parser)
     cli.add_semi_self_arguments(parser)
     group = parser.add_argument_group("LCSL (the flags of the paper's config.py)")
-    group.add_argument("--alpha", type=float, default=1.0, help="weight of the self-labeling loss")
-    group.add_argument("--beta", type=float, default=1.0, help="weight of the mixup loss")
-    group.add_argument("--tau", type=float, default=1.0, help="temperature of the teacher's softmax")
-    group.add_argument("--lambda_init", type=float, default=0.5,
-                       help="confidence a teacher label needs to count")
-    group.add_argument("--fc_norm", type=float, default=1.9,
+    group.add_argument("--alpha", type=NON_NEGATIVE, default=1.0, help="weight of the self-labeling loss")
+    group.add_argument("--beta", type=NON_NEGATIVE, default=1.0, help="weight of the mixup loss")
+    group.add_argument("--tau", type=POSITIVE, default=1.0, help="temperature of the teacher's softmax")
+    group.add_argument("--lambda_init", type=PROBABILITY, default=0.5,
+                       help="confidence (a softmax probability, in [0, 1]) a teacher label needs to count")
+    group.add_argument("--fc_norm", type=FINITE, default=1.9,
                        help="> 0: L2-normalise the teacher's classifier rows each epoch (only the sign matters)")
     group.add_argument("--data_aug", type=str.lower, default=None, choices=sorted(DATA_AUG),
                        help="none: crop + flip; autoaug: AutoAugment + Cutout (CIFAR) / RandAugment "
                             "(ImageNet-style); sim_aug: SimCLR views with blur (ImageNet-style), "
                             "AutoAugment + Cutout on CIFAR as in the reference (default: none)")
-    group.add_argument("--start_epoch", type=int, default=1,
+    group.add_argument("--start_epoch", type=POSITIVE_INT, default=1,
                        help="> 1 continues the run's last.pth (--out_dir, or the newest matching run "
                             "under --root_log); it must be the epoch after the last finished one")
-    group.add_argument("--tau_norm", type=float, default=1.9,
+    group.add_argument("--tau_norm", type=cli.limit(TrainConfig, "eval_tau_norm"), default=1.9,
                        help="tau of the tau-normalised classifier in the final report")
-    group.add_argument("--image_size", type=int, default=None,
+    group.add_argument("--image_size", type=POSITIVE_INT, default=None,
                        help="accepted for the paper's commands and unused, as there: the dataset sets the size")
     group.add_argument("--optimizer", default="sgd", choices=["sgd"],
                        help="accepted for the paper's commands; SGD is the only optimiser, as there")
@@ -135,14 +136,6 @@ def check_flags(args: argparse.Namespace) -> None:
     if args.use_norm or args.head_scale is not None:
         raise ConfigError("LCSL trains a linear classifier (its teacher normalisation and the final "
                           "tau-normalisation act on the weight norms): drop --use_norm / --head_scale")
-    if not args.tau > 0:
-        raise ConfigError(f"--tau must be positive, got {args.tau}")
-    if args.alpha < 0 or args.beta < 0:
-        raise ConfigError(f"--alpha and --beta weigh losses and must be >= 0, got {args.alpha}, {args.beta}")
-    if not 0 <= args.tau_norm:
-        raise ConfigError(f"--tau_norm must be >= 0, got {args.tau_norm}")
-    if args.start_epoch < 1:
-        raise ConfigError(f"--start_epoch counts from 1, got {args.start_epoch}")
 
 
 def build_config(args: argparse.Namespace) -> Tuple[TrainConfig, str]:

@@ -8,9 +8,10 @@ fails at once instead of minutes into the first epoch.
 """
 from __future__ import annotations
 
+import codecs
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -38,6 +39,31 @@ INAT2018 = ListLayout("iNaturalist18_train.txt", "iNaturalist18_val.txt", None, 
 PLACES_LT = ListLayout("Places_LT_train.txt", "Places_LT_val.txt", "Places_LT_test.txt")
 
 
+def text_lines(path: str) -> Iterator[Tuple[int, str]]:
+    """Numbered lines of a UTF-8 text file (a UTF-8 byte-order mark is allowed).
+
+    Lists are decoded line by line, so a file in another encoding (UTF-16, Latin-1 file names)
+    names its file and first bad line instead of raising a UnicodeDecodeError from somewhere in it.
+    """
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as error:
+        raise DatasetError(f"cannot read {path}: {error.strerror or error}") from None
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise DatasetError(f"{path}:1: UTF-16 text (a UTF-16 byte-order mark): save the file as UTF-8")
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        if b"\0" in line:  # UTF-16 without a byte-order mark decodes as 'valid' UTF-8 with NULs
+            raise DatasetError(f"{path}:{number}: the line holds NUL bytes (UTF-16 text?): save the file as UTF-8")
+        try:
+            yield number, line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DatasetError(f"{path}:{number}: byte 0x{line[error.start]:02x} at column {error.start + 1} is "
+                               "not UTF-8 (a Latin-1 or other legacy encoding?): save the file as UTF-8") from None
+
+
 def read_list(list_path: str, data_root: str) -> ImageSource:
     """Parses a ``relative/path label`` file into a lazy, file-backed ImageSource.
 
@@ -49,18 +75,18 @@ def read_list(list_path: str, data_root: str) -> ImageSource:
     root = os.path.abspath(data_root)  # ImageSource keeps absolute paths, valid from any cwd
     paths: List[str] = []
     labels: List[int] = []
-    with open(list_path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            fields = line.rsplit(None, 1)
-            if len(fields) != 2 or not fields[1].isdigit():
-                raise DatasetError(
-                    f"{list_path}:{line_number}: expected 'relative/path label' with a label >= 0, got {line!r}"
-                )
-            paths.append(os.path.join(root, fields[0]))
-            labels.append(int(fields[1]))
+    for line_number, line in text_lines(list_path):
+        line = line.strip()
+        if not line:
+            continue
+        fields = line.rsplit(None, 1)
+        # ASCII digits only: str.isdigit() also accepts '²', which int() refuses.
+        if len(fields) != 2 or not (fields[1].isascii() and fields[1].isdigit()):
+            raise DatasetError(
+                f"{list_path}:{line_number}: expected 'relative/path label' with an integer label >= 0, got {line!r}"
+            )
+        paths.append(os.path.join(root, fields[0]))
+        labels.append(int(fields[1]))
     if not paths:
         raise DatasetError(f"list file is empty: {list_path}")
     first = paths[0]
@@ -91,8 +117,7 @@ def _class_names(train_list: str, num_classes: int) -> List[str]:
     path = os.path.join(os.path.dirname(os.path.abspath(train_list)), "classes.txt")
     if not os.path.isfile(path):
         return []
-    with open(path, encoding="utf-8") as handle:
-        names = [line.strip() for line in handle if line.strip()]
+    names = [line.strip() for _, line in text_lines(path) if line.strip()]
     if len(names) != num_classes:
         raise DatasetError(f"{path} names {len(names)} classes but {train_list} has {num_classes}")
     return names

@@ -7,6 +7,7 @@ The counts and the ``shuffle`` selection follow the LDAM-DRW recipe that BCCL an
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -36,6 +37,21 @@ def class_counts(n_max: int, num_classes: int, imb_type: str = "exp", imb_factor
     if num_classes == 1:
         return [n_max]
     return [int(n_max * imb_factor ** (c / (num_classes - 1.0))) for c in range(num_classes)]
+
+
+def smallest_imb_factor(n_max: int, num_classes: int, imb_type: str = "exp") -> float:
+    """The smallest ``--imb_factor``, rounded up to three significant digits, whose ``class_counts``
+    give every class at least one image (1 / n_max up to rounding: the tail keeps int(n_max * f))."""
+    exact = 1.0 / n_max
+    step = 10.0 ** (math.floor(math.log10(exact)) - 2)
+    multiple = math.ceil(exact / step - 1e-6)
+    # Each candidate is tested as the printed number a user would type.
+    while float(f"{multiple * step:.3g}") < 1.0:
+        factor = float(f"{multiple * step:.3g}")
+        if min(class_counts(n_max, num_classes, imb_type, factor)) >= 1:
+            return factor
+        multiple += 1
+    return 1.0
 
 
 def select_indices(

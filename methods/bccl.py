@@ -261,21 +261,22 @@ HEAD_SCALE = 1 / 0.03  # NormedLinear logits = cos / 0.03 in BCCL
 
 
 def add_arguments(parser) -> None:
-    from utils.config import add_bool_flag
+    from utils.config import NON_NEGATIVE, POSITIVE, POSITIVE_INT, add_bool_flag
 
     group = parser.add_argument_group("BCCL (--method bccl, the default)")
-    group.add_argument("--temp", type=float, default=0.1, help="contrastive temperature (0.07 on ImageNet-LT)")
-    group.add_argument("--alpha", type=float, default=1.0, help="weight of the supervised contrastive loss")
-    group.add_argument("--beta", type=float, default=1.0, help="weight of the logit-adjusted CE")
-    group.add_argument("--ceta", type=float, default=0.1, help="weight of the centroid loss")
-    group.add_argument("--feat_dim", type=int, default=128, help="projection dimension (2048 on ImageNet-LT)")
-    group.add_argument("--queue_size", type=int, default=100, help="queued embeddings per class")
-    group.add_argument("--centroid", type=int, default=5, help="k-means centroids per class")
+    group.add_argument("--temp", type=POSITIVE, default=0.1, help="contrastive temperature (0.07 on ImageNet-LT)")
+    group.add_argument("--alpha", type=NON_NEGATIVE, default=1.0, help="weight of the supervised contrastive loss")
+    group.add_argument("--beta", type=NON_NEGATIVE, default=1.0, help="weight of the logit-adjusted CE")
+    group.add_argument("--ceta", type=NON_NEGATIVE, default=0.1, help="weight of the centroid loss")
+    group.add_argument("--feat_dim", type=POSITIVE_INT, default=128, help="projection dimension (2048 on ImageNet-LT)")
+    group.add_argument("--queue_size", type=POSITIVE_INT, default=100, help="queued embeddings per class")
+    group.add_argument("--centroid", type=POSITIVE_INT, default=5, help="k-means centroids per class")
     group.add_argument("--cl_views", default="sim-sim", choices=sorted(VIEWS),
                        help="augmentation of view 1 (CE + contrast) and view 2 (contrast); --aug overrides")
     add_bool_flag(group, "--randaug", default=True,
                   help="allow the RandAugment views (kept from BCCL's flags: False rejects sim-rand/rand-rand)")
-    group.add_argument("--kmeans_every", type=int, default=10, help="re-cluster in epochs e %% N == 0 after warm-up")
+    group.add_argument("--kmeans_every", type=POSITIVE_INT, default=10,
+                       help="re-cluster in epochs e %% N == 0 after warm-up")
     group.add_argument("--kmeans_refresh", default="step", choices=REFRESH_MODES,
                        help="re-cluster at every step of those epochs (reference) or once at their start")
     group.add_argument("--kmeans_init", default="random", choices=KMEANS_INITS,

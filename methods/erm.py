@@ -78,6 +78,8 @@ DEFAULTS = dict(lr=0.1, weight_decay=2e-4, epochs=200, warmup_epochs=5, cos=Fals
 
 
 def add_arguments(parser) -> None:
+    from utils.config import BELOW_ONE, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT
+
     group = parser.add_argument_group("ERM baselines (--method ce|focal|ldam|...)")
     group.add_argument("--loss_type", type=str.lower, default=None, choices=sorted(LOSS_TYPES),
                        help="CE, LDAM, Focal (semi-self paper), LA (logit adjustment), balanced_softmax")
@@ -86,13 +88,13 @@ def add_arguments(parser) -> None:
     group.add_argument("--sampler", default=None,
                        choices=["class_balanced", "sqrt", "effective_number", "class_aware"],
                        help="re-sampling of the training set")
-    group.add_argument("--samples_per_class", type=int, default=4, help="class_aware sampler block size")
-    group.add_argument("--drw_epoch", type=int, default=160, help="DRW: 0-based epoch re-weighting starts")
-    group.add_argument("--cb_beta", type=float, default=0.9999, help="effective-number beta")
-    group.add_argument("--focal_gamma", type=float, default=1.0)
-    group.add_argument("--ldam_max_margin", type=float, default=0.5)
-    group.add_argument("--ldam_scale", type=float, default=30.0)
-    group.add_argument("--la_tau", type=float, default=1.0, help="logit-adjustment loss tau")
+    group.add_argument("--samples_per_class", type=POSITIVE_INT, default=4, help="class_aware sampler block size")
+    group.add_argument("--drw_epoch", type=NON_NEGATIVE_INT, default=160, help="DRW: 0-based epoch re-weighting starts")
+    group.add_argument("--cb_beta", type=BELOW_ONE, default=0.9999, help="effective-number beta, in [0, 1)")
+    group.add_argument("--focal_gamma", type=NON_NEGATIVE, default=1.0)
+    group.add_argument("--ldam_max_margin", type=NON_NEGATIVE, default=0.5)
+    group.add_argument("--ldam_scale", type=POSITIVE, default=30.0)
+    group.add_argument("--la_tau", type=NON_NEGATIVE, default=1.0, help="logit-adjustment loss tau")
 
 
 def resolve(args, method: Optional[str]):

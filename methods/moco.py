@@ -212,19 +212,19 @@ DEFAULTS = dict(lr=0.015, weight_decay=1e-4, epochs=200, warmup_epochs=0, cos=Tr
 
 
 def add_arguments(parser) -> None:
-    from utils.config import add_bool_flag
+    from utils.config import BELOW_ONE, POSITIVE, POSITIVE_INT, add_bool_flag
 
     group = parser.add_argument_group("MoCo v2 pre-training (--method moco)")
-    group.add_argument("--moco_k", "--moco-k", dest="moco_k", type=int, default=65536,
+    group.add_argument("--moco_k", "--moco-k", dest="moco_k", type=POSITIVE_INT, default=65536,
                        help="queue size K (negatives); e.g. 4096 on CIFAR")
-    group.add_argument("--moco_m", "--moco-m", dest="moco_m", type=float, default=0.999,
+    group.add_argument("--moco_m", "--moco-m", dest="moco_m", type=BELOW_ONE, default=0.999,
                        help="momentum of the key encoder")
-    group.add_argument("--moco_t", "--moco-t", dest="moco_t", type=float, default=0.2,
+    group.add_argument("--moco_t", "--moco-t", dest="moco_t", type=POSITIVE, default=0.2,
                        help="softmax temperature (MoCo v2: 0.2)")
-    group.add_argument("--moco_dim", "--moco-dim", dest="moco_dim", type=int, default=128,
+    group.add_argument("--moco_dim", "--moco-dim", dest="moco_dim", type=POSITIVE_INT, default=128,
                        help="embedding dimension")
     add_bool_flag(group, "--mlp", default=True, help="MLP projection head (MoCo v2)")
-    group.add_argument("--moco_bn_splits", type=int, default=4,
+    group.add_argument("--moco_bn_splits", type=POSITIVE_INT, default=4,
                        help="one device only: BatchNorm groups that stand in for devices in shuffle BN")
 
 
@@ -236,10 +236,6 @@ def choose(args) -> MethodChoice:
                           "(give them to the stage-2 run that loads this backbone)")
     options = dict(dim=args.moco_dim, queue_size=args.moco_k, momentum=args.moco_m, temperature=args.moco_t,
                    mlp=args.mlp, bn_splits=args.moco_bn_splits)
-    if args.moco_k < 1 or args.moco_dim < 1 or args.moco_bn_splits < 1:
-        raise ConfigError("--moco_k, --moco_dim and --moco_bn_splits must be at least 1")
-    if not 0.0 <= args.moco_m < 1.0 or not args.moco_t > 0:
-        raise ConfigError(f"--moco_m must lie in [0, 1) and --moco_t be positive, got {args.moco_m}, {args.moco_t}")
     # Full batches keep the shuffle-BN groups equal and the DDP gathers the same size on every rank.
     return MethodChoice("moco", options, "moco", DEFAULTS, drop_last=True)
 

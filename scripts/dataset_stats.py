@@ -21,23 +21,26 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets import DATASETS, DataOptions, DatasetError, LongTailData, build_dataset  # noqa: E402
 from datasets.longtail import IMB_TYPES, SELECTIONS  # noqa: E402
+from utils.config import FRACTION, SEED, OneLineErrorParser, output_file  # noqa: E402
 from utils.metrics import shot_groups  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     defaults = DataOptions()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(prog="dataset_stats.py", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, choices=DATASETS.names())
-    parser.add_argument("--imb_factor", type=float, default=defaults.imb_factor, help="1 / imbalance ratio, in (0, 1]")
+    parser.add_argument("--imb_factor", type=FRACTION, default=defaults.imb_factor,
+                        help="1 / imbalance ratio, in (0, 1]")
     parser.add_argument("--imb_type", default=defaults.imb_type, choices=IMB_TYPES)
     parser.add_argument("--lt_selection", default=defaults.lt_selection, choices=SELECTIONS)
-    parser.add_argument("--lt_seed", type=int, default=defaults.lt_seed)
+    parser.add_argument("--lt_seed", type=SEED, default=defaults.lt_seed)
     parser.add_argument("--data_root", default=defaults.data_root)
     parser.add_argument("--split_dir", default=None, help="folder of the ImageNet-LT / iNat / Places-LT lists")
     parser.add_argument("--train_list", default=None)
     parser.add_argument("--test_list", default=None)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    parser.add_argument("--plot", default=None, metavar="PATH", help="write a bar chart of the counts (PNG)")
+    parser.add_argument("--plot", type=output_file, default=None, metavar="PATH",
+                        help="write a bar chart of the counts (PNG)")
     return parser
 
 
@@ -102,7 +105,7 @@ def main(args: argparse.Namespace) -> None:
     try:
         data = build_dataset(args.dataset, options)
     except DatasetError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"dataset_stats.py: error: {error}", file=sys.stderr)
         sys.exit(2)
     if args.json:
         print(json.dumps(summary(data)))

@@ -8,6 +8,11 @@ Runs are grouped by dataset, imbalance ratio, method label and architecture, and
 group are averaged. Last-epoch numbers and selected-checkpoint numbers are kept in separate
 columns, each named after its selection rule, so a test-set-selected number is never mistaken
 for a clean one. ``--paper`` adds the numbers the papers report next to ours.
+
+A results.json that cannot be read (invalid JSON, not a results file, missing keys) is skipped
+with a warning naming it, and run folders without one (config.json or last.pth only: still
+training, or stopped) are listed below the table as unfinished, so one bad file never loses the
+table and an unfinished seed is never silently missing from a mean.
 """
 from __future__ import annotations
 
@@ -16,10 +21,16 @@ import glob
 import json
 import os
 import sys
+import warnings
 from collections import defaultdict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+# Runnable as ``python scripts/make_table.py`` from anywhere: make the packages importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.config import OneLineErrorParser, output_file  # noqa: E402  (torch-free: this script stays light)
 
 # Top-1 accuracy (%) reported by the papers (their code selects on the test set), keyed by
 # (paper row, dataset, imbalance ratio). BCCL: its README; LCSL: its paper; semi-self: 100 - the
@@ -70,17 +81,96 @@ def find_results(paths: Sequence[str]) -> List[str]:
     return sorted(set(found))
 
 
+class ResultError(ValueError):
+    """A results.json (or the config.json beside it) that cannot be used; the message says why."""
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return json.load(stream)
+    except json.JSONDecodeError as error:
+        raise ResultError(f"invalid JSON (line {error.lineno}, column {error.colno}: {error.msg})") from None
+    except UnicodeDecodeError:
+        raise ResultError("not UTF-8 text") from None
+    except OSError as error:
+        raise ResultError(f"cannot read it ({error.strerror or error})") from None
+
+
+def _is_number(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def check_result(result: Any) -> None:
+    """The fields the table reads must be there and have the right types."""
+    if not isinstance(result, dict):
+        raise ResultError(f"expected a JSON object, got {type(result).__name__}")
+    for key in ("dataset", "last"):
+        if key not in result:
+            raise ResultError(f"missing key '{key}' (not a results.json of this toolkit?)")
+    for key in ("last", "best_on_test", "best_on_val"):
+        if key in result and not isinstance(result[key], dict):
+            raise ResultError(f"'{key}' must be an object")
+        for metric in METRICS:
+            if not _is_number(result.get(key, {}).get(metric)):
+                raise ResultError(f"'{key}.{metric}' must be a number or null")
+    for key in ("imb_factor", "imb_factor_unlabel", "train_time_s"):
+        if not _is_number(result.get(key)):
+            raise ResultError(f"'{key}' must be a number or null")
+    counts = result.get("labeled_counts") or result.get("train_counts") or []
+    if not isinstance(counts, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
+        raise ResultError("'train_counts' / 'labeled_counts' must be lists of integers")
+
+
 def load_result(path: str, by: Sequence[str] = ()) -> Dict[str, Any]:
-    """results.json, plus the ``--by`` config fields read from the config.json beside it."""
-    with open(path) as stream:
-        result = json.load(stream)
+    """results.json, plus the ``--by`` config fields read from the config.json beside it;
+    a ResultError says what is wrong with a file that cannot be used."""
+    result = _read_json(path)
+    check_result(result)
     config_path = os.path.join(os.path.dirname(path), "config.json")
     config: Dict[str, Any] = {}
     if by and os.path.isfile(config_path):
-        with open(config_path) as stream:
-            config = json.load(stream)
+        try:
+            config = _read_json(config_path)
+        except ResultError as error:
+            raise ResultError(f"its config.json (read for --by): {error}") from None
     result["by"] = tuple(str(config_field(config, field)) for field in by)
     return result
+
+
+def load_results(paths: Sequence[str], by: Sequence[str] = ()) -> List[Dict[str, Any]]:
+    """Every usable results.json; the others are skipped with a warning on stderr naming them."""
+    results = []
+    for path in paths:
+        try:
+            results.append(load_result(path, by))
+        except ResultError as error:
+            print(f"make_table.py: warning: skipped {path}: {error}", file=sys.stderr)
+    return results
+
+
+# Files a run writes before its results.json: a folder holding one of them but no results.json
+# is a run that is still going or stopped early.
+RUN_MARKERS = ("config.json", "last.pth")
+
+
+def find_unfinished(paths: Sequence[str]) -> List[str]:
+    """Run folders under ``paths`` with config.json or last.pth but no results.json."""
+    folders = set()
+    for path in paths:
+        if os.path.isdir(path):
+            for marker in RUN_MARKERS:
+                found = glob.glob(os.path.join(path, "**", marker), recursive=True)
+                folders.update(os.path.dirname(p) for p in found)
+    return sorted(f for f in folders if not os.path.isfile(os.path.join(f, "results.json")))
+
+
+def unfinished_note(folders: Sequence[str]) -> str:
+    lines = [f"Unfinished runs (no results.json yet), not in the table: {len(folders)}"]
+    for folder in folders:
+        present = [m for m in RUN_MARKERS if os.path.isfile(os.path.join(folder, m))]
+        lines.append(f"- {folder} ({', '.join(present)})")
+    return "\n".join(lines)
 
 
 def config_field(config: Dict[str, Any], dotted: str) -> Any:
@@ -184,9 +274,20 @@ def plot_per_class(results: List[Dict[str, Any]], path: str) -> None:
     for key, members in sorted(groups.items()):
         dataset, ratio, label = key[:3]
         extra = "".join(f", {value}" for value in key[4:])
-        per_class = np.array([[np.nan if v is None else v for v in m["last"]["per_class"]] for m in members])
-        counts = members[0]["train_counts"]
-        axis.plot(counts, np.nanmean(per_class, 0), marker="o", ms=3, label=f"{label} ({dataset} r{ratio}{extra})")
+        counts = members[0].get("train_counts")
+        usable = [m for m in members if isinstance(m["last"].get("per_class"), list) and isinstance(counts, list)
+                  and len(m["last"]["per_class"]) == len(counts) == len(m.get("train_counts") or [])]
+        for member in members:
+            if member not in usable:
+                print(f"make_table.py: warning: {member.get('run_dir', label)} has no per-class accuracy "
+                      "matching its train_counts; left out of the plot", file=sys.stderr)
+        if not usable:
+            continue
+        per_class = np.array([[np.nan if v is None else v for v in m["last"]["per_class"]] for m in usable])
+        with warnings.catch_warnings():  # a class no seed scored (all None) is a gap in the line
+            warnings.simplefilter("ignore", RuntimeWarning)
+            accuracy = np.nanmean(per_class, 0)
+        axis.plot(counts, accuracy, marker="o", ms=3, label=f"{label} ({dataset} r{ratio}{extra})")
     axis.set_xscale("log")
     axis.set_xlabel("training images of the class")
     axis.set_ylabel("last-epoch test accuracy (%)")
@@ -198,11 +299,14 @@ def plot_per_class(results: List[Dict[str, Any]], path: str) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrorParser(prog="make_table.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run folders, folders of runs, or results.json files")
     parser.add_argument("--paper", action="store_true", help="add the papers' reported top-1")
-    parser.add_argument("--plot", default=None, help="PNG of per-class accuracy against training count")
-    parser.add_argument("--out", default=None, help="also write the table to this Markdown file")
+    parser.add_argument("--plot", type=output_file, default=None,
+                        help="PNG of per-class accuracy against training count")
+    parser.add_argument("--out", type=output_file, default=None,
+                        help="also write the table (and the unfinished-runs note) to this Markdown file")
     parser.add_argument("--by", nargs="+", default=[], metavar="FIELD",
                         help="also group by these config.json fields (dotted, e.g. run.aug_backend)")
     args = parser.parse_args(argv)
@@ -211,11 +315,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except FileNotFoundError as error:
         print(f"make_table.py: error: {error}", file=sys.stderr)
         return 2
-    if not paths:
-        print("make_table.py: error: no results.json found under the given paths", file=sys.stderr)
+    results = load_results(paths, args.by)
+    unfinished = find_unfinished(args.runs)
+    if not results:
+        skipped = f"; {len(paths)} skipped as unreadable" if paths else ""
+        waiting = f"; {len(unfinished)} unfinished run(s), e.g. {unfinished[0]}" if unfinished else ""
+        print(f"make_table.py: error: no readable results.json under the given paths{skipped}{waiting}",
+              file=sys.stderr)
         return 2
-    results = [load_result(path, args.by) for path in paths]
     table = build_table(results, args.paper, args.by)
+    if unfinished:
+        table += "\n\n" + unfinished_note(unfinished)
     print(table)
     if args.out:
         with open(args.out, "w") as stream:

@@ -264,7 +264,6 @@ def test_readme_command_parses_to_the_papers_recipe():
     (("--use_norm", "True"), "--use_norm"),
     (("--aug", "autoaug", "--data_aug", "autoaug"), "--data_aug"),
     (("--randaug_n", "3"), "--randaug_n"),
-    (("--tau", "0"), "--tau"),
     (("--dataset", "places_lt"), "--arch"),
     (("--val_per_class", "0", "--select_on", "val"), "--val_per_class"),
 ])

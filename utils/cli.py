@@ -14,9 +14,16 @@ from typing import Any, Callable, Dict, Optional
 
 from datasets import DATASETS, DataOptions, DatasetError
 from datasets.augment import TRANSFORMS
+from datasets.augment.pil import RANDAUG_MAX_MAGNITUDE
 from models import HEADS, MODELS
 from utils.checkpoint import CheckpointError, add_trust_argument
-from utils.config import ConfigError, OptimConfig, RunConfig, add_bool_flag
+from utils.config import (FRACTION, NON_NEGATIVE_INT, SEED, ConfigError, Number, OptimConfig, RunConfig,
+                          TrainConfig, add_bool_flag)
+
+
+def limit(config_class: type, name: str) -> Number:
+    """The range a config class declares for one of its fields, as the flag's argparse type."""
+    return config_class.LIMITS[name][1]
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str) -> None:
@@ -25,18 +32,18 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str) ->
     group.add_argument("--data_root", "--data", dest="data_root", default="./data",
                        help="dataset folder (CIFAR pickles below it, or the image root of list datasets)")
     group.add_argument("--imb_type", default="exp", choices=["exp", "step"], help="per-class count profile")
-    group.add_argument("--imb_factor", type=float, default=0.01, help="1 / imbalance ratio, in (0, 1]")
+    group.add_argument("--imb_factor", type=FRACTION, default=0.01, help="1 / imbalance ratio, in (0, 1]")
     group.add_argument("--lt_selection", default=None, choices=["shuffle", "first"],
                        help="which images of each class form the LT subset")
-    group.add_argument("--lt_seed", type=int, default=0, help="seed of the 'shuffle' selection")
-    group.add_argument("--val_per_class", type=int, default=0,
+    group.add_argument("--lt_seed", type=SEED, default=0, help="seed of the 'shuffle' selection")
+    group.add_argument("--val_per_class", type=NON_NEGATIVE_INT, default=0,
                        help="balanced validation images per class, taken from unused training images")
     group.add_argument("--split_dir", default=None, help="folder of ImageNet-LT / iNat / Places-LT lists")
     group.add_argument("--train_list", default=None)
     group.add_argument("--val_list", default=None)
     group.add_argument("--test_list", default=None)
     add_bool_flag(group, "--download", default=True, help="download missing CIFAR files")
-    group.add_argument("--workers", "-j", type=int, default=min(4, os.cpu_count() or 1),
+    group.add_argument("--workers", "-j", type=limit(RunConfig, "workers"), default=min(4, os.cpu_count() or 1),
                        help="DataLoader workers for the PIL pipeline (default: up to 4, at most the CPU count)")
 
 
@@ -45,21 +52,25 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_arch: Optional[
     group.add_argument("--arch", default=default_arch, choices=MODELS.names(), help="backbone")
     add_bool_flag(group, "--use_norm", "--use-norm", default=None,
                   help="cosine (normalised) classifier; default depends on the method")
-    group.add_argument("--head_scale", type=float, default=None, help="scale of the cosine classifier")
+    group.add_argument("--head_scale", type=limit(TrainConfig, "head_scale"), default=None,
+                       help="scale of the cosine classifier")
 
 
 def add_optim_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("optimisation")
-    group.add_argument("--epochs", type=int, default=None)
-    group.add_argument("-b", "--batch_size", "--batch-size", dest="batch_size", type=int, default=None,
-                       help="global batch size")
-    group.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=None)
-    group.add_argument("--momentum", type=float, default=0.9)
-    group.add_argument("--wd", "--weight_decay", "--weight-decay", dest="weight_decay", type=float, default=None)
+    group.add_argument("--epochs", type=limit(OptimConfig, "epochs"), default=None)
+    group.add_argument("-b", "--batch_size", "--batch-size", dest="batch_size", type=limit(TrainConfig, "batch_size"),
+                       default=None, help="global batch size")
+    group.add_argument("--lr", "--learning-rate", dest="lr", type=limit(OptimConfig, "lr"), default=None)
+    group.add_argument("--momentum", type=limit(OptimConfig, "momentum"), default=0.9)
+    group.add_argument("--wd", "--weight_decay", "--weight-decay", dest="weight_decay",
+                       type=limit(OptimConfig, "weight_decay"), default=None)
     add_bool_flag(group, "--cos", default=None, help="cosine schedule after warm-up (else step decays)")
-    group.add_argument("--schedule", type=int, nargs="+", default=None, help="step-decay epochs (0-based)")
-    group.add_argument("--lr_gamma", type=float, default=None, help="step-decay factor")
-    group.add_argument("--warmup_epochs", type=int, default=None, help="linear warm-up epochs")
+    group.add_argument("--schedule", type=NON_NEGATIVE_INT, nargs="+", default=None,
+                       help="step-decay epochs (0-based)")
+    group.add_argument("--lr_gamma", type=limit(OptimConfig, "gamma"), default=None, help="step-decay factor")
+    group.add_argument("--warmup_epochs", type=limit(OptimConfig, "warmup_epochs"), default=None,
+                       help="linear warm-up epochs")
     add_bool_flag(group, "--nesterov", default=False, help="Nesterov momentum")
 
 
@@ -68,7 +79,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--root_log", default="log", help="parent folder of run folders")
     group.add_argument("--out_dir", default=None, help="run folder (default: a name under --root_log)")
     group.add_argument("--resume", default=None, help="checkpoint or run folder to continue, or 'auto'")
-    group.add_argument("--seed", type=int, default=None)
+    group.add_argument("--seed", type=limit(RunConfig, "seed"), default=None)
     add_bool_flag(group, "--deterministic", default=False, help="deterministic algorithms")
     group.add_argument("--gpu", default=None, help="GPU id, or ids like 0,1,2,3 for DataParallel")
     group.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
@@ -76,10 +87,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                             "scaling) and on CPUs with native bf16, fp32 on other CPUs")
     add_bool_flag(group, "--channels_last", default=True, help="NHWC memory format")
     add_bool_flag(group, "--compile", default=False, help="torch.compile the network")
-    group.add_argument("--limit_batches", type=int, default=None, help="batches per epoch (smoke runs)")
-    group.add_argument("--log_interval", type=int, default=50, help="steps between log synchronisations")
-    group.add_argument("--eval_interval", type=int, default=1, help="evaluate every N epochs")
-    group.add_argument("--test_interval", type=int, default=1,
+    group.add_argument("--limit_batches", type=limit(RunConfig, "limit_batches"), default=None,
+                       help="batches per epoch (smoke runs)")
+    group.add_argument("--log_interval", type=limit(RunConfig, "log_interval"), default=50,
+                       help="steps between log synchronisations")
+    group.add_argument("--eval_interval", type=limit(RunConfig, "eval_interval"), default=1,
+                       help="evaluate every N epochs")
+    group.add_argument("--test_interval", type=limit(RunConfig, "test_interval"), default=1,
                        help="with --select_on val: score the test set only once N epochs have passed "
                             "since the last test, when the validation top-1 improves, and after the "
                             "last epoch (saves time; the last-epoch and selected-checkpoint numbers "
@@ -100,9 +114,9 @@ def add_semi_self_arguments(parser: argparse.ArgumentParser) -> None:
                        help="initialise the backbone from this checkpoint (rotation / MoCo / any run)")
     group.add_argument("--unlabeled", default=None,
                        help="pseudo-label file (scripts/gen_pseudolabels.py) whose images join training")
-    group.add_argument("--imb_factor_unlabel", type=float, default=None,
+    group.add_argument("--imb_factor_unlabel", type=limit(TrainConfig, "imb_factor_unlabel"), default=None,
                        help="imbalance of the selected pseudo-labelled subset (default: --imb_factor)")
-    group.add_argument("--unlabel_size_factor", type=float, default=5.0,
+    group.add_argument("--unlabel_size_factor", type=limit(TrainConfig, "unlabel_size_factor"), default=5.0,
                        help="pseudo-labelled images per labelled image")
 
 
@@ -115,8 +129,9 @@ def add_aug_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("augmentation")
     group.add_argument("--aug", nargs="+", default=None, choices=TRANSFORMS.names(),
                        help="training recipe (one per view)")
-    group.add_argument("--randaug_n", type=int, default=None, help="RandAugment operations per image")
-    group.add_argument("--randaug_m", type=int, default=None, help="RandAugment magnitude")
+    group.add_argument("--randaug_n", type=NON_NEGATIVE_INT, default=None, help="RandAugment operations per image")
+    group.add_argument("--randaug_m", type=Number(int, 0, RANDAUG_MAX_MAGNITUDE), default=None,
+                       help=f"RandAugment magnitude (0-{RANDAUG_MAX_MAGNITUDE}, timm's scale)")
     group.add_argument("--aug_backend", default="auto", choices=["auto", "tensor", "pil"],
                        help="tensor: the data lives on the training device and is augmented in batches; "
                             "pil: the papers' per-image DataLoader pipeline; auto: tensor for in-memory "

@@ -8,14 +8,105 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
+import re
+import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, Optional, Sequence, Tuple, Union
 
-from datasets.base import DataOptions
+if TYPE_CHECKING:  # imported lazily: scripts such as make_table.py use this module without torch
+    from datasets.base import DataOptions
 
 
 class ConfigError(ValueError):
     """A flag or a combination of flags is wrong; the message names them and the fix."""
+
+
+class Number:
+    """The valid values of one numeric flag: an argparse ``type`` and a config-field check.
+
+    Parsing rejects NaN and infinities for every float flag (``float('nan')`` and ``1e999`` parse
+    without complaint, and a NaN compares False against every bound, so it slips through checks
+    such as ``lr <= 0``), then the closed or open bounds. Declaring the range once, next to the
+    flag, is what makes every bad value fail at parse time, before any file is written.
+    """
+
+    def __init__(self, kind: type, low: Optional[float] = None, high: Optional[float] = None, *,
+                 low_open: bool = False, high_open: bool = False):
+        self.kind, self.low, self.high, self.low_open, self.high_open = kind, low, high, low_open, high_open
+
+    def describe(self) -> str:
+        noun = "an integer" if self.kind is int else "a number"
+        low, high = (str(self.kind(v)) if self.kind is int else f"{v:g}" for v in (self.low or 0, self.high or 0))
+        if self.low is not None and self.high is not None:
+            return f"{noun} in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{noun} {'>' if self.low_open else '>='} {low}"
+        if self.high is not None:
+            return f"{noun} {'<' if self.high_open else '<='} {high}"
+        return "a finite number" if self.kind is float else noun
+
+    def accepts(self, value: Union[int, float]) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.kind is int and value != int(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __call__(self, text: str) -> Union[int, float]:
+        try:
+            value = self.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {self.describe()}, got '{text}'") from None
+        if not self.accepts(value):
+            raise argparse.ArgumentTypeError(f"expected {self.describe()}, got '{text}'")
+        return value
+
+    def check(self, flag: str, value: Optional[Union[int, float]]) -> None:
+        """Raises a ConfigError naming ``flag`` when a config field holds a value the flag refuses
+        (configs are also built in code and from saved config.json files, not only from flags)."""
+        if value is not None and not self.accepts(value):
+            raise ConfigError(f"{flag} must be {self.describe()}, got {value}")
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+
+# The ranges the flags share. Counts of things (epochs, batches, dimensions) are integers >= 1;
+# seeds feed NumPy's RandomState, which takes 0 .. 2**32 - 1.
+POSITIVE_INT = Number(int, 1)
+NON_NEGATIVE_INT = Number(int, 0)
+SEED = Number(int, 0, 2 ** 32 - 1)
+POSITIVE = Number(float, 0, low_open=True)
+NON_NEGATIVE = Number(float, 0)
+FINITE = Number(float)
+FRACTION = Number(float, 0, 1, low_open=True)  # (0, 1]: --imb_factor, a 1 / imbalance ratio
+PROBABILITY = Number(float, 0, 1)  # [0, 1]
+BELOW_ONE = Number(float, 0, 1, high_open=True)  # [0, 1): momenta, effective-number beta
+
+
+def check_limits(config: Any) -> None:
+    """Checks every field named in the dataclass's ``LIMITS`` (field -> (flag, Number))."""
+    for name, (flag, number) in config.LIMITS.items():
+        number.check(flag, getattr(config, name))
+
+
+def output_file(path: str) -> str:
+    """An argparse ``type`` for a file the script writes (--plot, --json, --out): its folder must
+    exist and be writable, so a typo fails at once instead of after minutes of work. Missing
+    folders are not created: a mistyped path would otherwise scatter new folders."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name inside it")
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"the folder {folder} does not exist: create it first, or "
+                                         "choose a path in an existing folder")
+    if not os.access(folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"the folder {folder} is not writable: choose another path")
+    return path
 
 
 def str2bool(value: str | bool) -> bool:
@@ -37,10 +128,28 @@ def add_bool_flag(parser: argparse.ArgumentParser, *names: str, default: bool, h
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line on stderr and exit code 2."""
+    """An ArgumentParser whose errors are one line on stderr and exit code 2, naming a flag as
+    the user spelled it (``--batch_size``, not argparse's ``-b/--batch_size/--batch-size``)."""
+
+    _typed: Sequence[str] = ()
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._typed = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str):  # noqa: D401 - argparse API
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {self._as_typed(message)}\n")
+
+    def _as_typed(self, message: str) -> str:
+        match = re.match(r"argument (\S+/\S+): ", message)
+        if match is None:
+            return message
+        for name in match.group(1).split("/"):
+            short = len(name) == 2 and not name.startswith("--")  # -b64 is -b 64
+            if any(token == name or token.startswith(name + "=") or (short and token.startswith(name))
+                   for token in self._typed):
+                return message.replace(match.group(1), name, 1)
+        return message
 
 
 @dataclass(frozen=True)
@@ -57,15 +166,18 @@ class OptimConfig:
     gamma: float = 0.01  # step factor (0.01 is the LDAM-DRW / semi-self recipe)
     nesterov: bool = False  # Nesterov momentum
 
+    # The valid values of each field and the flag that sets it; utils/cli.py gives the same
+    # Number to the flag as its argparse type, so the range is written once.
+    LIMITS: ClassVar[Dict[str, Tuple[str, Number]]] = {
+        "lr": ("--lr", POSITIVE), "momentum": ("--momentum", BELOW_ONE),
+        "weight_decay": ("--wd/--weight_decay", NON_NEGATIVE), "epochs": ("--epochs", POSITIVE_INT),
+        "warmup_epochs": ("--warmup_epochs", NON_NEGATIVE_INT), "gamma": ("--lr_gamma", POSITIVE),
+    }
+
     def __post_init__(self):
-        if self.lr <= 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
-        if self.epochs < 1:
-            raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.warmup_epochs < 0:
-            raise ConfigError(f"--warmup_epochs must be non-negative, got {self.warmup_epochs}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"--wd/--weight_decay must be non-negative, got {self.weight_decay}")
+        check_limits(self)
+        for milestone in self.milestones:
+            NON_NEGATIVE_INT.check("--schedule", milestone)
 
 
 @dataclass(frozen=True)
@@ -94,18 +206,18 @@ class RunConfig:
     progress: bool = True  # tqdm bars
     tta_flip: bool = False  # also report flip test-time augmentation at the end
 
+    LIMITS: ClassVar[Dict[str, Tuple[str, Number]]] = {
+        "seed": ("--seed", SEED), "workers": ("--workers", NON_NEGATIVE_INT),
+        "limit_batches": ("--limit_batches", POSITIVE_INT), "log_interval": ("--log_interval", POSITIVE_INT),
+        "eval_interval": ("--eval_interval", POSITIVE_INT), "test_interval": ("--test_interval", POSITIVE_INT),
+    }
+
     def __post_init__(self):
+        check_limits(self)
         if self.amp not in ("auto", "none", "bf16", "fp16"):
             raise ConfigError(f"--amp must be auto, none, bf16 or fp16, got '{self.amp}'")
-        if self.limit_batches is not None and self.limit_batches < 1:
-            raise ConfigError(f"--limit_batches must be at least 1, got {self.limit_batches}")
         if self.aug_backend not in ("auto", "tensor", "pil"):
             raise ConfigError(f"--aug_backend must be auto, tensor or pil, got '{self.aug_backend}'")
-        if self.workers < 0:
-            raise ConfigError(f"--workers must be non-negative, got {self.workers}")
-        for flag in ("eval_interval", "test_interval"):
-            if getattr(self, flag) < 1:
-                raise ConfigError(f"--{flag} must be at least 1, got {getattr(self, flag)}")
 
 
 @dataclass(frozen=True)
@@ -136,9 +248,15 @@ class TrainConfig:
     imb_factor_unlabel: Optional[float] = None  # imbalance of the pseudo-labelled subset (None: --imb_factor)
     unlabel_size_factor: float = 5.0  # pseudo-labelled images per labelled image
 
+    LIMITS: ClassVar[Dict[str, Tuple[str, Number]]] = {
+        "batch_size": ("-b/--batch_size", POSITIVE_INT), "head_scale": ("--head_scale", POSITIVE),
+        "eval_posthoc_tau": ("--posthoc_tau", NON_NEGATIVE), "eval_tau_norm": ("--tau_norm", NON_NEGATIVE),
+        "imb_factor_unlabel": ("--imb_factor_unlabel", FRACTION),
+        "unlabel_size_factor": ("--unlabel_size_factor", POSITIVE),
+    }
+
     def __post_init__(self):
-        if self.batch_size < 1:
-            raise ConfigError(f"-b/--batch_size must be at least 1, got {self.batch_size}")
+        check_limits(self)
         if self.select_on not in (None, "val", "test"):
             raise ConfigError(f"--select_on must be val or test, got '{self.select_on}'")
         if self.unlabeled is None and self.imb_factor_unlabel is not None:
@@ -149,6 +267,8 @@ class TrainConfig:
 
     @staticmethod
     def from_dict(values: Dict[str, Any]) -> "TrainConfig":
+        from datasets.base import DataOptions
+
         values = dict(values)
         values["data"] = DataOptions(**values["data"])
         values["optim"] = OptimConfig(**{**values["optim"],
@@ -156,3 +276,39 @@ class TrainConfig:
         values["run"] = RunConfig(**values["run"])
         values["train_aug"] = tuple(values["train_aug"])
         return TrainConfig(**values)
+
+
+def _name_classes(classes: Sequence[int], names: Sequence[str], shown: int = 3) -> str:
+    labelled = [f"{c} ({names[c]})" if c < len(names) and names[c] else str(c) for c in classes]
+    if len(labelled) == 1:
+        return f"class {labelled[0]}"
+    listed = ", ".join(labelled[:shown]) + (", ..." if len(labelled) > shown else "")
+    return f"{len(labelled)} classes ({listed})"
+
+
+def check_training_data(config: TrainConfig, data: Any, labeled_counts: Sequence[int], world_size: int) -> None:
+    """What the flags ask of the built data, checked before a run folder exists.
+
+    Every class needs a training image: with an empty class, cross-entropy trains silently on a
+    class it can never see, while LDAM, logit adjustment, class-balanced weights and BCCL's
+    priors divide by (or take the log of) its count. And an epoch needs a step: a method that
+    drops the last incomplete batch (BCCL, cRT, MoCo) would otherwise train on nothing.
+    """
+    from datasets import SMALL_IMAGE_DATASETS
+    from datasets.longtail import smallest_imb_factor
+
+    empty = [c for c, n in enumerate(labeled_counts) if n < 1]
+    if empty:
+        which = _name_classes(empty, data.class_names)
+        if config.dataset in SMALL_IMAGE_DATASETS:  # the datasets whose tail --imb_factor cuts
+            smallest = smallest_imb_factor(max(labeled_counts), len(labeled_counts), config.data.imb_type)
+            raise ConfigError(f"--imb_factor {config.data.imb_factor:g} leaves {which} with 0 training images "
+                              f"(every class needs at least 1): use --imb_factor >= {smallest:g}")
+        raise ConfigError(f"{data.name}: {which} has no training image; every class needs at least 1")
+    images = len(data.train)
+    per_rank = -(-images // world_size)
+    if config.drop_last and per_rank < config.batch_size // world_size:
+        spread = f" ({per_rank} per process over {world_size} processes)" if world_size > 1 else ""
+        raise ConfigError(f"-b/--batch_size {config.batch_size} is larger than the {images} training images{spread}, "
+                          f"and {config.method} drops the last incomplete batch, so an epoch would have no step: "
+                          f"use -b/--batch_size {per_rank * world_size} or less")

@@ -27,7 +27,7 @@ from models import build_model
 from utils import dist
 from utils.checkpoint import (build_payload, capture_rng_state, git_commit, load_checkpoint,
                               restore_rng_state, save_atomic)
-from utils.config import ConfigError, TrainConfig
+from utils.config import ConfigError, TrainConfig, check_training_data
 from utils.engine import DeviceInputs, evaluate, fit, resolve_amp
 from utils.logger import RunLogger
 
@@ -209,6 +209,7 @@ def run_training(config: TrainConfig, label: str, prepare_method: Optional[Calla
     model_kwargs = {"arch": config.arch, "num_classes": data.num_classes, "head": config.head,
                     "scale": config.head_scale}
     config = resolve_selection(config, data)
+    check_training_data(config, data, labeled_counts, ctx.world_size)  # before any file is written
     method = build_method(config.method, build_model(**model_kwargs), data.train_counts, **config.method_options)
 
     resume_path = config.run.resume
