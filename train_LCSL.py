@@ -170,6 +170,8 @@ def resolve_resume(config: TrainConfig, label: str, start_epoch: int) -> Optiona
     reference's way to resume: it means --resume auto, must find a checkpoint, and must name
     the epoch after the last finished one."""
     path = config.run.resume
+    if path == "auto" and start_epoch == 1:
+        return path  # run_training continues, restarts or skips this configuration's run
     if path == "auto" or (path is None and start_epoch > 1):
         # The search must use the folder name run_training gives (SSP / pseudo-label suffixes).
         path = find_resume(config, run_label(config, label))
@@ -271,16 +273,17 @@ def train(args: argparse.Namespace) -> None:
     config, label = build_config(args)
     resume = resolve_resume(config, label, args.start_epoch)
     config = dataclasses.replace(config, run=dataclasses.replace(config.run, resume=resume))
-    run_dir = {"path": os.path.dirname(resume) if resume else None}
 
     def prepare(method, data, logger) -> None:  # fresh runs only: a resumed run passed the check
         check_selection_split(config, data)
-        run_dir["path"] = logger.run_dir
 
-    run_training(config, label, prepare_method=prepare)
+    results = run_training(config, label, prepare_method=prepare)
+    if "selected_report" in results:
+        return  # --resume auto found this run finished, its report included
     # The same devices as training; the runner has already said when --gpu finds no CUDA.
     ctx = dist.setup_devices(config.run.gpu if torch.cuda.is_available() else None)
-    write_report(run_dir["path"], evaluate_selected(config, ctx, run_dir["path"], args.tau_norm), ctx.is_main)
+    run_dir = results["run_dir"]
+    write_report(run_dir, evaluate_selected(config, ctx, run_dir, args.tau_norm), ctx.is_main)
 
 
 if __name__ == "__main__":

@@ -78,7 +78,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run")
     group.add_argument("--root_log", default="log", help="parent folder of run folders")
     group.add_argument("--out_dir", default=None, help="run folder (default: a name under --root_log)")
-    group.add_argument("--resume", default=None, help="checkpoint or run folder to continue, or 'auto'")
+    group.add_argument("--resume", default=None,
+                       help="checkpoint or run folder to continue (it continues in its own folder), or 'auto': "
+                            "continue the unfinished run of exactly this configuration (--out_dir, or the "
+                            "newest matching run under --root_log), skip it if finished, else start a new one")
+    add_bool_flag(group, "--overwrite", default=False,
+                  help="DISCARDS the run already in --out_dir: deletes its checkpoints, results, log and "
+                       "curves before starting (without it, a folder holding a run is never written into)")
     group.add_argument("--seed", type=limit(RunConfig, "seed"), default=None)
     add_bool_flag(group, "--deterministic", default=False, help="deterministic algorithms")
     group.add_argument("--gpu", default=None, help="GPU id, or ids like 0,1,2,3 for DataParallel")
@@ -169,7 +175,7 @@ def run_config(args: argparse.Namespace, default_seed: int) -> RunConfig:
                      workers=args.workers, aug_backend=args.aug_backend, limit_batches=args.limit_batches,
                      log_interval=args.log_interval, eval_interval=args.eval_interval,
                      test_interval=args.test_interval,
-                     progress=args.progress, tta_flip=args.tta_flip)
+                     progress=args.progress, tta_flip=args.tta_flip, overwrite=args.overwrite)
 
 
 def run_guarded(prog: str, body: Callable[[], Any]) -> int:

@@ -205,6 +205,7 @@ class RunConfig:
     test_interval: int = 1
     progress: bool = True  # tqdm bars
     tta_flip: bool = False  # also report flip test-time augmentation at the end
+    overwrite: bool = False  # delete the run already in out_dir before starting (else it is never reused)
 
     LIMITS: ClassVar[Dict[str, Tuple[str, Number]]] = {
         "seed": ("--seed", SEED), "workers": ("--workers", NON_NEGATIVE_INT),
@@ -218,6 +219,8 @@ class RunConfig:
             raise ConfigError(f"--amp must be auto, none, bf16 or fp16, got '{self.amp}'")
         if self.aug_backend not in ("auto", "tensor", "pil"):
             raise ConfigError(f"--aug_backend must be auto, tensor or pil, got '{self.aug_backend}'")
+        if self.overwrite and self.resume:
+            raise ConfigError("--overwrite deletes the run in --out_dir and --resume continues it: pass one of them")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Run folder, log file and tensorboardX curves; only rank 0 writes."""
+"""Log file, tensorboardX curves and JSON files of a run folder; only rank 0 writes.
+Which folder a run may write into is decided in utils/run_folder.py."""
 from __future__ import annotations
 
 import csv
@@ -55,10 +56,13 @@ class RunLogger:
 
                 self._writer = SummaryWriter(os.path.join(run_dir, "tb"))
 
-    def info(self, message: str) -> None:
+    def info(self, message: str, echo: bool = True) -> None:
+        """Appends to log.txt and prints; `echo=False` for lines the caller prints elsewhere
+        (a stop message that becomes the one-line error on stderr)."""
         if not self.is_main:
             return
-        print(message, file=sys.stdout, flush=True)
+        if echo:
+            print(message, file=sys.stdout, flush=True)
         if self._file:
             self._file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
             self._file.flush()

@@ -6,30 +6,32 @@ the only place that wires components together, so every script trains the same w
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 import random
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from datasets import DATASETS, SMALL_IMAGE_DATASETS, LongTailData, build_dataset
-from datasets.augment import build_transform, build_views
+from datasets.augment import build_views
 from datasets.augment.tensor import build_tensor_views
 from datasets.device_loader import DeviceLoader
-from datasets.loaders import build_eval_loader, build_train_loader
+from datasets.loaders import (absolute_data_options, build_eval_loaders, build_train_loader,
+                              check_evaluation_images)
 from datasets.samplers import build_sampler
 from methods import build_method
 from models import build_model
 from utils import dist
-from utils.checkpoint import (build_payload, capture_rng_state, git_commit, load_checkpoint,
+from utils.checkpoint import (CheckpointError, build_payload, capture_rng_state, git_commit, load_checkpoint,
                               restore_rng_state, save_atomic)
 from utils.config import ConfigError, TrainConfig, check_training_data
-from utils.engine import DeviceInputs, evaluate, fit, resolve_amp
+from utils.engine import DeviceInputs, NonFiniteLossError, evaluate, fit, resolve_amp
 from utils.logger import RunLogger
+from utils.run_folder import (RunFolderLock, RunPlan, claim_run_folder, config_differences, default_run_name,
+                              plan_run_folder)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -52,58 +54,45 @@ def describe_dataset(data: LongTailData, config: TrainConfig, labeled_counts) ->
             "labeled_counts": list(labeled_counts),
             "mean": list(data.mean), "std": list(data.std), "image_size": data.image_size,
             "style": data.style, "class_names": list(data.class_names),
-            "options": dataclasses.asdict(config.data)}
-
-
-def default_run_name(config: TrainConfig, label: str) -> str:
-    ratio = round(1 / config.data.imb_factor) if config.data.imb_factor > 0 else 0
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return f"{config.dataset}_{config.data.imb_type}{ratio}_{label}_{config.arch}_s{config.run.seed}_{stamp}"
-
-
-def find_resume(config: TrainConfig, label: str) -> Optional[str]:
-    """`--resume auto`: last.pth of --out_dir, else of the newest run folder with the same name
-    stem under --root_log; None when there is nothing to continue."""
-    if config.run.out_dir:
-        path = os.path.join(config.run.out_dir, "last.pth")
-        return path if os.path.isfile(path) else None
-    stem = default_run_name(config, label).rsplit("_", 1)[0]
-    candidates = sorted(glob.glob(os.path.join(config.run.root_log, stem + "_*", "last.pth")),
-                        key=os.path.getmtime)
-    return candidates[-1] if candidates else None
-
-
-# Fields a continuation may change: where files are, how the run executes and reports, and the
-# number of epochs (to extend a run). Everything else must equal the checkpoint's config.
-RESUMABLE_CHANGES = {
-    "run": {"resume", "gpu", "workers", "progress", "out_dir", "root_log", "log_interval", "eval_interval",
-            "test_interval", "limit_batches", "compile", "tta_flip"},
-    "data": {"data_root", "split_dir", "train_list", "val_list", "test_list", "download"},
-    "optim": {"epochs"},
-    "": {"eval_posthoc_tau", "eval_tau_norm", "script"},
-}
-
-
-def _flatten(values: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict) and key in ("run", "data", "optim"):
-            flat.update(_flatten(value, key))
-        else:
-            flat[(prefix, key)] = value
-    return flat
+            # Absolute paths: test.py must read the data this run read, from whatever folder it runs in.
+            "options": dataclasses.asdict(absolute_data_options(config.dataset, config.data))}
 
 
 def check_resume_matches(config: TrainConfig, payload: Dict[str, Any]) -> None:
     """Continuing a run with other data, recipe or seed would silently mix two runs."""
-    saved = _flatten(json.loads(json.dumps(payload["config"])))
-    current = _flatten(json.loads(json.dumps(config.to_dict())))
-    for (group, key), value in current.items():
-        if key in RESUMABLE_CHANGES.get(group, ()) or saved.get((group, key), value) == value:
-            continue
-        flag = f"{group}.{key}" if group else key
-        raise ConfigError(f"--resume {payload['path']}: the checkpoint has {flag}={saved[(group, key)]!r} "
+    for flag, saved, value in config_differences(config, payload["config"])[:1]:
+        raise ConfigError(f"--resume {payload['path']}: the checkpoint has {flag}={saved!r} "
                           f"but this command has {value!r}; continue a run with its own flags")
+
+
+# ---- divergence: never checkpoint non-finite weights -----------------------------------------------
+class DivergedError(NonFiniteLossError):
+    """An epoch left NaN/inf in the weights (its loss may still have been finite)."""
+
+
+def non_finite_tensors(state: Dict[str, Any]) -> List[str]:
+    """Names of the floating-point tensors of a state dict that hold NaN or inf."""
+    names = [name for name, value in state.items() if torch.is_tensor(value) and value.is_floating_point()]
+    if not names:
+        return []
+    finite = torch.stack([torch.isfinite(state[name]).all() for name in names]).tolist()  # one sync
+    return [name for name, ok in zip(names, finite) if not ok]
+
+
+def check_finite_state(state: Dict[str, Any], epoch: int, name: str, run_dir: str, config: TrainConfig,
+                       device: torch.device) -> None:
+    """Raises DivergedError, on every DDP rank together, before a checkpoint with NaN/inf weights
+    is written: the checkpoints already on disk stay the run's last good state."""
+    bad = non_finite_tensors(state)
+    if int(dist.all_reduce_max(torch.tensor(len(bad), device=device)).item()) == 0:
+        return
+    kept = [f for f in ("last.pth", "best.pth") if os.path.isfile(os.path.join(run_dir, f))]
+    where = (f"{' and '.join(kept)} in {run_dir} keep the last finite state" if kept
+             else "no checkpoint was written")
+    first = f" (first: {bad[0]})" if bad else ""
+    raise DivergedError(f"training diverged in epoch {epoch}: {len(bad) or 'some'} parameter/buffer tensor(s) "
+                        f"hold NaN/inf{first}; stopped before writing {name}, {where}. Start again with a "
+                        f"lower --lr (this run: {config.optim.lr:g}) in a new run folder")
 
 
 def resolve_selection(config: TrainConfig, data: LongTailData) -> TrainConfig:
@@ -162,15 +151,9 @@ def build_loaders(config: TrainConfig, data: LongTailData, ctx, num_views: int) 
         train = build_train_loader(data.train, transform, per_rank, sampler=sampler, workers=config.run.workers,
                                    drop_last=config.drop_last, seed=config.run.seed, rank=ctx.rank,
                                    world_size=ctx.world_size, pin_memory=pin)
-    loaders = {"train": train}
-    eval_transform = None if data.style == "cifar" else build_transform("test", data.style, data.image_size)
-    eval_batch = max(per_rank, 256 if data.style == "cifar" else 64)
-    splits = {"test": data.test, "val": data.val}
-    for split, source in splits.items():
-        if source is not None and len(source):
-            loaders[split] = build_eval_loader(source, eval_transform, eval_batch, workers=config.run.workers,
-                                               rank=ctx.rank, world_size=ctx.world_size, pin_memory=pin)
-    return loaders
+    # test.py builds its loader with the same function, so it scores a checkpoint as the log did.
+    return {"train": train, **build_eval_loaders(data, per_rank, workers=config.run.workers, rank=ctx.rank,
+                                                 world_size=ctx.world_size, pin_memory=pin)}
 
 
 def run_label(config: TrainConfig, label: str) -> str:
@@ -180,6 +163,60 @@ def run_label(config: TrainConfig, label: str) -> str:
 
     label += "_ssp" if config.pretrained_model and is_self_supervised_start(config.pretrained_model) else ""
     return label + ("_semi" if config.unlabeled else "")
+
+
+def find_resume(config: TrainConfig, label: str) -> Optional[str]:
+    """The last.pth `--resume auto` would continue (or find finished) for this command; None when
+    it would start a new run. Refuses, naming the flag, a --out_dir that holds another run."""
+    auto = dataclasses.replace(config, run=dataclasses.replace(config.run, resume="auto"))
+    plan = plan_run_folder(auto, label)
+    last = os.path.join(plan.run_dir, "last.pth") if plan.run_dir else None
+    return last if last and plan.action in ("continue", "finished") and os.path.isfile(last) else None
+
+
+def _on_main(ctx, work: Callable[[], Any]) -> Any:
+    """Runs `work` on rank 0 only and hands its result, or its refusal, to every rank, so that a
+    refused DDP run stops on all ranks instead of leaving the others waiting."""
+    outcome: Any = None
+    if ctx.is_main:
+        try:
+            outcome = work()
+        except (ConfigError, CheckpointError) as error:
+            outcome = error
+    outcome = dist.broadcast_object(outcome)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def _claim_on_main(plan: RunPlan, config: TrainConfig, label: str, ctx
+                   ) -> Tuple[str, List[str], Optional[RunFolderLock]]:
+    """Rank 0 locks the folder and clears what the plan discards; every rank gets the folder and
+    the lines to log, rank 0 also the held lock (released when run_training ends)."""
+    held = []
+
+    def claim() -> Tuple[str, List[str]]:
+        run_dir, lock, notes = claim_run_folder(plan, config, label)
+        held.append(lock)
+        return run_dir, notes
+
+    run_dir, notes = _on_main(ctx, claim)
+    return run_dir, notes, (held[0] if held else None)
+
+
+def _finished_results(plan: RunPlan, ctx) -> Dict[str, Any]:
+    """--resume auto on a finished run: its results, untouched."""
+    path = os.path.join(plan.run_dir, "results.json")
+
+    def read() -> Dict[str, Any]:
+        with open(path) as stream:
+            return json.load(stream)
+
+    results = {**_on_main(ctx, read), "run_dir": plan.run_dir}
+    if ctx.is_main:
+        print(f"{plan.run_dir} already holds this configuration's finished run (results in {path}); nothing "
+              "to do. Pass a larger --epochs to extend it, or another --out_dir for a second run", flush=True)
+    return results
 
 
 def run_training(config: TrainConfig, label: str, prepare_method: Optional[Callable] = None) -> Dict[str, Any]:
@@ -199,6 +236,7 @@ def run_training(config: TrainConfig, label: str, prepare_method: Optional[Calla
     # from the global generator must not, so the generator is re-seeded per rank after building.
     seed_everything(config.run.seed, config.run.deterministic)
     data = build_dataset(config.dataset, config.data)
+    check_evaluation_images(data, config.data, ctx.rank, ctx.world_size)  # a bad image stops it before epoch 1
     labeled_counts = list(data.train_counts)
     if config.unlabeled is not None:
         from datasets.semi import add_pseudo_labeled
@@ -210,76 +248,87 @@ def run_training(config: TrainConfig, label: str, prepare_method: Optional[Calla
                     "scale": config.head_scale}
     config = resolve_selection(config, data)
     check_training_data(config, data, labeled_counts, ctx.world_size)  # before any file is written
+    if config.run.out_dir:
+        check_not_own_input(config, config.run.out_dir)
+    plan: RunPlan = _on_main(ctx, lambda: plan_run_folder(config, label))
+    if plan.action == "finished":
+        return _finished_results(plan, ctx)
     method = build_method(config.method, build_model(**model_kwargs), data.train_counts, **config.method_options)
-
-    resume_path = config.run.resume
-    if resume_path == "auto":
-        resume_path = find_resume(config, label)
-    payload = load_checkpoint(resume_path, prefer="last.pth") if resume_path else None
+    payload = load_checkpoint(plan.resume, prefer="last.pth") if plan.resume else None
     if payload is not None:
         check_resume_matches(config, payload)
-        run_dir = os.path.dirname(payload["path"])
-    else:
-        run_dir = config.run.out_dir or os.path.join(config.run.root_log, default_run_name(config, label))
-    run_dir = dist.broadcast_object(run_dir)
-    check_not_own_input(config, run_dir)
+    if plan.run_dir:
+        check_not_own_input(config, plan.run_dir)
+    run_dir, notes, lock = _claim_on_main(plan, config, label, ctx)
     logger = RunLogger(run_dir, is_main=ctx.is_main)
-    logger.info(f"run folder: {run_dir}")
-    logger.info(f"device: {ctx.device}, {dist.describe_hardware(ctx)} (world size {ctx.world_size}); precision: "
-                f"{resolve_amp(config.run.amp, ctx.device)} (--amp {config.run.amp}); "
-                f"channels_last: {config.run.channels_last}")
-    logger.info(f"{data.name}: {len(data.train)} training images in {data.num_classes} classes "
-                f"(head {max(data.train_counts)}, tail {min(data.train_counts)}), {len(data.test)} test"
-                + (f", {len(data.val)} validation" if data.val is not None else ""))
-    if payload is None:
-        logger.write_json("config.json", {**config.to_dict(), "git_commit": git_commit()})
-        if config.pretrained_model is not None:
-            from utils.pretrained import load_pretrained
+    try:
+        logger.info(f"run folder: {run_dir}")
+        for note in notes:
+            logger.info(note)
+        if plan.action == "restart":
+            logger.forget_per_class_after(0)  # rows of the epoch the earlier attempt did not finish
+        logger.info(f"device: {ctx.device}, {dist.describe_hardware(ctx)} (world size {ctx.world_size}); precision: "
+                    f"{resolve_amp(config.run.amp, ctx.device)} (--amp {config.run.amp}); "
+                    f"channels_last: {config.run.channels_last}")
+        logger.info(f"{data.name}: {len(data.train)} training images in {data.num_classes} classes "
+                    f"(head {max(data.train_counts)}, tail {min(data.train_counts)}), {len(data.test)} test"
+                    + (f", {len(data.val)} validation" if data.val is not None else ""))
+        if payload is None:
+            logger.write_json("config.json", {**config.to_dict(), "git_commit": git_commit()})
+            if config.pretrained_model is not None:
+                from utils.pretrained import load_pretrained
 
-            load_pretrained(method, config.pretrained_model, logger)
-        if prepare_method is not None:
-            prepare_method(method, data, logger)
-    else:
-        method.load_state_dict(payload["state_dict"], strict=True)
+                load_pretrained(method, config.pretrained_model, logger)
+            if prepare_method is not None:
+                prepare_method(method, data, logger)
+        else:
+            method.load_state_dict(payload["state_dict"], strict=True)
 
-    method.to(ctx.device)
-    if config.run.channels_last:
-        method.to(memory_format=torch.channels_last)
-    # Compiling the DDP wrapper (not the bare network) lets the compiler see DDP's gradient
-    # buckets and overlap their all-reduces with the backward pass.
-    method.wrap(lambda net: torch.compile(dist.wrap_network(net, ctx)) if config.run.compile
-                else dist.wrap_network(net, ctx),
-                lambda net: dist.wrap_forward_only(net, ctx))
-    loaders = build_loaders(config, data, ctx, method.num_views)
-    inputs = DeviceInputs(data.mean, data.std, ctx.device, config.run.channels_last)
-    dataset_info = describe_dataset(data, config, labeled_counts)
+        method.to(ctx.device)
+        if config.run.channels_last:
+            method.to(memory_format=torch.channels_last)
+        # Compiling the DDP wrapper (not the bare network) lets the compiler see DDP's gradient
+        # buckets and overlap their all-reduces with the backward pass.
+        method.wrap(lambda net: torch.compile(dist.wrap_network(net, ctx)) if config.run.compile
+                    else dist.wrap_network(net, ctx),
+                    lambda net: dist.wrap_forward_only(net, ctx))
+        loaders = build_loaders(config, data, ctx, method.num_views)
+        inputs = DeviceInputs(data.mean, data.std, ctx.device, config.run.channels_last)
+        dataset_info = describe_dataset(data, config, labeled_counts)
 
-    def save_checkpoint(name, epoch, optimizer, scaler, records):
-        if not ctx.is_main:
-            return
-        save_atomic(build_payload(
-            method_name=config.method, method_kwargs=method.init_kwargs, model_kwargs=model_kwargs,
-            dataset=dataset_info, config=config.to_dict(), state_dict=method.state_dict(), epoch=epoch,
-            optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), records=records,
-            rng=capture_rng_state()), os.path.join(run_dir, name))
+        def save_checkpoint(name, epoch, optimizer, scaler, records):
+            state = method.state_dict()
+            check_finite_state(state, epoch, name, run_dir, config, ctx.device)  # every rank, together
+            if not ctx.is_main:
+                return
+            save_atomic(build_payload(
+                method_name=config.method, method_kwargs=method.init_kwargs, model_kwargs=model_kwargs,
+                dataset=dataset_info, config=config.to_dict(), state_dict=state, epoch=epoch,
+                optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), records=records,
+                rng=capture_rng_state()), os.path.join(run_dir, name))
 
-    if payload is not None and payload.get("rng"):
-        restore_rng_state(payload["rng"])
-    if ctx.distributed:
-        # Only rank 0's generator state is checkpointed; every rank draws its own augmentation.
-        torch.manual_seed((config.run.seed * 1000 + ctx.rank) * 100003 + (payload or {}).get("epoch", 0))
-    records = fit(config, method, data, ctx, loaders, inputs, logger, save_checkpoint, resume=payload)
-    results = finalize(config, method, data, ctx, loaders, inputs, records, logger, labeled_counts)
-    results["label"] = label
-    results["run_dir"] = run_dir
-    results["method_options"] = dict(config.method_options)
-    results["device"] = str(ctx.device) + (f" x{ctx.world_size}" if ctx.distributed else "")
-    results["hardware"] = dist.describe_hardware(ctx)
-    results["wall_time_s"] = time.time() - wall_start
-    results["train_time_s"] = records.get("elapsed_s")
-    logger.write_json("results.json", results)
-    logger.info(f"results written to {os.path.join(run_dir, 'results.json')}")
-    logger.close()
+        if payload is not None and payload.get("rng"):
+            restore_rng_state(payload["rng"])
+        # Every rank's generators are re-seeded from (seed, rank, epoch) at each epoch start (fit),
+        # so neither a resume nor which rank's state the checkpoint holds changes the random draws.
+        records = fit(config, method, data, ctx, loaders, inputs, logger, save_checkpoint, resume=payload)
+        results = finalize(config, method, data, ctx, loaders, inputs, records, logger, labeled_counts)
+        results["label"] = label
+        results["run_dir"] = run_dir
+        results["method_options"] = dict(config.method_options)
+        results["device"] = str(ctx.device) + (f" x{ctx.world_size}" if ctx.distributed else "")
+        results["hardware"] = dist.describe_hardware(ctx)
+        results["wall_time_s"] = time.time() - wall_start
+        results["train_time_s"] = records.get("elapsed_s")
+        logger.write_json("results.json", results)
+        logger.info(f"results written to {os.path.join(run_dir, 'results.json')}")
+    except NonFiniteLossError as error:
+        logger.info(f"training stopped: {error}", echo=False)  # run_guarded prints it on stderr
+        raise
+    finally:
+        logger.close()
+        if lock is not None:
+            lock.release()
     dist.barrier()
     return results
 

@@ -1,0 +1,336 @@
+"""One run per folder: where a command trains, and whether it may.
+
+A folder that holds a run (any of RUN_MARKERS) is only ever continued (--resume), skipped
+(--resume auto on a finished run) or emptied on request (--overwrite); every decision is made
+before anything is written, so a refused command leaves the folder exactly as it was. While a run
+is alive it holds an exclusive lock on the folder, so a second process cannot share it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import glob
+import itertools
+import json
+import os
+import shutil
+import socket
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from utils.checkpoint import load_checkpoint, resolve_checkpoint_path
+from utils.config import ConfigError, TrainConfig
+from utils.logger import PER_CLASS_FILE
+
+# Any of these in a folder means a run was started there.
+RUN_MARKERS = ("config.json", "log.txt", "last.pth", "best.pth", "results.json")
+# Everything a run writes into its folder: what --overwrite deletes (other files are left alone).
+RUN_OUTPUTS = RUN_MARKERS + (PER_CLASS_FILE, "tb")
+# flock target: the kernel drops the lock when its process exits, however it exits (kill -9
+# included), so a dead run never leaves its folder locked. The file itself is never deleted:
+# unlinking a lock file lets two processes lock two different inodes of one name.
+LOCK_FILE = ".run.lock"
+
+
+def run_markers(run_dir: str) -> List[str]:
+    """The files in `run_dir` that show a run was started there (empty: the folder is free)."""
+    return [name for name in RUN_MARKERS if os.path.exists(os.path.join(run_dir, name))]
+
+
+def _is_temporary(name: str) -> bool:
+    # Checkpoints are written as .tmp-XXXX.pth (utils.checkpoint.save_atomic), JSON and CSV files
+    # as <name>.tmp (logger.write_json, forget_per_class_after), then renamed: a kill in between
+    # leaves them behind.
+    return (name.startswith(".tmp-") and name.endswith(".pth")) or name in {f"{n}.tmp" for n in RUN_OUTPUTS}
+
+
+def remove_orphaned_temporaries(run_dir: str) -> List[str]:
+    """Deletes half-written files that an interrupted write left; only call it while holding the
+    folder's lock, when no other process can be writing them. Returns the names removed."""
+    removed = []
+    for name in sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else []:
+        path = os.path.join(run_dir, name)
+        if _is_temporary(name) and os.path.isfile(path):
+            os.remove(path)
+            removed.append(name)
+    return removed
+
+
+def discard_run_outputs(run_dir: str) -> List[str]:
+    """--overwrite: deletes what an earlier run wrote into `run_dir` (checkpoints, results, log,
+    curves, temporary files); anything else in the folder stays. Returns the names removed."""
+    removed = remove_orphaned_temporaries(run_dir)
+    for name in RUN_OUTPUTS:
+        path = os.path.join(run_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+            removed.append(name + "/")
+        elif os.path.exists(path):
+            os.remove(path)
+            removed.append(name)
+    return removed
+
+
+def _try_lock(descriptor: int) -> bool:
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def lock_holder(run_dir: str) -> Optional[str]:
+    """Who holds `run_dir`'s lock ('process 123 on host h since ...'), None when nobody does.
+    Changes nothing on disk, so a refused command leaves the folder exactly as it was."""
+    path = os.path.join(run_dir, LOCK_FILE)
+    try:
+        # Read-write (never created here): on NFS an exclusive flock needs a writable descriptor.
+        descriptor = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        if _try_lock(descriptor):
+            return None  # released when the descriptor closes below
+        with open(path) as stream:
+            return stream.read().strip() or "another process"
+    finally:
+        os.close(descriptor)
+
+
+class RunFolderLock:
+    """An exclusive flock on ``<run>/.run.lock`` for as long as this object (or its process)
+    lives; the file names the holder for the refusal message of the next process."""
+
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir
+        self.path = os.path.join(run_dir, LOCK_FILE)
+        self._descriptor: Optional[int] = None
+
+    def acquire(self) -> None:
+        """Takes the lock, or raises ConfigError naming the process that holds it."""
+        os.makedirs(self.run_dir, exist_ok=True)
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if not _try_lock(descriptor):
+            os.close(descriptor)
+            raise ConfigError(busy_message(self.run_dir, lock_holder(self.run_dir) or "another process"))
+        os.ftruncate(descriptor, 0)
+        holder = f"process {os.getpid()} on host {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        os.write(descriptor, holder.encode() + b"\n")
+        self._descriptor = descriptor
+
+    def release(self) -> None:
+        if self._descriptor is not None:
+            os.close(self._descriptor)  # closing the last descriptor drops the flock
+            self._descriptor = None
+
+
+def busy_message(run_dir: str, holder: str) -> str:
+    return (f"run folder {run_dir} is in use by {holder}: wait for that run to end (or stop it), "
+            "or choose another --out_dir")
+
+
+def default_run_name(config: TrainConfig, label: str) -> str:
+    ratio = round(1 / config.data.imb_factor) if config.data.imb_factor > 0 else 0
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{config.dataset}_{config.data.imb_type}{ratio}_{label}_{config.arch}_s{config.run.seed}_{stamp}"
+
+
+# Fields a continuation may change: where files are, how the run executes and reports, and the
+# number of epochs (to extend a run). Everything else must equal the checkpoint's config.
+RESUMABLE_CHANGES = {
+    "run": {"resume", "gpu", "workers", "progress", "out_dir", "root_log", "log_interval", "eval_interval",
+            "test_interval", "limit_batches", "compile", "tta_flip", "overwrite"},
+    "data": {"data_root", "split_dir", "train_list", "val_list", "test_list", "download"},
+    "optim": {"epochs"},
+    "": {"eval_posthoc_tau", "eval_tau_norm", "script"},
+}
+
+
+def _flatten(values: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key in ("run", "data", "optim"):
+            flat.update(_flatten(value, key))
+        else:
+            flat[(prefix, key)] = value
+    return flat
+
+
+def config_differences(config: TrainConfig, saved: Dict[str, Any]) -> List[Tuple[str, Any, Any]]:
+    """(field, saved value, this command's value) for every field a continuation may not change."""
+    saved_flat = _flatten(json.loads(json.dumps(saved)))
+    current = _flatten(json.loads(json.dumps(config.to_dict())))
+    differences = []
+    for (group, key), value in current.items():
+        if key in RESUMABLE_CHANGES.get(group, ()) or saved_flat.get((group, key), value) == value:
+            continue
+        differences.append((f"{group}.{key}" if group else key, saved_flat[(group, key)], value))
+    return differences
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """What a command will do with its run folder."""
+
+    run_dir: Optional[str]  # None: a new folder under --root_log, named when it is created
+    # 'new', 'continue' (from `resume`), 'restart' (this configuration's run stopped before its
+    # first checkpoint), 'overwrite' (--overwrite), 'finished' (--resume auto: nothing left to do)
+    action: str
+    resume: Optional[str] = None  # the checkpoint a 'continue' starts from
+    markers: Tuple[str, ...] = ()  # run files present when planned; re-checked under the lock
+
+
+def _refuse_if_busy(run_dir: str) -> None:
+    holder = lock_holder(run_dir)
+    if holder is not None:
+        raise ConfigError(busy_message(run_dir, holder))
+
+
+def _saved_config(run_dir: str, from_checkpoint: bool = True) -> Optional[Dict[str, Any]]:
+    """The configuration of the run in `run_dir`: config.json, else (a folder from before
+    config.json was written first) its last.pth; None when neither can be read."""
+    try:
+        with open(os.path.join(run_dir, "config.json")) as stream:
+            return json.load(stream)
+    except (OSError, ValueError):
+        pass
+    last = os.path.join(run_dir, "last.pth")
+    return load_checkpoint(last)["config"] if from_checkpoint and os.path.isfile(last) else None
+
+
+def _is_finished(run_dir: str, config: TrainConfig) -> bool:
+    """results.json reports the last of this command's epochs (a run extended with a larger
+    --epochs is unfinished again; a half-written results.json counts as unfinished)."""
+    try:
+        with open(os.path.join(run_dir, "results.json")) as stream:
+            return int(json.load(stream)["last"]["epoch"]) >= config.optim.epochs
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _existing_run(run_dir: str, config: TrainConfig, markers: List[str]) -> RunPlan:
+    """A folder whose run has this configuration: skip it, continue it, or start it again."""
+    if _is_finished(run_dir, config):
+        return RunPlan(run_dir, "finished", markers=tuple(markers))
+    last = os.path.join(run_dir, "last.pth")
+    if os.path.isfile(last):
+        return RunPlan(run_dir, "continue", resume=last, markers=tuple(markers))
+    return RunPlan(run_dir, "restart", markers=tuple(markers))
+
+
+def _runs_like_this(config: TrainConfig, label: str) -> List[str]:
+    """Folders under --root_log named like this command's runs whose config.json equals this
+    configuration (less what a continuation may change), newest first."""
+    stem = default_run_name(config, label).rsplit("_", 1)[0]
+    folders = [f for f in glob.glob(os.path.join(config.run.root_log, stem + "_*")) if os.path.isdir(f)]
+    matching = []
+    for folder in sorted(folders, key=os.path.getmtime, reverse=True):
+        saved = _saved_config(folder, from_checkpoint=False)
+        if saved is not None and not config_differences(config, saved):
+            matching.append(folder)
+    return matching
+
+
+def _plan_auto(config: TrainConfig, label: str) -> RunPlan:
+    """`--resume auto`: this exact configuration's unfinished run if there is one (with --out_dir:
+    the run there, which must have this configuration), a finished one is left as it is,
+    otherwise a new run."""
+    out_dir = config.run.out_dir
+    if out_dir:
+        _refuse_if_busy(out_dir)
+        markers = run_markers(out_dir)
+        if not markers:
+            return RunPlan(out_dir, "new")
+        saved = _saved_config(out_dir)
+        if saved is None:
+            raise ConfigError(f"--resume auto: {out_dir} holds run files ({', '.join(markers)}) but no readable "
+                              "config.json to compare with: choose another --out_dir, or drop --resume and "
+                              "pass --overwrite to delete them")
+        for flag, old, new in config_differences(config, saved)[:1]:
+            raise ConfigError(f"--resume auto: {out_dir} holds a run with {flag}={old!r} but this command has "
+                              f"{new!r}: choose another --out_dir for this configuration, continue that run "
+                              "with its own flags, or drop --resume and pass --overwrite to delete it")
+        return _existing_run(out_dir, config, markers)
+    plans = [_existing_run(folder, config, run_markers(folder)) for folder in _runs_like_this(config, label)]
+    for action in ("continue", "restart", "finished"):
+        for plan in plans:
+            if plan.action == action:
+                _refuse_if_busy(plan.run_dir)
+                return plan
+    return RunPlan(None, "new")
+
+
+def plan_run_folder(config: TrainConfig, label: str) -> RunPlan:
+    """Where this command trains and whether it may: changes nothing on disk, so a refused
+    command leaves every folder exactly as it was. A folder that holds a run is only ever
+    continued (--resume), skipped (--resume auto on a finished run) or emptied (--overwrite)."""
+    run = config.run
+    if run.resume == "auto":
+        return _plan_auto(config, label)
+    if run.resume:
+        path = resolve_checkpoint_path(run.resume, prefer="last.pth")
+        run_dir = os.path.dirname(path) or "."
+        if run.out_dir and os.path.abspath(run.out_dir) != os.path.abspath(run_dir):
+            raise ConfigError(f"--resume {run.resume} continues the run in {run_dir}, but --out_dir names "
+                              f"{run.out_dir}: drop --out_dir (the run continues in its own folder), or copy "
+                              f"the folder to {run.out_dir} and resume from there")
+        _refuse_if_busy(run_dir)
+        return RunPlan(run_dir, "continue", resume=path, markers=tuple(run_markers(run_dir)))
+    if not run.out_dir:
+        return RunPlan(None, "new")
+    _refuse_if_busy(run.out_dir)
+    markers = run_markers(run.out_dir)
+    if not markers:
+        return RunPlan(run.out_dir, "new")
+    if run.overwrite:
+        return RunPlan(run.out_dir, "overwrite", markers=tuple(markers))
+    raise ConfigError(f"--out_dir {run.out_dir} already holds a run ({', '.join(markers)}): continue it with "
+                      "--resume auto, choose another --out_dir, or pass --overwrite to delete its files and "
+                      "start again")
+
+
+def _new_run_folder(config: TrainConfig, label: str) -> str:
+    """Creates a fresh folder under --root_log; mkdir is atomic, so two runs started in the
+    same second get two folders (the second with a -2 suffix)."""
+    base = os.path.join(config.run.root_log, default_run_name(config, label))
+    os.makedirs(config.run.root_log, exist_ok=True)
+    for attempt in itertools.count(1):
+        path = base if attempt == 1 else f"{base}-{attempt}"
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+
+
+def claim_run_folder(plan: RunPlan, config: TrainConfig, label: str) -> Tuple[str, RunFolderLock, List[str]]:
+    """Locks the planned folder for this process's lifetime, checks that no other process wrote
+    into it since the plan, and clears what the plan discards. Returns the folder, the held lock
+    and the lines to log once the log file is open."""
+    run_dir = plan.run_dir or _new_run_folder(config, label)
+    lock = RunFolderLock(run_dir)
+    lock.acquire()
+    try:
+        if tuple(run_markers(run_dir)) != plan.markers:
+            raise ConfigError(f"run folder {run_dir} changed while this run was starting (another process "
+                              "wrote into it): run the command again")
+        notes = _clear_for(plan, run_dir)
+    except BaseException:
+        lock.release()
+        raise
+    return run_dir, lock, notes
+
+
+def _clear_for(plan: RunPlan, run_dir: str) -> List[str]:
+    if plan.action == "overwrite":
+        removed = discard_run_outputs(run_dir)
+        return [f"--overwrite: deleted the earlier run's files in {run_dir}: {', '.join(removed)}"]
+    notes = []
+    removed = remove_orphaned_temporaries(run_dir)
+    if removed:
+        notes.append(f"removed {len(removed)} temporary file(s) an interrupted write left in {run_dir}: "
+                     f"{', '.join(removed)}")
+    if plan.action == "restart":
+        notes.append(f"{run_dir} holds this configuration's run, stopped before its first checkpoint: "
+                     "starting it again from epoch 1")
+    return notes
