@@ -1,7 +1,7 @@
 """Training throughput: the papers' data pipeline against the toolkit's fast path, in one process.
 
     python scripts/bench_throughput.py --device cpu --method ce --seconds 60
-    python scripts/bench_throughput.py --device cuda --method bccl --seconds 60
+    python scripts/bench_throughput.py --device cuda --method ce bccl lcsl --seconds 20 --json bench.json
 
 Both pipelines train the same ResNet-32 with SGD on the same images (the bundled CIFAR-10 sample,
 5,000 images at imbalance 1, or ``--synthetic`` random images) with the same method step:
@@ -13,18 +13,26 @@ Both pipelines train the same ResNet-32 with SGD on the same images (the bundled
   with loss scaling on GPUs without bf16, fp32 on other CPUs (emulated bf16 is several times
   slower than fp32 there).
 
-Each pipeline runs ``--seconds`` in total, split into ``--rounds`` alternating slices so that load
-from other processes falls on both alike. The last line is ``speedup X.XX`` (fast / papers).
-Methods: ``ce`` (ERM, crop + flip), ``bccl`` (two views: AutoAugment + SimCLR), ``lcsl`` (mixup +
-flip-averaged teacher, crop + flip), each through its registered ``training_step``.
+Each method is timed in the state it trains in for most of a run, entered before the clock
+starts: ``lcsl`` with a trained teacher (the student is copied into it, as after LCSL's first
+evaluation), so every step includes the teacher's flip-averaged forward; ``bccl`` with full
+class queues, in a plain epoch past the warm-up (centroid loss, no k-means) and in a k-means
+refresh epoch (the queues re-clustered at every step, as the reference does). Each phase runs
+``--seconds`` per pipeline, split into ``--rounds`` alternating slices so that load from other
+processes falls on both alike, and prints ``speedup X.XX`` (fast / papers) for that phase; a
+method with several phases ends with the speedup over its 200-epoch schedule. Methods: ``ce``
+(ERM, crop + flip), ``bccl`` (two views: AutoAugment + SimCLR, cosine classifier), ``lcsl``
+(mixup + flip-averaged teacher, crop + flip), each through its registered ``training_step``.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, Iterator, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -41,13 +49,48 @@ from methods import METHODS, build_method  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.engine import DeviceInputs, autocast_context, make_scaler, resolve_amp  # noqa: E402
 
-# method -> (registered method, its options, CIFAR augmentation recipe per view)
-METHOD_SETUPS: Dict[str, Tuple[str, Dict[str, Any], Tuple[str, ...]]] = {
-    "ce": ("erm", {"loss": "ce"}, ("standard",)),
-    "bccl": ("bccl", {}, ("autoaug", "simclr")),  # BCCL's CIFAR sim-sim views (ALGORITHMS.md 2.6)
-    "lcsl": ("lcsl", {}, ("standard",)),  # LCSL's README command trains with crop + flip (1.4)
+class Setup(NamedTuple):
+    """How the benchmark builds one method: as its entry script trains it on CIFAR."""
+
+    registered: str  # name in methods.METHODS
+    options: Dict[str, Any]  # the method's own options
+    recipes: Tuple[str, ...]  # CIFAR augmentation recipe per view
+    head: str = "linear"  # classifier head (HEADS name)
+    head_scale: Optional[float] = None  # cosine-head logit scale
+
+
+class Phase(NamedTuple):
+    """One steady state of a method: the epoch index its step is called with, and what it runs."""
+
+    label: str  # short name (JSON key)
+    epoch: int  # 0-based epoch passed to on_epoch_start / training_step
+    what: str
+
+
+METHOD_SETUPS: Dict[str, Setup] = {
+    "ce": Setup("erm", {"loss": "ce"}, ("standard",)),
+    # BCCL's CIFAR sim-sim views and its cosine classifier (logits = cos / 0.03), main.py's defaults.
+    "bccl": Setup("bccl", {}, ("autoaug", "simclr"), head="normed", head_scale=1 / 0.03),
+    "lcsl": Setup("lcsl", {}, ("standard",)),  # LCSL's README command trains with crop + flip
 }
+# BCCL's defaults: warm-up 10 epochs, re-clustering at epoch 10 and every 10th epoch after it.
+PHASES: Dict[str, Tuple[Phase, ...]] = {
+    "ce": (Phase("train", 0, "every epoch"),),
+    "lcsl": (Phase("teacher", 1, "every step also runs the teacher on the image and its mirror"),),
+    "bccl": (Phase("plain", 11, "centroid loss, no k-means"),
+             Phase("refresh", 10, "k-means refresh epoch: the class queues re-clustered at every step")),
+}
+SCHEDULE_EPOCHS = 200
 CIFAR_LT_R100_IMAGES = 12406  # training images of CIFAR-10-LT at imbalance ratio 100
+
+
+def phase_epochs(name: str, method) -> Dict[str, int]:
+    """Epochs of a 200-epoch run spent in each phase. BCCL's warm-up epochs (no centroid loss)
+    count as plain ones, and LCSL's first epoch (no teacher yet) as one with the teacher."""
+    if name == "bccl":
+        refresh = sum(bool(method.is_refresh_epoch(epoch)) for epoch in range(SCHEDULE_EPOCHS))
+        return {"plain": SCHEDULE_EPOCHS - refresh, "refresh": refresh}
+    return {PHASES[name][0].label: SCHEDULE_EPOCHS}
 
 
 class FloatNormalize:
@@ -80,12 +123,12 @@ def endless(make: Callable[[], Iterator]) -> Iterator:
 
 
 def build_method_for(name: str, device: torch.device):
-    registered, options, _ = METHOD_SETUPS[name]
-    if registered not in METHODS:
-        raise SystemExit(f"method '{registered}' is not registered in methods.METHODS "
+    setup = METHOD_SETUPS[name]
+    if setup.registered not in METHODS:
+        raise SystemExit(f"method '{setup.registered}' is not registered in methods.METHODS "
                          f"(have: {', '.join(METHODS.names())}); cannot benchmark --method {name}")
-    method = build_method(registered, build_model("resnet32", 10), [500] * 10, **options)
-    return method.to(device)
+    model = build_model("resnet32", 10, head=setup.head, scale=setup.head_scale)
+    return build_method(setup.registered, model, [500] * 10, **setup.options).to(device)
 
 
 class Pipeline:
@@ -94,12 +137,15 @@ class Pipeline:
     def __init__(self, label: str, method_name: str, batches: Iterator, prepare: Callable, device: torch.device,
                  amp: str, channels_last: bool, lr: float = 0.1):
         self.label, self.batches, self.prepare, self.device, self.amp = label, batches, prepare, device, amp
+        self.method_name = method_name
         self.method = build_method_for(method_name, device)
         if channels_last:
             self.method.to(memory_format=torch.channels_last)
         self.method.train()
+        self.epoch = 0
         self.method.on_epoch_start(0)
-        self.optimizer = torch.optim.SGD(self.method.optim_parameters(), lr=lr, momentum=0.9, weight_decay=2e-4)
+        self.optimizer = torch.optim.SGD(self.method.optim_parameters(), lr=lr, momentum=0.9, weight_decay=2e-4,
+                                         fused=True if device.type == "cuda" else None)
         self.scaler = make_scaler(device, amp)
         self.images = 0
         self.seconds = 0.0
@@ -107,31 +153,73 @@ class Pipeline:
     def step(self) -> int:
         images, targets, indices = self.prepare(next(self.batches))
         with autocast_context(self.device, self.amp):
-            out = self.method.training_step(images, targets, 0, indices)
+            out = self.method.training_step(images, targets, self.epoch, indices)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out["loss"]).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return targets.shape[0]
 
-    def run_for(self, seconds: float, count: bool = True) -> None:
+    def enter_steady_state(self, batch_size: int, fill_steps: Optional[int] = None) -> str:
+        """Brings the method to the state it trains in after its first epochs; returns a note."""
+        method = self.method
+        if self.method_name == "lcsl":
+            # As after LCSL's first evaluation: any score beats the initial -inf, so the student
+            # becomes the teacher and labels every later batch.
+            method.on_epoch_end(0, {method.select_on: {"mean_per_class": 0.0}})
+            return "the student copied into the teacher, as after the first evaluation"
+        if self.method_name == "bccl":
+            # Full class queues, as after the first epoch: untimed steps until every class has
+            # queue_size entries (at most twice the steps that would fill them with balanced
+            # batches, or fill_steps), then centroids from them.
+            queues = method.queues
+            needed = math.ceil(queues.features.shape[0] * queues.size / (method.num_views * batch_size))
+            limit = 2 * needed if fill_steps is None else fill_steps
+            steps = 0
+            while steps < limit and int(queues.count.min()) < queues.size:
+                self.step()
+                steps += 1
+            method.refresh_centroids()
+            filled = float(queues.count.float().mean()) / queues.size
+            return f"class queues {100 * filled:.0f}% full after {steps} untimed steps"
+        return ""
+
+    def state(self) -> Dict[str, Any]:
+        """What shows the timed steps ran in the intended state (checked by the tests)."""
+        method = self.method
+        if self.method_name == "lcsl":
+            # Teacher labels given since the phase's epoch start: one per image once it is active.
+            return {"teacher_epoch": int(method.teacher_epoch), "teacher_labels": int(method.teacher_labels.sum())}
+        if self.method_name == "bccl":
+            return {"kmeans_runs": int(method.kmeans_runs),
+                    "queue_fill": float(method.queues.count.float().mean()) / method.queues.size}
+        return {}
+
+    def enter(self, phase: Phase, warmup_steps: int) -> None:
+        """Starts the phase's epoch and runs untimed steps in it (compilation, cuDNN autotuning)."""
+        self.epoch = phase.epoch
+        self.method.on_epoch_start(phase.epoch)
+        for _ in range(warmup_steps):
+            self.step()
+        self.images, self.seconds = 0, 0.0
+
+    def run_for(self, seconds: float) -> None:
         start = time.perf_counter()
         images = 0
         while time.perf_counter() - start < seconds:
             images += self.step()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        if count:
-            self.images += images
-            self.seconds += time.perf_counter() - start
+        self.images += images
+        self.seconds += time.perf_counter() - start
 
     @property
     def rate(self) -> float:
         return self.images / max(self.seconds, 1e-9)
 
 
-def papers_pipeline(args, source: ImageSource, device: torch.device) -> Pipeline:
-    recipes = METHOD_SETUPS[args.method][2]
+def papers_pipeline(args, method: str, source: ImageSource, device: torch.device) -> Pipeline:
+    recipes = METHOD_SETUPS[method].recipes
     transform = FloatNormalize(build_views(list(recipes), "cifar", 32), CIFAR_MEAN, CIFAR_STD)
     loader = torch.utils.data.DataLoader(
         ImageDataset(source, transform), batch_size=args.batch_size, shuffle=True, drop_last=True,
@@ -143,11 +231,11 @@ def papers_pipeline(args, source: ImageSource, device: torch.device) -> Pipeline
         views = tuple(move(v) for v in views) if isinstance(views, (list, tuple)) else move(views)
         return views, move(targets), indices
 
-    return Pipeline("papers", args.method, endless(lambda: iter(loader)), prepare, device, "none", False)
+    return Pipeline("papers", method, endless(lambda: iter(loader)), prepare, device, "none", False)
 
 
-def fast_pipeline(args, source: ImageSource, device: torch.device) -> Pipeline:
-    recipes = METHOD_SETUPS[args.method][2]
+def fast_pipeline(args, method: str, source: ImageSource, device: torch.device) -> Pipeline:
+    recipes = METHOD_SETUPS[method].recipes
     transform = build_tensor_views(list(recipes), "cifar", 32)
     loader = DeviceLoader(source, transform, args.batch_size, device=device, seed=0, drop_last=True)
     inputs = DeviceInputs(CIFAR_MEAN, CIFAR_STD, device, channels_last=True)
@@ -158,7 +246,7 @@ def fast_pipeline(args, source: ImageSource, device: torch.device) -> Pipeline:
         return iter(loader)
 
     amp = resolve_amp(args.amp, device)
-    pipeline = Pipeline("fast", args.method, endless(next_epoch), inputs, device, amp, True)
+    pipeline = Pipeline("fast", method, endless(next_epoch), inputs, device, amp, True)
     if args.compile:
         pipeline.method.wrap(torch.compile, lambda net: net)
     return pipeline
@@ -167,52 +255,98 @@ def fast_pipeline(args, source: ImageSource, device: torch.device) -> Pipeline:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--method", default="ce", choices=sorted(METHOD_SETUPS))
-    parser.add_argument("--seconds", type=float, default=30.0, help="timed seconds per pipeline")
+    parser.add_argument("--method", nargs="+", default=["ce"], choices=sorted(METHOD_SETUPS),
+                        help="one or more methods, timed one after the other")
+    parser.add_argument("--seconds", type=float, default=30.0, help="timed seconds per pipeline and phase")
     parser.add_argument("--rounds", type=int, default=3, help="alternating slices per pipeline")
     parser.add_argument("--batch_size", "-b", type=int, default=128)
     parser.add_argument("--workers", "-j", type=int, default=min(4, os.cpu_count() or 1),
                         help="DataLoader workers of the papers' pipeline (default: min(4, CPUs))")
-    parser.add_argument("--warmup_steps", type=int, default=3, help="untimed steps per pipeline first")
+    parser.add_argument("--warmup_steps", type=int, default=3, help="untimed steps per pipeline and phase first")
     parser.add_argument("--synthetic", action="store_true", help="random images instead of the CIFAR-10 sample")
     parser.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
                         help="precision of the fast path (the papers' pipeline is always fp32)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for both pipelines (default: torch's choice)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path's network")
+    parser.add_argument("--queue_fill_steps", type=int, default=None,
+                        help="bccl: untimed steps at most that fill the class queues before timing "
+                             "(default: until full, at most twice the steps balanced batches need)")
+    parser.add_argument("--json", default=None, help="also write every number to this JSON file")
     return parser
 
 
+def describe(pipeline: Pipeline, compiled: bool) -> str:
+    precision = "fp32" if pipeline.amp == "none" else pipeline.amp
+    layout = "NCHW" if pipeline.label == "papers" else "channels_last" + (", compiled" if compiled else "")
+    return f"{pipeline.label} ({precision}, {layout})"
+
+
+def bench_method(args, name: str, source: ImageSource, device: torch.device) -> Dict[str, Any]:
+    """Times one method's phases in both pipelines; prints and returns the numbers."""
+    pipelines = [papers_pipeline(args, name, source, device), fast_pipeline(args, name, source, device)]
+    print(f"== {name}")
+    for pipeline in pipelines:
+        note = pipeline.enter_steady_state(args.batch_size, args.queue_fill_steps)
+        if note:
+            print(f"   {pipeline.label}: {note}")
+    result: Dict[str, Any] = {"phases": {}}
+    for phase in PHASES[name]:
+        for pipeline in pipelines:
+            pipeline.enter(phase, args.warmup_steps)
+        for _ in range(args.rounds):
+            for pipeline in pipelines:
+                pipeline.run_for(args.seconds / args.rounds)
+        several = len(PHASES[name]) > 1
+        if several:
+            print(f"-- {phase.label} (epoch {phase.epoch + 1}: {phase.what})")
+        numbers: Dict[str, Any] = {"epoch": phase.epoch + 1}
+        for pipeline in pipelines:
+            epoch = CIFAR_LT_R100_IMAGES / pipeline.rate
+            print(f"{describe(pipeline, args.compile):40s} {pipeline.rate:8.1f} images/s, {pipeline.images} images "
+                  f"in {pipeline.seconds:.1f} s; CIFAR-10-LT r100 epoch {epoch:.1f} s")
+            numbers[pipeline.label] = {"images_per_s": pipeline.rate, "epoch_s": epoch, "images": pipeline.images,
+                                       "state": pipeline.state()}
+        numbers["speedup"] = pipelines[1].rate / pipelines[0].rate
+        if several:
+            print(f"{phase.label} speedup {numbers['speedup']:.2f}")
+        result["phases"][phase.label] = numbers
+    epochs = phase_epochs(name, pipelines[0].method)
+    totals = {label: sum(result["phases"][phase][label]["epoch_s"] * count for phase, count in epochs.items())
+              for label in ("papers", "fast")}
+    result["schedule_epochs"] = epochs
+    result["run_200_epochs_s"] = totals
+    result["speedup"] = totals["papers"] / totals["fast"]
+    schedule = f" ({', '.join(f'{count} {phase}' for phase, count in epochs.items())})" if several else ""
+    print(f"{SCHEDULE_EPOCHS} epochs of CIFAR-10-LT r100{schedule}, training only: "
+          f"papers {totals['papers'] / 60:.1f} min, fast {totals['fast'] / 60:.1f} min")
+    print(f"speedup {result['speedup']:.2f}")
+    return result
+
+
 def main(args: argparse.Namespace) -> float:
+    """Benchmarks every --method; returns the speedup of the last one over its schedule."""
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible; use --device cpu")
     if args.seconds <= 0 or args.rounds < 1:
         raise SystemExit("--seconds must be positive and --rounds at least 1")
+    methods = list(dict.fromkeys([args.method] if isinstance(args.method, str) else args.method))
     device = torch.device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     source = load_images(args.synthetic)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; method {args.method}; batch {args.batch_size}; {len(source)} images; "
-          f"papers' DataLoader workers: {args.workers}; {args.seconds:g} s per pipeline in {args.rounds} slices")
-    pipelines = [papers_pipeline(args, source, device), fast_pipeline(args, source, device)]
-    for pipeline in pipelines:
-        for _ in range(args.warmup_steps):
-            pipeline.step()
-    for _ in range(args.rounds):
-        for pipeline in pipelines:
-            pipeline.run_for(args.seconds / args.rounds)
-    for pipeline in pipelines:
-        epoch = CIFAR_LT_R100_IMAGES / pipeline.rate
-        precision = "fp32" if pipeline.amp == "none" else pipeline.amp
-        layout = "NCHW" if pipeline.label == "papers" else "channels_last" + (", compiled" if args.compile else "")
-        print(f"{pipeline.label:6s} ({precision}, {layout}): "
-              f"{pipeline.rate:8.1f} images/s, {pipeline.images} images in {pipeline.seconds:.1f} s; "
-              f"CIFAR-10-LT r100 epoch {epoch:.1f} s, 200 epochs {200 * epoch / 60:.1f} min")
-    speedup = pipelines[1].rate / pipelines[0].rate
-    print(f"speedup {speedup:.2f}")
-    return speedup
+    print(f"device: {name}; methods {', '.join(methods)}; batch {args.batch_size}; {len(source)} images; "
+          f"papers' DataLoader workers: {args.workers}; {args.seconds:g} s per pipeline and phase in "
+          f"{args.rounds} slices")
+    results = {method: bench_method(args, method, source, device) for method in methods}
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as stream:
+            json.dump({"device": name, "batch_size": args.batch_size, "seconds": args.seconds,
+                       "amp": resolve_amp(args.amp, device), "compile": args.compile, "methods": results},
+                      stream, indent=2)
+    return results[methods[-1]]["speedup"]
 
 
 if __name__ == "__main__":
