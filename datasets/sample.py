@@ -19,6 +19,7 @@ from PIL import Image
 
 from .base import DataOptions, DatasetError, ImageSource, LongTailData
 from .cifar_lt import CIFAR_MEAN, CIFAR_STD, build_long_tail
+from .list_dataset import text_lines
 
 # Resolved from this file, not the working directory, so scripts run from anywhere find it.
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sample_data", "cifar10_sample")
@@ -44,14 +45,13 @@ def _read_lines(path: str) -> List[Tuple[str, int]]:
     if not os.path.isfile(path):
         raise DatasetError(f"sample list not found: {path} (regenerate it with scripts/make_sample.py)")
     entries = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            fields = line.strip().rsplit(None, 1)
-            if not fields:
-                continue
-            if len(fields) != 2 or not fields[1].isdigit():
-                raise DatasetError(f"{path}:{line_number}: expected 'relative/path label', got {line.strip()!r}")
-            entries.append((fields[0], int(fields[1])))
+    for line_number, line in text_lines(path):  # other encodings name the file and line
+        fields = line.strip().rsplit(None, 1)
+        if not fields:
+            continue
+        if len(fields) != 2 or not (fields[1].isascii() and fields[1].isdigit()):
+            raise DatasetError(f"{path}:{line_number}: expected 'relative/path label', got {line.strip()!r}")
+        entries.append((fields[0], int(fields[1])))
     if not entries:
         raise DatasetError(f"sample list is empty: {path}")
     return entries
@@ -86,8 +86,7 @@ def cifar10_sample(options: DataOptions) -> LongTailData:
     classes_path = os.path.join(root, "classes.txt")
     if not os.path.isfile(classes_path):
         raise DatasetError(f"class list not found: {classes_path}")
-    with open(classes_path, encoding="utf-8") as handle:
-        class_names = [line.strip() for line in handle if line.strip()]
+    class_names = [line.strip() for _, line in text_lines(classes_path) if line.strip()]
     train = decode_images(root, _read_lines(os.path.join(root, "train.txt")))
     test = decode_images(root, _read_lines(os.path.join(root, "test.txt")))
     return build_long_tail("cifar10_sample", train, test, class_names, options, CIFAR_MEAN, CIFAR_STD)

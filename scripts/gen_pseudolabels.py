@@ -29,7 +29,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.checkpoint import add_trust_argument  # noqa: E402
-from utils.config import ConfigError, OneLineErrorParser, add_bool_flag  # noqa: E402
+from utils.config import (NON_NEGATIVE_INT, POSITIVE_INT, PROBABILITY, ConfigError,  # noqa: E402
+                          OneLineErrorParser, add_bool_flag, output_file)
 
 # Pre-training runs have no classifier of the dataset's classes worth trusting for labels.
 SELF_SUPERVISED = ("rotation", "moco")
@@ -41,16 +42,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--which", choices=["last", "best"], default="last", help="checkpoint of a run folder")
     parser.add_argument("--pool", required=True, help="leftover | svhn_extra | PICKLE | FOLDER | LIST")
     parser.add_argument("--pool_root", default=None, help="SVHN .mat folder, or the root of a list's paths")
-    parser.add_argument("--out", required=True, help="pseudo-label file to write (.npz)")
-    parser.add_argument("--threshold", type=float, default=None,
+    parser.add_argument("--out", type=output_file, required=True, help="pseudo-label file to write (.npz)")
+    parser.add_argument("--threshold", type=PROBABILITY, default=None,
                         help="keep predictions with confidence >= T only (default: keep all, as the paper)")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     parser.add_argument("--data_root", "--data", dest="data_root", default=None,
                         help="override the run's data folder (leftover pool)")
     add_bool_flag(parser, "--download", default=False, help="download missing SVHN files")
     parser.add_argument("--gpu", default=None)
-    parser.add_argument("-b", "--batch_size", "--batch-size", dest="batch_size", type=int, default=256)
-    parser.add_argument("--workers", "-j", type=int, default=4)
+    parser.add_argument("-b", "--batch_size", "--batch-size", dest="batch_size", type=POSITIVE_INT, default=256)
+    parser.add_argument("--workers", "-j", type=NON_NEGATIVE_INT, default=4)
     parser.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"])
     add_trust_argument(parser)
     return parser

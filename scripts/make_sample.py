@@ -11,11 +11,15 @@ keeps the source order.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
 from typing import Dict, List, Tuple
+
+# Runnable as ``python scripts/make_sample.py`` from anywhere: make the packages importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.config import POSITIVE_INT, OneLineErrorParser  # noqa: E402  (torch-free)
 
 README = """# CIFAR-10 sample
 
@@ -71,11 +75,11 @@ def copy_split(src: str, out: str, split: str, entries: List[Tuple[str, int]], c
 
 
 def main(argv: List[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(prog="make_sample.py", description=__doc__.splitlines()[0])
     parser.add_argument("src", help="CIFAR-10 JPEG folder with train.txt, test.txt and classes.txt")
     parser.add_argument("out", help="folder to create, e.g. sample_data/cifar10_sample")
-    parser.add_argument("--train_per_class", type=int, default=500)
-    parser.add_argument("--test_per_class", type=int, default=100)
+    parser.add_argument("--train_per_class", type=POSITIVE_INT, default=500)
+    parser.add_argument("--test_per_class", type=POSITIVE_INT, default=100)
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it already exists")
     args = parser.parse_args(argv)
 
