@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import torch
 
 import main as main_script
 from methods.erm import ERM
+from utils import dist
 from utils.checkpoint import load_checkpoint
 from utils.cli import run_guarded
 from utils.config import ConfigError
@@ -177,7 +179,8 @@ def test_resume_auto_sweep_keeps_one_folder_per_configuration(cifar10_root, tmp_
     for lr, run in sweep.items():
         results = train(cifar10_root.root, "--root_log", root, "--resume", "auto", "--lr", lr, "--epochs", "2")
         assert results["run_dir"] == run and results["last"]["epoch"] == 2
-        assert "resumed from" in log_of(run) and json.load(open(os.path.join(run, "config.json")))["optim"]["lr"] == float(lr)
+        assert "resumed from" in log_of(run)
+        assert json.load(open(os.path.join(run, "config.json")))["optim"]["lr"] == float(lr)
     # A third pass finds both finished: nothing is trained or written.
     before = {run: snapshot(run) for run in sweep.values()}
     capsys.readouterr()
@@ -211,6 +214,34 @@ def test_orphaned_temporary_files_are_removed_when_the_run_continues(cifar10_roo
     assert f"removed 2 temporary file(s) an interrupted write left in {run}: {', '.join(orphans)}" in log_of(run)
 
 
+def _ddp_worker(rank, world, port, data_root, run, out):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    outcome = {}
+    try:
+        outcome["epoch"] = train(data_root, "--out_dir", run)["last"]["epoch"]
+        try:
+            train(data_root, "--out_dir", run)  # a folder holding a run: refused on every rank
+        except ConfigError as error:
+            outcome["refused"] = str(error)
+    finally:
+        dist.cleanup()
+    with open(f"{out}.{rank}", "w") as stream:
+        json.dump(outcome, stream)
+
+
+def test_ddp_rank_0_claims_the_folder_and_a_refusal_stops_every_rank(cifar10_root, tmp_path):
+    run, out = str(tmp_path / "run"), str(tmp_path / "outcome")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, cifar10_root.root, run, out), nprocs=2, join=True)
+    for rank in range(2):
+        outcome = json.load(open(f"{out}.{rank}"))
+        assert outcome["epoch"] == 1 and outcome["refused"].startswith(f"--out_dir {run} already holds a run")
+    assert log_of(run).count("run folder:") == 1 and os.path.isfile(os.path.join(run, "results.json"))
+
+
 # ---- a diverged run keeps only good checkpoints ---------------------------------------------------
 def poison_after_epoch(monkeypatch, bad_epoch):
     """NaN in one BatchNorm buffer at the end of training epoch `bad_epoch` (1-based): the loss of
@@ -230,8 +261,9 @@ def poison_after_epoch(monkeypatch, bad_epoch):
 def test_divergence_keeps_the_previous_checkpoints_and_logs_why(cifar10_root, tmp_path, monkeypatch):
     run = str(tmp_path / "run")
     poison_after_epoch(monkeypatch, bad_epoch=2)
-    with pytest.raises(DivergedError, match=r"diverged in epoch 2: 1 parameter/buffer tensor\(s\) hold NaN/inf \(first: "
-                                            r"model.backbone.bn1.running_var\); stopped before writing last.pth"):
+    with pytest.raises(DivergedError, match=r"diverged in epoch 2: 1 parameter/buffer tensor\(s\) hold NaN/inf "
+                                            r"\(first: model.backbone.bn1.running_var\); stopped before writing "
+                                            r"last.pth"):
         train(cifar10_root.root, "--out_dir", run, "--epochs", "2", "--lr", "0.1")
     for name in ("last.pth", "best.pth"):
         payload = load_checkpoint(os.path.join(run, name))

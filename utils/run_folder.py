@@ -307,9 +307,13 @@ def claim_run_folder(plan: RunPlan, config: TrainConfig, label: str) -> Tuple[st
     """Locks the planned folder for this process's lifetime, checks that no other process wrote
     into it since the plan, and clears what the plan discards. Returns the folder, the held lock
     and the lines to log once the log file is open."""
-    run_dir = plan.run_dir or _new_run_folder(config, label)
-    lock = RunFolderLock(run_dir)
-    lock.acquire()
+    try:
+        run_dir = plan.run_dir or _new_run_folder(config, label)
+        lock = RunFolderLock(run_dir)
+        lock.acquire()
+    except OSError as error:  # a read-only or missing parent, a full disk
+        raise ConfigError(f"cannot create or lock the run folder under {plan.run_dir or config.run.root_log}: "
+                          f"{error.strerror or error}; choose another --out_dir or --root_log") from None
     try:
         if tuple(run_markers(run_dir)) != plan.markers:
             raise ConfigError(f"run folder {run_dir} changed while this run was starting (another process "

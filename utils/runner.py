@@ -30,8 +30,7 @@ from utils.checkpoint import (CheckpointError, build_payload, capture_rng_state,
 from utils.config import ConfigError, TrainConfig, check_training_data
 from utils.engine import DeviceInputs, NonFiniteLossError, evaluate, fit, resolve_amp
 from utils.logger import RunLogger
-from utils.run_folder import (RunFolderLock, RunPlan, claim_run_folder, config_differences, default_run_name,
-                              plan_run_folder)
+from utils.run_folder import RunFolderLock, RunPlan, claim_run_folder, config_differences, plan_run_folder
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -181,7 +180,7 @@ def _on_main(ctx, work: Callable[[], Any]) -> Any:
     if ctx.is_main:
         try:
             outcome = work()
-        except (ConfigError, CheckpointError) as error:
+        except (ConfigError, CheckpointError, OSError) as error:
             outcome = error
     outcome = dist.broadcast_object(outcome)
     if isinstance(outcome, Exception):
@@ -214,8 +213,8 @@ def _finished_results(plan: RunPlan, ctx) -> Dict[str, Any]:
 
     results = {**_on_main(ctx, read), "run_dir": plan.run_dir}
     if ctx.is_main:
-        print(f"{plan.run_dir} already holds this configuration's finished run (results in {path}); nothing "
-              "to do. Pass a larger --epochs to extend it, or another --out_dir for a second run", flush=True)
+        print(f"{plan.run_dir} already holds this configuration's finished run (results in {path}): nothing "
+              "to do (a larger --epochs extends it)", flush=True)
     return results
 
 
