@@ -18,7 +18,7 @@ import socket
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from utils.checkpoint import load_checkpoint, resolve_checkpoint_path
+from utils.checkpoint import is_temporary_checkpoint, load_checkpoint, resolve_checkpoint_path
 from utils.config import ConfigError, TrainConfig
 from utils.logger import PER_CLASS_FILE
 
@@ -38,10 +38,9 @@ def run_markers(run_dir: str) -> List[str]:
 
 
 def _is_temporary(name: str) -> bool:
-    # Checkpoints are written as .tmp-XXXX.pth (utils.checkpoint.save_atomic), JSON and CSV files
-    # as <name>.tmp (logger.write_json, forget_per_class_after), then renamed: a kill in between
-    # leaves them behind.
-    return (name.startswith(".tmp-") and name.endswith(".pth")) or name in {f"{n}.tmp" for n in RUN_OUTPUTS}
+    # Checkpoints (save_atomic) and JSON / CSV files (logger.write_json, forget_per_class_after as
+    # <name>.tmp) are written under a temporary name and renamed: a kill in between leaves them.
+    return is_temporary_checkpoint(name) or name in {f"{n}.tmp" for n in RUN_OUTPUTS}
 
 
 def remove_orphaned_temporaries(run_dir: str) -> List[str]:
