@@ -133,15 +133,34 @@ def _array_globals() -> Dict[Tuple[str, str], Callable[..., Any]]:
 ARRAY_GLOBALS = _array_globals()
 
 
-class ArrayUnpickler(pickle.Unpickler):
+class ArrayUnpickler(pickle._Unpickler):
     """Unpickles plain data and NumPy arrays only: ``find_class`` resolves nothing outside
-    ARRAY_GLOBALS, so no other callable (``os.system``, ``eval``, ...) can be reached."""
+    ARRAY_GLOBALS, so no other callable (``os.system``, ``eval``, ...) can be reached.
+
+    The pure-Python unpickler (as fast here: the time goes to the pixel bytes) lets BUILD, which
+    sets an object's state, be checked as well: only arrays and dtypes take a state, and a dtype's
+    flags must be its own (a damaged flags byte makes NumPy fail later, outside any error handler).
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module: str, name: str) -> Any:
         try:
             return ARRAY_GLOBALS[(module, name)]
         except KeyError:
             raise UnsafePickleError(f"{module}.{name}") from None
+
+    def load_checked_build(self) -> None:
+        target, state = self.stack[-2], self.stack[-1]
+        if isinstance(target, np.dtype):
+            own = target.__reduce__()[2]
+            if not isinstance(state, tuple) or (len(state) >= 8 and state[7] != own[7]):
+                raise pickle.UnpicklingError(f"dtype state {state!r} does not fit a {target} dtype")
+        elif not isinstance(target, np.ndarray):
+            raise UnsafePickleError(f"state of a {type(target).__name__}")
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_checked_build
 
 
 def read_array_pickle(path: str, encoding: str = "ASCII") -> Any:

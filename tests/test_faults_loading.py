@@ -1,0 +1,393 @@
+"""Fault injection for everything the toolkit reads or writes as a file: crafted pickles and
+checkpoints must not run code, damaged CIFAR pickles are named as damaged, the toolkit's own and
+foreign checkpoints load without --trust_checkpoint, and a failed checkpoint write keeps the
+previous checkpoint."""
+import errno
+import os
+import pickle
+import random
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from datasets import DataOptions, DatasetError, build_dataset, semi
+from datasets.cifar_lt import CIFAR10, _read_batches
+from models import build_model
+from utils.checkpoint import (CheckpointError, UnsafeCheckpointError, build_payload, capture_rng_state,
+                              is_temporary_checkpoint, load_checkpoint, read_torch_file, restore_rng_state,
+                              save_atomic)
+from utils.pretrained import read_weights
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Planted:
+    """Unpickling this runs ``touch MARKER``: what a hostile file would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def one_line_exit_2(result, *fragments):
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, (fragment, result.stderr)
+
+
+def run_script(*argv):
+    return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def tiny_payload(epoch=1):
+    model = build_model("resnet32", 10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    optimizer.step()  # momentum buffers in the optimiser state
+    return build_payload(method_name="ce", method_kwargs={}, model_kwargs={"arch": "resnet32", "num_classes": 10},
+                         dataset={"name": "cifar10", "train_counts": [5] * 10}, config={"optim": {"epochs": 3}},
+                         state_dict={f"model.{k}": v for k, v in model.state_dict().items()}, epoch=epoch,
+                         optimizer=optimizer.state_dict(), records={"best_on_test": {"top1": 12.5, "epoch": 1}},
+                         rng=capture_rng_state())
+
+
+def draws():
+    return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+
+# ---- the toolkit's own checkpoints --------------------------------------------------------------
+def test_own_checkpoint_round_trips_with_plain_weights_only(tmp_path):
+    path = str(tmp_path / "last.pth")
+    save_atomic(tiny_payload(), path)
+    expected = draws()
+    # Plain torch.load with weights_only=True, no allow-list: the format itself is safe to load.
+    payload = torch.load(path, weights_only=True)
+    assert payload["epoch"] == 1 and payload["records"]["best_on_test"]["top1"] == 12.5
+    assert isinstance(payload["rng"]["numpy"]["state"]["key"], list)
+    restore_rng_state(payload["rng"])
+    assert draws() == expected  # Python, NumPy and torch streams continue exactly
+    assert load_checkpoint(path)["path"] == path
+
+
+def test_checkpoint_of_earlier_versions_with_numpy_rng_state_still_loads(tmp_path):
+    path = str(tmp_path / "last.pth")
+    payload = tiny_payload()
+    payload["rng"] = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    assert isinstance(payload["rng"]["numpy"][1], np.ndarray)  # the layout earlier versions wrote
+    torch.save(payload, path)
+    expected = draws()
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)  # without the NumPy allow-list it would be refused
+    payload = load_checkpoint(path)
+    restore_rng_state(payload["rng"])
+    assert draws() == expected
+
+
+# ---- foreign checkpoints (--pretrained_model) ---------------------------------------------------
+def foreign_state():
+    return {f"module.{k}": v for k, v in build_model("resnet32", 10).state_dict().items()}
+
+
+def sgd_state(params):
+    optimizer = torch.optim.SGD(params, lr=0.03, momentum=0.9, weight_decay=1e-4)
+    return optimizer.state_dict()
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("best_acc1", ["tensor", "float64", "float32"])
+def test_papers_pth_tar_loads_without_trust(tmp_path, best_acc1, legacy):
+    """LDAM-DRW / BCCL / semi-self save epoch, arch, state_dict, best_acc1 and optimizer;
+    best_acc1 is a tensor or a NumPy scalar; files from before torch 1.6 use the legacy format."""
+    state = foreign_state()
+    value = {"tensor": torch.tensor(45.25), "float64": np.float64(45.25), "float32": np.float32(45.25)}[best_acc1]
+    path = str(tmp_path / "ckpt.best.pth.tar")
+    torch.save({"epoch": 200, "arch": "resnet32", "state_dict": state, "best_acc1": value,
+                "optimizer": sgd_state([torch.nn.Parameter(torch.zeros(3))])}, path,
+               _use_new_zipfile_serialization=not legacy)
+    payload = read_torch_file(path, "--pretrained_model")
+    assert float(payload["best_acc1"]) == 45.25 and payload["arch"] == "resnet32"
+    tensors, kind, _ = read_weights(path)
+    assert kind == "checkpoint with a state_dict" and set(tensors) == set(state)
+
+
+def test_numpy_1_spelling_of_scalars_loads(tmp_path):
+    """A file written under NumPy 1 names numpy.core.multiarray.scalar; NumPy 2 moved it."""
+    path = tmp_path / "np1.pth.tar"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "best_acc1": np.float64(7.5)}, str(path),
+               _use_new_zipfile_serialization=False)  # protocol 2: globals are plain text
+    raw = path.read_bytes()
+    assert b"numpy._core.multiarray" in raw
+    path.write_bytes(raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    assert float(read_torch_file(str(path))["best_acc1"]) == 7.5
+
+
+def test_moco_pth_tar_loads_without_trust(tmp_path):
+    state = {f"module.encoder_q.{k}": v for k, v in build_model("resnet32", 10).state_dict().items()}
+    path = str(tmp_path / "checkpoint_0199.pth.tar")
+    torch.save({"epoch": 200, "arch": "resnet50", "state_dict": state,
+                "optimizer": sgd_state([torch.nn.Parameter(torch.zeros(3))])}, path)
+    tensors, kind, _ = read_weights(path)
+    assert kind == "checkpoint with a state_dict" and len(tensors) == len(state)
+
+
+# ---- crafted checkpoints ------------------------------------------------------------------------
+def test_planted_checkpoint_is_refused_without_running_it(tmp_path):
+    marker, path = tmp_path / "marker", str(tmp_path / "last.pth")
+    torch.save({"format": "ltkit-checkpoint", "epoch": Planted(marker)}, path)
+    with pytest.raises(UnsafeCheckpointError) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert path in message and "system" in message and "--trust_checkpoint" in message and "\n" not in message
+    assert not marker.exists()
+    with pytest.raises(UnsafeCheckpointError):
+        read_weights(path)
+    assert not marker.exists()
+    # The opt-in really is full pickle: the file's code runs (this is what its help warns about).
+    read_torch_file(path, trust=True)
+    assert marker.exists()
+
+
+def test_planted_checkpoint_at_every_entry_is_one_line_and_runs_nothing(cifar10_root, tmp_path):
+    marker, path = tmp_path / "marker", str(tmp_path / "evil.pth")
+    torch.save({"state_dict": {}, "x": Planted(marker)}, path)
+    common = ["--dataset", "cifar10", "--data_root", cifar10_root.root, "--imb_factor", "0.1", "--epochs", "1",
+              "-b", "16", "--workers", "0", "--progress", "False", "--download", "False"]
+    out_dir, root_log = tmp_path / "run", tmp_path / "logs"
+    for argv in (["test.py", "--path", path],
+                 ["scripts/gen_pseudolabels.py", "--path", path, "--pool", "leftover", "--out", str(tmp_path / "p.npz")],
+                 ["main.py", *common, "--method", "ce", "--pretrained_model", path, "--out_dir", str(out_dir)],
+                 ["main.py", *common, "--method", "ce", "--resume", path, "--root_log", str(root_log)],
+                 ["train_LCSL.py", *common, "--resume", path, "--root_log", str(root_log)]):
+        one_line_exit_2(run_script(*argv), path, "--trust_checkpoint")
+        assert not marker.exists(), argv
+        assert not out_dir.exists() and not root_log.exists(), argv  # refused before a run folder is made
+    # With the opt-in the file is unpickled (its code runs), then refused as not a checkpoint.
+    one_line_exit_2(run_script("test.py", "--path", path, "--trust_checkpoint"), "not an ltkit checkpoint")
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("entry", ["main", "train_LCSL", "test", "scripts/gen_pseudolabels"])
+def test_every_checkpoint_entry_has_the_trust_flag(entry):
+    result = run_script(f"{entry}.py", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "--trust_checkpoint" in text and "EXECUTES code stored in the file" in text
+
+
+# ---- checkpoint writes --------------------------------------------------------------------------
+def failing_save(cause):
+    """A torch.save that writes part of the file, then fails as torch does: its zip writer raises
+    RuntimeError "enforce fail at inline_container.cc" with the OSError only as the context."""
+    def save(obj, stream):
+        stream.write(b"partial")
+        try:
+            raise cause
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    return save
+
+
+def test_full_disk_keeps_the_previous_checkpoint_and_no_temporary(tmp_path, monkeypatch):
+    path = str(tmp_path / "last.pth")
+    save_atomic({"format": "ltkit-checkpoint", "epoch": 1}, path)
+    monkeypatch.setattr(torch, "save", failing_save(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))))
+    with pytest.raises(CheckpointError) as caught:
+        save_atomic({"format": "ltkit-checkpoint", "epoch": 2}, path)
+    monkeypatch.undo()
+    message = str(caught.value)
+    assert path in message and "disk is full" in message and "inline_container" not in message
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    assert os.listdir(tmp_path) == ["last.pth"]
+
+
+def test_read_only_folder_is_named_with_its_cause(tmp_path, monkeypatch):
+    # chmod does not stop root, so the failure is injected where the OS would report it.
+    path = str(tmp_path / "last.pth")
+    save_atomic({"format": "ltkit-checkpoint", "epoch": 1}, path)
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(tmp_path))
+
+    monkeypatch.setattr("tempfile.mkstemp", read_only)
+    with pytest.raises(CheckpointError, match="last.pth: permission denied.*read-only"):
+        save_atomic({"format": "ltkit-checkpoint", "epoch": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["epoch"] == 1 and os.listdir(tmp_path) == ["last.pth"]
+
+
+def test_folder_that_is_a_file_is_named(tmp_path):
+    blocker = tmp_path / "run"
+    blocker.write_text("not a folder")
+    with pytest.raises(CheckpointError, match=f"{blocker}/last.pth"):
+        save_atomic({"epoch": 1}, str(blocker / "last.pth"))
+
+
+def test_temporary_names_are_recognised(tmp_path, monkeypatch):
+    seen = []
+    original = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, stream: (seen.extend(os.listdir(tmp_path)), original(obj, stream)))
+    save_atomic({"epoch": 1}, str(tmp_path / "last.pth"))
+    assert len(seen) == 1 and is_temporary_checkpoint(seen[0]) and not is_temporary_checkpoint("last.pth")
+
+
+# ---- CIFAR pickles ------------------------------------------------------------------------------
+def batch_path(cifar10_root, name="data_batch_3"):
+    return os.path.join(cifar10_root.root, "cifar-10-batches-py", name)
+
+
+def test_planted_cifar_pickle_fails_in_one_line_without_running(cifar10_root, tmp_path):
+    marker, path = tmp_path / "marker", batch_path(cifar10_root)
+    with open(path, "wb") as handle:
+        pickle.dump({"data": Planted(marker), "labels": [0]}, handle)
+    with pytest.raises(DatasetError, match="data_batch_3: refused to unpickle 'posix.system'"):
+        build_dataset("cifar10", DataOptions(data_root=cifar10_root.root, download=False))
+    assert not marker.exists()
+    result = run_script("main.py", "--dataset", "cifar10", "--data_root", cifar10_root.root, "--method", "ce",
+                        "--epochs", "1", "--download", "False", "--out_dir", str(tmp_path / "run"))
+    one_line_exit_2(result, path, "refused")
+    assert not marker.exists() and not (tmp_path / "run").exists()
+
+
+def test_planted_pool_pickle_is_refused(tmp_path):
+    marker, path = tmp_path / "marker", str(tmp_path / "ti_80M_selected.pickle")
+    with open(path, "wb") as handle:
+        pickle.dump({"data": np.zeros((2, 32, 32, 3), np.uint8), "extrapolated_targets": Planted(marker)}, handle)
+    with pytest.raises(DatasetError, match="ti_80M_selected.pickle: refused"):
+        semi.ti_pickle_pool(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_pool_pickle_of_arrays_loads_at_every_protocol(tmp_path, protocol):
+    path = str(tmp_path / "ti.pickle")
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    with open(path, "wb") as handle:
+        pickle.dump({"data": images, "extrapolated_targets": np.array([1, 0, 2])}, handle, protocol=protocol)
+    pool = semi.ti_pickle_pool(path)
+    np.testing.assert_array_equal(pool.images, images)
+    assert pool.reference_labels.tolist() == [1, 0, 2]
+
+
+def test_damaged_cifar_pickle_random_bytes_inserted_in_the_middle(cifar10_root):
+    path = batch_path(cifar10_root)
+    raw = open(path, "rb").read()
+    middle = len(raw) // 2
+    noise = np.random.default_rng(3).integers(0, 256, 64, dtype=np.uint8).tobytes()
+    open(path, "wb").write(raw[:middle] + noise + raw[middle:])
+    with pytest.raises(DatasetError) as caught:
+        build_dataset("cifar10", DataOptions(data_root=cifar10_root.root, download=False))
+    message = str(caught.value)
+    assert f"{path} is damaged" in message and "--download True" in message and "\n" not in message
+
+
+def test_damaged_cifar_pickle_truncated(cifar10_root):
+    path = batch_path(cifar10_root)
+    raw = open(path, "rb").read()
+    open(path, "wb").write(raw[:len(raw) // 3])
+    with pytest.raises(DatasetError, match=f"{path} is damaged"):
+        build_dataset("cifar10", DataOptions(data_root=cifar10_root.root, download=False))
+
+
+def test_every_single_flipped_structure_byte_is_named_or_harmless(cifar10_root):
+    """Flip each byte outside the pixel payload in turn: the read either names the file as
+    damaged, or returns exactly the original pixels with labels in range (a flipped label value
+    that stays in range cannot be told from a real label without a checksum)."""
+    path = batch_path(cifar10_root)
+    raw = open(path, "rb").read()
+    original = _read_batches(cifar10_root.root, CIFAR10, ["data_batch_3"], 10).array
+    rows = cifar10_root.train_rows[np.array_split(np.arange(len(cifar10_root.train_rows)), 5)[2]]
+    start = raw.index(rows.tobytes())
+    pixel_bytes = range(start, start + rows.nbytes)
+    named = 0
+    for position in range(len(raw)):
+        if position in pixel_bytes:
+            continue
+        flipped = bytearray(raw)
+        flipped[position] ^= 0xFF
+        open(path, "wb").write(bytes(flipped))
+        try:
+            source = _read_batches(cifar10_root.root, CIFAR10, ["data_batch_3"], 10)
+        except DatasetError as error:
+            assert path in str(error) and "\n" not in str(error), (position, str(error))
+            named += 1
+            continue
+        np.testing.assert_array_equal(source.array, original, err_msg=f"byte {position}")
+        assert 0 <= source.targets.min() and source.targets.max() < 10
+    assert named > (len(raw) - rows.nbytes) // 2  # most flips hit structure that the checks see
+
+
+def test_official_batch_with_the_wrong_image_count_is_damaged(cifar10_root):
+    path = batch_path(cifar10_root, "data_batch_1")
+    rows = cifar10_root.train_rows[:80]
+    with open(path, "wb") as handle:
+        pickle.dump({"batch_label": "training batch 1 of 5", "labels": [0] * 80, "data": rows,
+                     "filenames": [f"{i}.png" for i in range(80)]}, handle, protocol=2)
+    with pytest.raises(DatasetError, match="data_batch_1 is damaged .80 images where the official file has 10000"):
+        build_dataset("cifar10", DataOptions(data_root=cifar10_root.root, download=False))
+
+
+@pytest.mark.parametrize("entry, fragment", [
+    ({"data": np.zeros((8, 3072), np.float32), "labels": [0] * 8}, "uint8 N x 3072"),
+    ({"data": np.zeros((8, 3071), np.uint8), "labels": [0] * 8}, "uint8 N x 3072"),
+    ({"data": np.zeros((8, 3072), np.uint8), "labels": [0] * 7}, "8 pixel rows but 'labels'"),
+    ({"data": np.zeros((8, 3072), np.uint8), "labels": [0] * 7 + [10]}, "labels must lie in 0..9"),
+    ({"data": np.zeros((8, 3072), np.uint8), "labels": [0] * 8, "filenames": ["a"]}, "1 file names"),
+    ([1, 2, 3], "holds a list"),
+])
+def test_what_was_read_is_checked(cifar10_root, entry, fragment):
+    path = batch_path(cifar10_root)
+    with open(path, "wb") as handle:
+        pickle.dump(entry, handle)
+    with pytest.raises(DatasetError) as caught:
+        build_dataset("cifar10", DataOptions(data_root=cifar10_root.root, download=False))
+    assert f"{path} is damaged" in str(caught.value) and fragment in str(caught.value)
+
+
+def test_cifar100_fixture_loads_with_the_checks(cifar100_root):
+    data = build_dataset("cifar100", DataOptions(data_root=cifar100_root.root, imb_factor=1.0, download=False))
+    assert data.num_classes == 100 and len(data.test) == len(cifar100_root.test_labels)
+
+
+# ---- pseudo-label files -------------------------------------------------------------------------
+def test_pseudo_label_file_is_an_archive_without_pickles(tmp_path):
+    pool = semi.Pool("toy", paths=["/a.png", "/b.png", "/c.png"], reference_labels=np.array([0, 1, 1]),
+                     labeled_indices=np.array([4, 5]), validation_size=2)
+    path = str(tmp_path / "pseudo.npz")
+    semi.save_pseudo_labels(path, pool, np.array([0, 1, 0]), np.array([0.5, 0.9, 0.7]), num_classes=2,
+                            dataset="toy", prediction_model="/runs/ce/last.pth", threshold=0.6)
+    with np.load(path, allow_pickle=False) as archive:  # every member loads without pickle
+        assert sorted(archive.files) == ["confidences", "labeled_indices", "meta", "paths", "pseudo_labels",
+                                         "reference_labels"]
+    entry = semi.load_pseudo_labels(path)
+    assert entry["paths"] == ["/b.png", "/c.png"] and entry["pseudo_labels"].tolist() == [1, 0]
+    assert entry["images"] is None and entry["labeled_indices"].tolist() == [4, 5]
+    assert (entry["threshold"], entry["pool_size"], entry["validation_size"], entry["version"]) == (0.6, 3, 2, 2)
+
+
+def test_pickled_pseudo_label_files_are_not_unpickled(tmp_path):
+    marker = tmp_path / "marker"
+    old = str(tmp_path / "pseudo.pkl")
+    with open(old, "wb") as handle:
+        pickle.dump({"format": "ltkit-pseudo-labels", "version": 1, "x": Planted(marker)}, handle, protocol=4)
+    with pytest.raises(DatasetError, match="pseudo.pkl: a pickle .*regenerate it"):
+        semi.load_pseudo_labels(old)
+    # An archive member holding a pickle (an object array) is refused by allow_pickle=False.
+    planted = str(tmp_path / "planted.npz")
+    np.savez(planted, pseudo_labels=np.array([Planted(marker)], dtype=object), meta=np.array("{}"))
+    assert zipfile.is_zipfile(planted)
+    with pytest.raises(DatasetError, match="planted.npz is damaged or not a pseudo-label file"):
+        semi.load_pseudo_labels(planted)
+    assert not marker.exists()
+
+
+def test_gen_pseudolabels_writes_npz_only(tmp_path):
+    result = run_script("scripts/gen_pseudolabels.py", "--path", str(tmp_path), "--pool", "leftover",
+                        "--out", str(tmp_path / "pseudo.pkl"))
+    one_line_exit_2(result, "--out", "pseudo.npz")
