@@ -3,9 +3,12 @@
     python test.py --path RUN_FOLDER_OR_CHECKPOINT [--which last|best] [--data_root R]
                    [--tta_flip] [--tau_norm T] [--posthoc_tau T] [--json OUT] [--plot PNG]
 
-The checkpoint describes its method, model, dataset and class counts, so nothing else is needed;
-weights load with strict=True. A run folder means its last.pth unless --which best is given
-(best.pth was chosen by the rule recorded in the run, which is printed).
+The checkpoint describes its method, model, dataset (with the absolute data folder it was read
+from) and class counts, so nothing else is needed; weights load with strict=True. A run folder
+means its last.pth unless --which best is given (best.pth was chosen by the rule recorded in the
+run, which is printed). The evaluation is the training log's own: the same loaders, batch size,
+precision, memory format and ``method.predict``, so the numbers match the log for the same file.
+The data folder used is printed; a missing one is an error (nothing is ever downloaded here).
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
@@ -29,13 +32,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--which", choices=["last", "best"], default="last",
                         help="checkpoint of a run folder to evaluate")
     parser.add_argument("--data_root", "--data", dest="data_root", default=None,
-                        help="override the data folder recorded in the checkpoint")
+                        help="read the data from this folder instead of the one recorded in the checkpoint")
     parser.add_argument("--split", choices=["test", "val"], default="test")
     parser.add_argument("--gpu", default=None)
-    parser.add_argument("-b", "--batch_size", "--batch-size", dest="batch_size", type=POSITIVE_INT, default=256)
+    parser.add_argument("-b", "--batch_size", "--batch-size", dest="batch_size", type=POSITIVE_INT, default=None,
+                        help="images per evaluation batch (default: the training run's evaluation batch)")
     parser.add_argument("--workers", "-j", type=NON_NEGATIVE_INT, default=min(4, os.cpu_count() or 1))
-    parser.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
-                        help="autocast precision (auto: native bf16/fp16 on GPUs, fp32 on CPUs without bf16)")
+    parser.add_argument("--amp", default=None, choices=["auto", "none", "bf16", "fp16"],
+                        help="autocast precision (default: the run's --amp; auto: native bf16/fp16 on GPUs, "
+                             "fp32 on CPUs without bf16)")
     parser.add_argument("--tta_flip", action="store_true", help="average with the mirrored image")
     parser.add_argument("--tau_norm", type=NON_NEGATIVE, default=None, help="tau-normalise the classifier")
     parser.add_argument("--posthoc_tau", type=NON_NEGATIVE, default=None, help="post-hoc logit adjustment")
@@ -63,23 +68,68 @@ def rebuild(payload: Dict[str, Any]):
     return method
 
 
-def evaluation_set(payload: Dict[str, Any], data_root, split: str):
-    from datasets import DataOptions, DatasetError, build_dataset
+def training_folder(payload: Dict[str, Any]) -> Optional[str]:
+    """The working folder a run was started from, recovered from where its checkpoint lies now
+    and the run folder its config names (relative to that working folder); None when the config
+    names an absolute folder or one that does not match."""
+    run = payload.get("config", {}).get("run", {})
+    run_dir = os.path.dirname(os.path.abspath(payload["path"]))
+    recorded = run.get("out_dir") or (run.get("root_log") and os.path.join(run["root_log"], os.path.basename(run_dir)))
+    if not recorded or os.path.isabs(recorded):
+        return None
+    recorded = os.path.normpath(recorded)
+    if recorded == ".":
+        return run_dir
+    if recorded.startswith("..") or not run_dir.endswith(os.sep + recorded):
+        return None
+    return run_dir[: -len(recorded) - 1] or os.sep
+
+
+def data_options(payload: Dict[str, Any], data_root: Optional[str]):
+    """The checkpoint's data options with absolute paths, `data_root` (--data_root) overriding
+    its folder. Checkpoints from before paths were stored absolute hold them relative to the
+    folder training ran in, recovered by ``training_folder``; never relative to this process's."""
+    from datasets import DataOptions, DatasetError
+    from datasets.loaders import PATH_OPTIONS, absolute_data_options
 
     info = payload["dataset"]
-    options = dict(info["options"])
+    # download=False: the evaluation must read the run's data, never a fresh copy fetched here.
+    options = DataOptions(**{**info["options"], "download": False})
     if data_root is not None:
-        options["data_root"] = data_root
-    data = build_dataset(info["name"], DataOptions(**options))
+        options = dataclasses.replace(options, data_root=os.path.abspath(data_root))
+    relative = [key for key in PATH_OPTIONS if getattr(options, key) is not None
+                and not os.path.isabs(getattr(options, key))]
+    if relative:
+        base = training_folder(payload)
+        if base is None:
+            raise DatasetError(f"{payload['path']} records the relative path --{relative[0]} "
+                               f"{getattr(options, relative[0])!r} and the folder training ran in cannot "
+                               "be recovered from the run folder: pass test.py --data_root with the data's "
+                               "absolute path")
+        options = absolute_data_options(info["name"], options, base)
+    if not os.path.isdir(options.data_root):
+        source = "--data_root" if data_root is not None else f"recorded in {payload['path']}"
+        raise DatasetError(f"data folder {options.data_root} ({source}) does not exist: point test.py "
+                           "--data_root at the data the run was trained on")
+    return options
+
+
+def evaluation_set(payload: Dict[str, Any], data_root, split: str):
+    from datasets import DatasetError, build_dataset
+
+    info = payload["dataset"]
+    options = data_options(payload, data_root)
+    data = build_dataset(info["name"], options)
     if list(data.train_counts) != list(info.get("labeled_counts", info["train_counts"])):
-        raise DatasetError(f"the data under {options['data_root']} gives other class counts than the "
+        raise DatasetError(f"the data under {options.data_root} gives other class counts than the "
                            "checkpoint was trained with: point --data_root at the training data")
     # Shot groups use the counts the model was trained with (pseudo-labelled images included).
     data.train_counts = list(info["train_counts"])
     source = data.test if split == "test" else data.val
-    if source is None:
-        raise DatasetError("this run has no validation split (it was trained without --val_per_class)")
-    return data, source
+    if source is None or not len(source):
+        raise DatasetError("this run has no validation split (it was trained without --val_per_class "
+                           "or --val_list): use --split test")
+    return data, options.data_root
 
 
 def print_summary(title: str, summary: Dict[str, Any]) -> None:
@@ -108,8 +158,7 @@ def plot_per_class(path: str, summary: Dict[str, Any], counts) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    from datasets.augment import build_transform
-    from datasets.loaders import build_eval_loader
+    from datasets.loaders import build_eval_loaders
     from losses.priors import posthoc_adjusted
     from models.heads import tau_normalize_head
     from utils import dist
@@ -118,21 +167,33 @@ def main(args: argparse.Namespace) -> None:
 
     payload = load_checkpoint(args.path, prefer=f"{args.which}.pth", trust=args.trust_checkpoint)
     method = rebuild(payload)
-    data, source = evaluation_set(payload, args.data_root, args.split)
+    data, data_root = evaluation_set(payload, args.data_root, args.split)
     ctx = dist.setup_devices(args.gpu)
-    network = method.classifier()
+    # The run's own evaluation settings (the training log's numbers come from them); older
+    # checkpoints without them get the defaults of their time.
+    run = payload.get("config", {}).get("run", {})
+    amp = args.amp or run.get("amp", "auto")
+    channels_last = bool(run.get("channels_last", False))
+    method.to(ctx.device)
+    if channels_last:
+        method.to(memory_format=torch.channels_last)
+    # No DDP wrapper (nothing is trained); --gpu 0,1,..: DataParallel splits batches over GPUs.
+    method.wrap(lambda net: dist.wrap_forward_only(net, ctx), lambda net: dist.wrap_forward_only(net, ctx))
+    method.eval()
+    predict = method.predict  # what the training loop evaluates
     if args.tau_norm is not None:
+        network = method.classifier()
         network = type(network)(network.backbone, tau_normalize_head(network.head, args.tau_norm))
-    network.to(ctx.device).eval()
-    network = dist.wrap_forward_only(network, ctx)  # --gpu 0,1,..: batches split over the GPUs
-    predict = network
+        predict = dist.wrap_forward_only(network.to(ctx.device).eval(), ctx)
     if args.posthoc_tau is not None:
-        predict = posthoc_adjusted(network, data.train_counts, args.posthoc_tau, ctx.device)
-    transform = None if data.style == "cifar" else build_transform("test", data.style, data.image_size)
-    loader = build_eval_loader(source, transform, args.batch_size, workers=args.workers, rank=ctx.rank,
-                               world_size=ctx.world_size)
-    inputs = DeviceInputs(data.mean, data.std, ctx.device)
-    summary = evaluate(predict, loader, inputs, ctx, data.train_counts, args.amp, args.tta_flip)
+        predict = posthoc_adjusted(predict, data.train_counts, args.posthoc_tau, ctx.device)
+    batch_per_rank = payload.get("config", {}).get("batch_size", 0) // ctx.world_size
+    loaders = build_eval_loaders(data, batch_per_rank, workers=args.workers, rank=ctx.rank,
+                                 world_size=ctx.world_size, batch_size=args.batch_size)
+    inputs = DeviceInputs(data.mean, data.std, ctx.device, channels_last)
+    if ctx.is_main:
+        print(f"data: {data_root}" + (" (--data_root)" if args.data_root else " (recorded in the checkpoint)"))
+    summary = evaluate(predict, loaders[args.split], inputs, ctx, data.train_counts, amp, args.tta_flip)
 
     if not ctx.is_main:
         return

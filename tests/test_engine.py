@@ -1,4 +1,5 @@
 """The engine end to end: run folder contents, test.py, checkpoints, resume, NaN stops, DDP."""
+import copy
 import json
 import os
 import socket
@@ -12,9 +13,9 @@ import torch.nn as nn
 
 from datasets.base import ImageSource, LongTailData
 from datasets.loaders import build_eval_loader, build_train_loader
-from datasets.augment import build_transform
-from methods import build_method
-from models import Classifier
+from datasets.augment import build_transform, build_views
+from methods import METHODS, build_method
+from models import Classifier, build_model
 from utils import dist
 from utils.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from utils.config import OptimConfig, RunConfig, TrainConfig
@@ -202,6 +203,12 @@ class _Quiet:
     def scalars(self, *a):
         pass
 
+    def per_class(self, *a):
+        pass
+
+    def forget_per_class_after(self, *a):
+        pass
+
 
 def _ddp_worker(rank, world, port, out, with_val=False):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
@@ -213,12 +220,17 @@ def _ddp_worker(rank, world, port, out, with_val=False):
         dist.cleanup()
 
 
-def _train_tiny_ddp(out, with_val=False):
-    """_train_tiny in two gloo processes on a free local port."""
+def _spawn_two(worker, *args):
+    """worker(rank, 2, port, *args) in two gloo processes on a free local port."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, out, with_val), nprocs=2, join=True)
+    torch.multiprocessing.spawn(worker, args=(2, port, *args), nprocs=2, join=True)
+
+
+def _train_tiny_ddp(out, with_val=False):
+    """_train_tiny in two gloo processes."""
+    _spawn_two(_ddp_worker, out, with_val)
 
 
 def test_ddp_gloo_matches_single_process(tmp_path):
@@ -350,3 +362,82 @@ def test_compile_with_data_parallel_is_refused(cifar10_root, tmp_path, monkeypat
     with pytest.raises(ConfigError, match="--compile.*DataParallel.*torchrun"):
         run_training(config_for(cifar10_root.root, str(tmp_path / "run"), "--compile", "--gpu", "0,1"), "ce")
     assert not os.path.exists(tmp_path / "run")
+
+
+# ---- DDP: an interrupted and resumed run equals the uninterrupted one, for every method ----------
+# Small settings so each method runs its own machinery (BCCL's k-means after epoch 1, LCSL's teacher
+# labels from epoch 2, MoCo's queue) within two epochs on 8 px images.
+RESUME_OPTIONS = {"bccl": {"feat_dim": 8, "queue_size": 6, "num_centroids": 2, "warmup_epochs": 1, "kmeans_every": 1},
+                  "moco": {"dim": 4, "queue_size": 8, "bn_splits": 2}, "lcsl": {"arch": "resnet32", "select_on": "test"}}
+
+
+def _fit_method(ctx, name, epochs, resume=None):
+    """Trains `name` on tiny data with a random crop + flip recipe (drawn from the global torch
+    generator, as the PIL pipeline without workers does) and returns its state, its records
+    and the last.pth payload it would have written, as the runner does: only rank 0's."""
+    torch.manual_seed(0)
+    data = _tiny_data()
+    method = build_method(name, build_model("resnet32", 4), data.train_counts, **RESUME_OPTIONS.get(name, {}))
+    if resume is not None:
+        method.load_state_dict(resume["state_dict"], strict=True)
+    method.wrap(lambda net: dist.wrap_network(net, ctx), lambda net: net)
+    config = TrainConfig(script="test", dataset="tiny", data=__import__("datasets").DataOptions(), arch="resnet32",
+                         head="linear", head_scale=None, method=name, method_options={}, batch_size=8,
+                         train_aug=("standard",), aug_options={}, sampler=None, sampler_options={}, select_on="test",
+                         optim=OptimConfig(lr=0.1, epochs=epochs, warmup_epochs=0, milestones=()),
+                         run=RunConfig(progress=False, workers=0, amp="none", seed=3))
+    per_rank = config.batch_size // ctx.world_size
+    views = build_views(["standard"] * method.num_views, "cifar", 8)
+    loaders = {"train": build_train_loader(data.train, views, per_rank, seed=3, rank=ctx.rank,
+                                           world_size=ctx.world_size, drop_last=True),
+               "test": build_eval_loader(data.test, None, 6, rank=ctx.rank, world_size=ctx.world_size)}
+    saved = {}
+
+    def save_checkpoint(file, epoch, optimizer, scaler, records):
+        saved[file] = copy.deepcopy({"state_dict": method.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "scaler": scaler.state_dict(), "records": records, "epoch": epoch,
+                                     "path": file})
+
+    records = fit(config, method, data, ctx, loaders, DeviceInputs(data.mean, data.std, ctx.device), _Quiet(),
+                  save_checkpoint, resume=resume)
+    return method.state_dict(), records, dist.broadcast_object(saved.get("last.pth"))
+
+
+def _resume_worker(rank, world, port, names, folder):
+    """For each method: the uninterrupted run, a run stopped after epoch 1, and its continuation.
+    All methods in one pair of processes: starting processes costs more than these tiny runs."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    ctx = dist.setup_devices(None, backend="gloo")
+    try:
+        for name in names:
+            straight, straight_records, _ = _fit_method(ctx, name, epochs=2)
+            _, _, checkpoint = _fit_method(ctx, name, epochs=1)  # "killed" after epoch 1
+            # A new process starts with generators in another state; the run must not depend on it.
+            torch.manual_seed(1234 + 7 * rank)
+            resumed, resumed_records, _ = _fit_method(ctx, name, epochs=2, resume=checkpoint)
+            if ctx.is_main:
+                torch.save({"straight": straight, "resumed": resumed,
+                            "top1": (straight_records["last"]["top1"], resumed_records["last"]["top1"])},
+                           os.path.join(folder, f"{name}.pt"))
+    finally:
+        dist.cleanup()
+
+
+@pytest.fixture(scope="module")
+def ddp_resume_runs(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("ddp_resume"))
+    _spawn_two(_resume_worker, METHODS.names(), folder)
+    return folder
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_ddp_resume_reproduces_the_uninterrupted_run(ddp_resume_runs, name):
+    # Each rank draws its own augmentation and method randomness (mixup, rotations, key shuffles);
+    # those streams must not depend on whether the run was resumed, so the two agree bit for bit.
+    runs = torch.load(os.path.join(ddp_resume_runs, f"{name}.pt"), weights_only=False)
+    straight, resumed = runs["straight"], runs["resumed"]
+    assert straight.keys() == resumed.keys()
+    differing = [key for key in straight if not torch.equal(straight[key], resumed[key])]
+    assert not differing, f"{len(differing)} of {len(straight)} tensors differ, e.g. {differing[:3]}"
+    assert runs["top1"][0] == runs["top1"][1]
