@@ -89,7 +89,7 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match="last.pth: disk full"):
         save_atomic({"format": "ltkit-checkpoint", "epoch": 2}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=False)["epoch"] == 1
