@@ -5,9 +5,11 @@ recorded main.py / train_LCSL.py command is parsed and turned into a TrainConfig
 flag or a contradictory combination in a script fails here rather than hours into a run.
 """
 import glob
+import json
 import os
 import stat
 import subprocess
+import sys
 
 import pytest
 
@@ -15,7 +17,8 @@ import main as main_script
 import train_LCSL as lcsl_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = sorted(glob.glob(os.path.join(ROOT, "scripts", "*.sh")))
+# device_check.sh is no paper-table row; test_device_check_smoke_mode runs it for real.
+SCRIPTS = sorted(s for s in glob.glob(os.path.join(ROOT, "scripts", "*.sh")) if not s.endswith("device_check.sh"))
 
 
 def recorded_commands(script, tmp_path):
@@ -97,3 +100,38 @@ def test_evidence_queue_skips_finished_and_claimed_jobs_and_takes_over_dead_clai
     assert not (root / ".claims" / "lcsl_s0").exists() and (root / ".claims" / "bccl_s0").exists()
     wd = calls[1]
     assert wd[wd.index("--weight_decay", wd.index("--weight_decay") + 1) + 1] == "5e-4"  # the last one wins
+
+
+def test_device_check_smoke_mode(tmp_path):
+    """scripts/device_check.sh --smoke: every step of the GPU check on the CPU, with the bundled
+    sample instead of the prepared bundle, one step per benchmark phase and one training step."""
+    out = tmp_path / "check"
+    script = os.path.join(ROOT, "scripts", "device_check.sh")
+    result = subprocess.run(["bash", script, "--smoke", str(out)], cwd=str(tmp_path), capture_output=True,
+                            text=True, timeout=900, env={**os.environ, "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(s["step"], s["status"]) for s in summary["steps"]] == [
+        ("install", 0), ("cuda_tests", 0), ("bench", 0), ("ce_run", 0)]
+    tests = summary["cuda_tests"]  # the CUDA tests are collected and all skipped on the CPU
+    assert tests["finished"] and tests["skipped"] >= 10 and tests["passed"] == tests["failed"] == tests["errors"] == 0
+    methods = summary["bench"]["methods"]
+    assert sorted(methods) == ["bccl", "ce", "lcsl"]
+    for pipeline in ("papers", "fast"):
+        # LCSL timed with its teacher: one teacher label per timed image (no untimed steps here).
+        teacher = methods["lcsl"]["phases"]["teacher"][pipeline]
+        assert teacher["state"]["teacher_epoch"] == 1 and teacher["state"]["teacher_labels"] == teacher["images"] > 0
+        # BCCL: centroids once before timing, then no k-means in the plain epoch and one per step
+        # (batch 4) in the refresh epoch.
+        plain, refresh = (methods["bccl"]["phases"][p][pipeline] for p in ("plain", "refresh"))
+        assert plain["state"]["kmeans_runs"] == 1 and plain["images"] > 0
+        assert refresh["state"]["kmeans_runs"] == 1 + refresh["images"] // 4
+    assert methods["bccl"]["schedule_epochs"] == {"plain": 181, "refresh": 19}
+    assert summary["ce_run"]["epochs"] == 1 and 0.0 <= summary["ce_run"]["top1_last"] <= 100.0
+    assert (out / "ce_run" / "results.json").is_file() and (out / "summary.txt").read_text() in result.stdout
+
+
+def test_device_check_needs_an_output_folder():
+    result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "device_check.sh")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "OUT_DIR" in result.stderr
