@@ -169,8 +169,8 @@ def read_array_pickle(path: str, encoding: str = "ASCII") -> Any:
         return ArrayUnpickler(handle, encoding=encoding).load()
 
 
-def damaged(path: str, detail: str) -> str:
-    return (f"{path} is damaged ({detail}): delete it and rerun with --download True, or regenerate it")
+def _damaged(path: str, detail: str) -> str:
+    return f"{path} is damaged ({detail}): delete it and rerun with --download True, or regenerate it"
 
 
 def _read_pickle(path: str) -> Dict[str, Any]:
@@ -179,42 +179,50 @@ def _read_pickle(path: str) -> Dict[str, Any]:
         entry = read_array_pickle(path, encoding="latin1")
     except UnsafePickleError as error:
         raise DatasetError(f"{path}: refused to unpickle '{error}' (a CIFAR pickle holds only arrays, lists "
-                           "and numbers; this one could run code): delete it and rerun with --download True") from None
+                           "and numbers; this one could run code): delete it and rerun with --download True"
+                           ) from None
     except OSError as error:
         raise DatasetError(f"cannot read CIFAR pickle {path}: {error.strerror or error}") from None
     except Exception as error:  # damaged bytes surface as any of UnpicklingError, EOFError,
         # UnicodeDecodeError, MemoryError, ValueError, KeyError, IndexError, TypeError, ...
         first = (str(error).splitlines() or [""])[0][:120]
-        raise DatasetError(damaged(path, f"{type(error).__name__}: {first}" if first else type(error).__name__)) from None
+        detail = f"{type(error).__name__}: {first}" if first else type(error).__name__
+        raise DatasetError(_damaged(path, detail)) from None
     if not isinstance(entry, dict):
-        raise DatasetError(damaged(path, f"it holds a {type(entry).__name__}, not a dict"))
+        raise DatasetError(_damaged(path, f"it holds a {type(entry).__name__}, not a dict"))
     return entry
 
 
-def _check_batch(path: str, entry: Dict[str, Any], layout: CifarLayout, num_classes: int) -> Tuple[np.ndarray, np.ndarray]:
+def _check_batch(path: str, entry: Dict[str, Any], layout: CifarLayout,
+                 num_classes: int) -> Tuple[np.ndarray, np.ndarray]:
     """The pixel rows and labels of one batch, after checking they fit together."""
     if "data" not in entry or layout.label_key not in entry:
-        raise DatasetError(f"{path} lacks the keys 'data' and '{layout.label_key}' (damaged, or not a CIFAR batch)")
+        raise DatasetError(f"{path} lacks the keys 'data' and '{layout.label_key}' (damaged, or not a "
+                           "CIFAR batch)")
     data = entry["data"]
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+            and data.shape[1] == 3 * 32 * 32):
         what = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise DatasetError(damaged(path, f"'data' must be uint8 N x 3072 pixel rows, got {what}"))
+        raise DatasetError(_damaged(path, f"'data' must be uint8 N x 3072 pixel rows, got {what}"))
     try:
         labels = np.asarray(entry[layout.label_key])
     except (TypeError, ValueError) as error:
-        raise DatasetError(damaged(path, f"'{layout.label_key}' is not a list of integers ({error})")) from None
+        raise DatasetError(_damaged(path, f"'{layout.label_key}' is not a list of integers ({error})")) from None
     if labels.ndim != 1 or len(labels) != len(data) or (len(labels) and labels.dtype.kind not in "iu"):
-        raise DatasetError(damaged(path, f"{len(data)} pixel rows but '{layout.label_key}' holds "
+        raise DatasetError(_damaged(path, f"{len(data)} pixel rows but '{layout.label_key}' holds "
                                          f"{labels.dtype} {labels.shape}"))
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise DatasetError(damaged(path, f"labels must lie in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}"))
-    if "filenames" in entry and len(entry["filenames"]) != len(data):
-        raise DatasetError(damaged(path, f"{len(data)} pixel rows but {len(entry['filenames'])} file names"))
+        raise DatasetError(_damaged(path, f"labels must lie in 0..{num_classes - 1}, found "
+                                         f"{labels.min()}..{labels.max()}"))
+    filenames = entry.get("filenames")
+    if filenames is not None and (not isinstance(filenames, (list, np.ndarray)) or len(filenames) != len(data)):
+        count = len(filenames) if isinstance(filenames, (list, np.ndarray)) else type(filenames).__name__
+        raise DatasetError(_damaged(path, f"{len(data)} pixel rows but {count} file names"))
     expected = dict(layout.rows).get(os.path.basename(path))
     # Official (and regenerated) batches say what they are in 'batch_label'; small copies such as
     # test fixtures do not, and are taken at whatever size they have.
     if "batch_label" in entry and expected is not None and len(data) != expected:
-        raise DatasetError(damaged(path, f"{len(data)} images where the official file has {expected}"))
+        raise DatasetError(_damaged(path, f"{len(data)} images where the official file has {expected}"))
     return data, labels.astype(np.int64)
 
 
@@ -236,7 +244,8 @@ def read_cifar(root: str, layout: CifarLayout, download: bool) -> Tuple[ImageSou
     meta = _read_pickle(meta_path)
     names = meta.get(layout.names_key)
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise DatasetError(f"{meta_path} lacks the class-name list '{layout.names_key}' (damaged, or not CIFAR's meta file)")
+        raise DatasetError(f"{meta_path} lacks the class-name list '{layout.names_key}' (damaged, or not "
+                           "CIFAR's meta file)")
     train = _read_batches(root, layout, layout.train_files, len(names))
     test = _read_batches(root, layout, (layout.test_file,), len(names))
     return train, test, list(names)

@@ -161,7 +161,8 @@ def test_planted_checkpoint_at_every_entry_is_one_line_and_runs_nothing(cifar10_
               "-b", "16", "--workers", "0", "--progress", "False", "--download", "False"]
     out_dir, root_log = tmp_path / "run", tmp_path / "logs"
     for argv in (["test.py", "--path", path],
-                 ["scripts/gen_pseudolabels.py", "--path", path, "--pool", "leftover", "--out", str(tmp_path / "p.npz")],
+                 ["scripts/gen_pseudolabels.py", "--path", path, "--pool", "leftover",
+                  "--out", str(tmp_path / "p.npz")],
                  ["main.py", *common, "--method", "ce", "--pretrained_model", path, "--out_dir", str(out_dir)],
                  ["main.py", *common, "--method", "ce", "--resume", path, "--root_log", str(root_log)],
                  ["train_LCSL.py", *common, "--resume", path, "--root_log", str(root_log)]):
@@ -232,7 +233,8 @@ def test_folder_that_is_a_file_is_named(tmp_path):
 def test_temporary_names_are_recognised(tmp_path, monkeypatch):
     seen = []
     original = torch.save
-    monkeypatch.setattr(torch, "save", lambda obj, stream: (seen.extend(os.listdir(tmp_path)), original(obj, stream)))
+    monkeypatch.setattr(torch, "save",
+                        lambda obj, stream: (seen.extend(os.listdir(tmp_path)), original(obj, stream)))
     save_atomic({"epoch": 1}, str(tmp_path / "last.pth"))
     assert len(seen) == 1 and is_temporary_checkpoint(seen[0]) and not is_temporary_checkpoint("last.pth")
 
@@ -339,6 +341,8 @@ def test_official_batch_with_the_wrong_image_count_is_damaged(cifar10_root):
     ({"data": np.zeros((8, 3072), np.uint8), "labels": [0] * 7}, "8 pixel rows but 'labels'"),
     ({"data": np.zeros((8, 3072), np.uint8), "labels": [0] * 7 + [10]}, "labels must lie in 0..9"),
     ({"data": np.zeros((8, 3072), np.uint8), "labels": [0] * 8, "filenames": ["a"]}, "1 file names"),
+    ({"data": np.zeros((8, 3072), np.uint8), "labels": [0] * 8, "filenames": 3}, "int file names"),
+    ({"data": np.zeros((8, 3072), np.uint8), "labels": ["a"] * 8}, "'labels' holds <U1"),
     ([1, 2, 3], "holds a list"),
 ])
 def test_what_was_read_is_checked(cifar10_root, entry, fragment):
