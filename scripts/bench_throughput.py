@@ -234,7 +234,7 @@ def papers_pipeline(args, method: str, source: ImageSource, device: torch.device
     return Pipeline("papers", method, endless(lambda: iter(loader)), prepare, device, "none", False)
 
 
-def fast_pipeline(args, method: str, source: ImageSource, device: torch.device) -> Pipeline:
+def fast_pipeline(args, method: str, source: ImageSource, device: torch.device, mode: Optional[str]) -> Pipeline:
     recipes = METHOD_SETUPS[method].recipes
     transform = build_tensor_views(list(recipes), "cifar", 32)
     loader = DeviceLoader(source, transform, args.batch_size, device=device, seed=0, drop_last=True)
@@ -247,8 +247,8 @@ def fast_pipeline(args, method: str, source: ImageSource, device: torch.device) 
 
     amp = resolve_amp(args.amp, device)
     pipeline = Pipeline("fast", method, endless(next_epoch), inputs, device, amp, True)
-    if args.compile:
-        pipeline.method.wrap(torch.compile, lambda net: net)
+    if mode is not None:
+        pipeline.method.wrap(lambda net: torch.compile(net, mode=mode), lambda net: net)
     return pipeline
 
 
@@ -269,6 +269,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for both pipelines (default: torch's choice)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path's network")
+    parser.add_argument("--compile_mode", default=None, choices=["default", "reduce-overhead", "max-autotune"],
+                        help="torch.compile mode of the fast path (implies --compile); reduce-overhead captures "
+                             "the network's forward and backward in CUDA graphs (on CUDA only)")
     parser.add_argument("--queue_fill_steps", type=int, default=None,
                         help="bccl: untimed steps at most that fill the class queues before timing "
                              "(default: until full, at most twice the steps balanced batches need)")
@@ -276,15 +279,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def describe(pipeline: Pipeline, compiled: bool) -> str:
+def compile_mode(args: argparse.Namespace, device: torch.device) -> Optional[str]:
+    """The torch.compile mode of the fast path, or None when it runs eagerly."""
+    if args.compile_mode is None:
+        return "default" if args.compile else None
+    if args.compile_mode == "reduce-overhead" and device.type != "cuda":
+        # CUDA graphs exist on CUDA only; inductor would silently compile as 'default' here.
+        print("note: --compile_mode reduce-overhead captures CUDA graphs, which the CPU has not: "
+              "compiling with mode 'default'")
+        return "default"
+    return args.compile_mode
+
+
+def describe(pipeline: Pipeline, mode: Optional[str]) -> str:
     precision = "fp32" if pipeline.amp == "none" else pipeline.amp
-    layout = "NCHW" if pipeline.label == "papers" else "channels_last" + (", compiled" if compiled else "")
+    compiled = "" if mode is None else ", compiled" + ("" if mode == "default" else f" ({mode})")
+    layout = "NCHW" if pipeline.label == "papers" else "channels_last" + compiled
     return f"{pipeline.label} ({precision}, {layout})"
 
 
-def bench_method(args, name: str, source: ImageSource, device: torch.device) -> Dict[str, Any]:
-    """Times one method's phases in both pipelines; prints and returns the numbers."""
-    pipelines = [papers_pipeline(args, name, source, device), fast_pipeline(args, name, source, device)]
+def bench_method(args, name: str, source: ImageSource, device: torch.device, mode: Optional[str]) -> Dict[str, Any]:
+    """Times one method's phases in both pipelines (`mode`: the fast path's torch.compile mode);
+    prints and returns the numbers."""
+    pipelines = [papers_pipeline(args, name, source, device), fast_pipeline(args, name, source, device, mode)]
     print(f"== {name}")
     for pipeline in pipelines:
         note = pipeline.enter_steady_state(args.batch_size, args.queue_fill_steps)
@@ -303,7 +320,7 @@ def bench_method(args, name: str, source: ImageSource, device: torch.device) -> 
         numbers: Dict[str, Any] = {"epoch": phase.epoch + 1}
         for pipeline in pipelines:
             epoch = CIFAR_LT_R100_IMAGES / pipeline.rate
-            print(f"{describe(pipeline, args.compile):40s} {pipeline.rate:8.1f} images/s, {pipeline.images} images "
+            print(f"{describe(pipeline, mode):40s} {pipeline.rate:8.1f} images/s, {pipeline.images} images "
                   f"in {pipeline.seconds:.1f} s; CIFAR-10-LT r100 epoch {epoch:.1f} s")
             numbers[pipeline.label] = {"images_per_s": pipeline.rate, "epoch_s": epoch, "images": pipeline.images,
                                        "state": pipeline.state()}
@@ -340,11 +357,12 @@ def main(args: argparse.Namespace) -> float:
     print(f"device: {name}; methods {', '.join(methods)}; batch {args.batch_size}; {len(source)} images; "
           f"papers' DataLoader workers: {args.workers}; {args.seconds:g} s per pipeline and phase in "
           f"{args.rounds} slices")
-    results = {method: bench_method(args, method, source, device) for method in methods}
+    mode = compile_mode(args, device)
+    results = {method: bench_method(args, method, source, device, mode) for method in methods}
     if args.json:
         with open(args.json, "w", encoding="utf-8") as stream:
             json.dump({"device": name, "batch_size": args.batch_size, "seconds": args.seconds,
-                       "amp": resolve_amp(args.amp, device), "compile": args.compile, "methods": results},
+                       "amp": resolve_amp(args.amp, device), "compile_mode": mode, "methods": results},
                       stream, indent=2)
     return results[methods[-1]]["speedup"]
 

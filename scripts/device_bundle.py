@@ -366,23 +366,26 @@ def summary(args: argparse.Namespace) -> None:
         for s in steps)]
     tests = test_counts(out)
     result["cuda_tests"] = tests
-    state = "" if tests["finished"] else " (stopped by its time limit; counted from the log)"
+    state = "" if tests["finished"] else " (no JUnit file: stopped by its time limit or not run; counted from the log)"
     lines.append(f"CUDA tests: {tests['passed']} passed, {tests['failed']} failed, {tests['errors']} errors, "
                  f"{tests['skipped']} skipped{state}  [cuda_tests.log]")
-    bench_path = os.path.join(out, "bench.json")
-    if os.path.isfile(bench_path):
+    for name in ("bench", "bench_compiled"):
+        bench_path = os.path.join(out, f"{name}.json")
+        if not os.path.isfile(bench_path):
+            if name == "bench":
+                lines.append("bench_throughput: no result  [bench.log]")
+            continue
         with open(bench_path, encoding="utf-8") as stream:
             bench = json.load(stream)
-        result["bench"] = bench
-        lines.append(f"bench_throughput ({bench['device']}, batch {bench['batch_size']}, fast path {bench['amp']}; "
-                     "images/s, papers -> fast):")
+        result[name] = bench
+        compiled = f", compiled ({bench['compile_mode']})" if bench.get("compile_mode") else ""
+        lines.append(f"bench_throughput ({bench['device']}, batch {bench['batch_size']}, fast path {bench['amp']}"
+                     f"{compiled}; images/s, papers -> fast):")
         for method, numbers in bench["methods"].items():
             phases = "; ".join(f"{phase} {p['papers']['images_per_s']:.0f} -> {p['fast']['images_per_s']:.0f} "
                                f"({p['speedup']:.2f}x)" for phase, p in numbers["phases"].items())
             lines.append(f"  {method}: {phases}; 200 epochs {numbers['run_200_epochs_s']['fast'] / 60:.1f} min "
                          f"(papers {numbers['run_200_epochs_s']['papers'] / 60:.1f}), speedup {numbers['speedup']:.2f}")
-    else:
-        lines.append("bench_throughput: no result  [bench.log]")
     run = os.path.join(out, "ce_run")
     results_path = os.path.join(run, "results.json")
     if os.path.isfile(results_path):

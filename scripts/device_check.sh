@@ -16,7 +16,8 @@
 # CPU with a tiny budget and the bundled sample data, without .device/. Exit status 0 when every
 # step finished and no test failed.
 # Knobs: BUDGET_S (whole check, default 470), TESTS_TIMEOUT_S (180), BENCH_SECONDS (per pipeline
-# and phase, 6), PYTHON (default: python3, else python).
+# and phase, 6), PYTHON (default: python3, else python), COMPILE_MODE (e.g. reduce-overhead: also
+# times CE's fast path compiled in that mode, bench_compiled.json; costs the compilation time).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -88,6 +89,11 @@ step cuda_tests "$TESTS_TIMEOUT_S" "$PY" -m pytest tests/test_cuda.py -m cuda -r
 
 step bench 200 "$PY" scripts/bench_throughput.py --device "$DEVICE" --method ce bccl lcsl "${BENCH[@]}" \
   --json "$OUT/bench.json" || status=1
+
+if [[ -n "${COMPILE_MODE:-}" ]]; then
+  step bench_compiled 240 "$PY" scripts/bench_throughput.py --device "$DEVICE" --method ce "${BENCH[@]}" \
+    --compile_mode "$COMPILE_MODE" --json "$OUT/bench_compiled.json" || status=1
+fi
 
 # The fair-comparison recipe (scripts/fair_comparison_cifar.sh), CE row, seed 0.
 overwrite=()

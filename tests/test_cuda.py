@@ -348,10 +348,18 @@ class _Flat(nn.Module):
 
 
 class _Quiet:
+    """The run logger's interface, writing nothing."""
+
     def info(self, *args):
         pass
 
     def scalars(self, *args):
+        pass
+
+    def per_class(self, *args):
+        pass
+
+    def forget_per_class_after(self, *args):
         pass
 
 
