@@ -171,6 +171,7 @@ def test_engine_steps_in_mixed_precision(amp, cifar10_root, tmp_path):
         pytest.skip("this GPU has no bf16")
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     method = build_on("erm", "cuda")
+    method.on_epoch_start(0)
     views, targets = batch("cuda")
     with autocast_context(torch.device("cuda"), amp):
         assert method.training_step(views[0], targets, 0)["logits"].dtype == dtype
