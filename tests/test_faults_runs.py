@@ -242,6 +242,23 @@ def test_ddp_rank_0_claims_the_folder_and_a_refusal_stops_every_rank(cifar10_roo
     assert log_of(run).count("run folder:") == 1 and os.path.isfile(os.path.join(run, "results.json"))
 
 
+def test_lcsl_resume_auto_skips_its_finished_run_report_included(cifar10_root, tmp_path, capsys):
+    import train_LCSL as lcsl_script
+
+    run = str(tmp_path / "lcsl")
+    args = lcsl_script.get_args_parser().parse_args(
+        ["--dataset", "cifar10", "--data_root", cifar10_root.root, "--download", "False", "--imb_factor", "0.1",
+         "--epochs", "1", "--limit_batches", "2", "--batch_size", "16", "--val_per_class", "2", "--workers", "0",
+         "--progress", "False", "--amp", "none", "--out_dir", run, "--resume", "auto"])
+    assert run_guarded("train_LCSL.py", lambda: lcsl_script.main(args)) == 0
+    assert "selected_report" in json.load(open(os.path.join(run, "results.json")))
+    before = snapshot(run)
+    capsys.readouterr()
+    assert run_guarded("train_LCSL.py", lambda: lcsl_script.main(args)) == 0
+    out = capsys.readouterr().out
+    assert "finished run" in out and "LCSL final report" not in out and snapshot(run) == before
+
+
 # ---- a diverged run keeps only good checkpoints ---------------------------------------------------
 def poison_after_epoch(monkeypatch, bad_epoch):
     """NaN in one BatchNorm buffer at the end of training epoch `bad_epoch` (1-based): the loss of
