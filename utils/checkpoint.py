@@ -175,7 +175,7 @@ def _refused_type(error: BaseException) -> Optional[str]:
     # torch's message: a paragraph of advice, then the reason, then a pointer to the docs.
     reasons = [line.strip() for line in message.splitlines()[1:]
                if line.strip() and not line.strip().startswith(("(", "Check the documentation"))]
-    return reasons[0].replace("WeightsUnpickler error: ", "") if reasons else "a type weights_only does not allow"
+    return reasons[0].replace("WeightsUnpickler error: ", "") if reasons else "a type outside the safe list"
 
 
 def read_torch_file(path: str, what: str = "checkpoint", trust: Optional[bool] = None) -> Any:
@@ -195,8 +195,9 @@ def read_torch_file(path: str, what: str = "checkpoint", trust: Optional[bool] =
         refused = _refused_type(error) if isinstance(error, pickle.UnpicklingError) else None
         if refused is not None:
             raise UnsafeCheckpointError(
-                f"{what} {path}: refused to load '{refused}', a type that can run code when loaded; if you "
-                f"trust this file, rerun with {TRUST_FLAG} (it executes code from the file)") from None
+                f"{what} {path}: refused to load '{refused}' (without {TRUST_FLAG} only tensors, plain "
+                f"containers and NumPy arrays load, as other types can run code when unpickled); if you "
+                f"trust this file, rerun with {TRUST_FLAG}, which executes code from the file") from None
         raise CheckpointError(f"cannot read {what} {path}: it is truncated or not a torch file "
                               f"({type(error).__name__})") from None
 
