@@ -209,6 +209,29 @@ def test_kill_and_resume_on_the_same_gpu(cifar10_root, tmp_path):
     assert a["records"]["last"]["top1"] == b["records"]["last"]["top1"]
 
 
+def run_entry(script: str, *args: str):
+    return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_bccl_and_lcsl_entry_scripts_on_cuda(cifar10_root, tmp_path):
+    common = ["--dataset", "cifar10", "--data_root", cifar10_root.root, "--download", "False", "--imb_factor", "0.1",
+              "--epochs", "2", "--limit_batches", "3", "--workers", "0", "--progress", "False", "--gpu", "0"]
+    # BCCL past a one-epoch warm-up: epoch 2 re-clusters the queues on the device at every step.
+    bccl = str(tmp_path / "bccl")
+    result = run_entry("main.py", "--method", "bccl", "-b", "16", "--warmup_epochs", "1", "--kmeans_every", "1",
+                       "--out_dir", bccl, *common)
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.load(open(os.path.join(bccl, "results.json")))
+    assert results["device"].startswith("cuda") and math.isfinite(results["last"]["nll"])
+    assert "centroid=" in open(os.path.join(bccl, "log.txt")).read()
+    # LCSL: the first evaluation makes the student the teacher, which labels epoch 2's batches.
+    lcsl = str(tmp_path / "lcsl")
+    result = run_entry("train_LCSL.py", "--batch_size", "16", "--select_on", "test", "--out_dir", lcsl, *common)
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.load(open(os.path.join(lcsl, "results.json")))
+    assert results["method/teacher_epoch"] >= 1 and math.isfinite(results["last"]["nll"])
+
+
 # ---- on-device augmentation and k-means against the CPU ----------------------------------------
 RECIPES = [(recipe, style, {}) for recipe in TENSOR_TRANSFORMS.names() for style in ("cifar", "imagenet")
            if (recipe, style) != ("autoaug", "imagenet")]
@@ -244,6 +267,26 @@ def test_tensor_recipe_on_cuda_matches_cpu(recipe, style, options):
         # such as Solarize's, further); a different draw would move most pixels a lot.
         assert float(difference.float().mean()) < 0.5, float(difference.float().mean())
         assert float((difference > 1).float().mean()) < 0.02
+
+
+def test_device_loader_on_cuda_yields_the_cpu_batches():
+    from datasets.augment.tensor import build_tensor_views
+    from datasets.device_loader import DeviceLoader
+
+    rng = np.random.default_rng(0)
+    source = ImageSource(rng.integers(0, 10, 70), array=rng.integers(0, 256, (70, 32, 32, 3), dtype=np.uint8))
+    batches = {}
+    for device in ("cpu", "cuda"):
+        # Crop, flip and cut-out are pure indexing, so the same draws give the same pixels.
+        loader = DeviceLoader(source, build_tensor_views(["cutout", "standard"], "cifar", 32), 16, device=device,
+                              seed=3)
+        loader.set_epoch(2)
+        batches[device] = [(tuple(v.cpu() for v in views), targets.cpu(), indices)
+                           for views, targets, indices in loader]
+    assert len(batches["cuda"]) == len(batches["cpu"]) == 5
+    for (views, targets, indices), (cpu_views, cpu_targets, cpu_indices) in zip(batches["cuda"], batches["cpu"]):
+        assert torch.equal(indices, cpu_indices) and torch.equal(targets, cpu_targets)
+        assert all(torch.equal(a, b) for a, b in zip(views, cpu_views))
 
 
 def clustered_points(classes: int = 6, points: int = 40, dim: int = 8, clusters: int = 4):
