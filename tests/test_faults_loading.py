@@ -3,6 +3,7 @@ checkpoints must not run code, damaged CIFAR pickles are named as damaged, the t
 foreign checkpoints load without --trust_checkpoint, and a failed checkpoint write keeps the
 previous checkpoint."""
 import errno
+import importlib.util
 import os
 import pickle
 import random
@@ -20,6 +21,7 @@ from models import build_model
 from utils.checkpoint import (CheckpointError, UnsafeCheckpointError, build_payload, capture_rng_state,
                               is_temporary_checkpoint, load_checkpoint, read_torch_file, restore_rng_state,
                               save_atomic)
+from utils.cli import run_guarded
 from utils.pretrained import read_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -154,32 +156,59 @@ def test_planted_checkpoint_is_refused_without_running_it(tmp_path):
     assert marker.exists()
 
 
-def test_planted_checkpoint_at_every_entry_is_one_line_and_runs_nothing(cifar10_root, tmp_path):
+def entry_scripts():
+    """The four entries that read checkpoints, imported as modules (not run as subprocesses)."""
+    import main as main_script
+    import test as test_script
+    import train_LCSL as lcsl_script
+
+    spec = importlib.util.spec_from_file_location("gen_pseudolabels",
+                                                  os.path.join(ROOT, "scripts", "gen_pseudolabels.py"))
+    gen_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen_script)
+    return {"main.py": main_script, "train_LCSL.py": lcsl_script, "test.py": test_script,
+            "gen_pseudolabels.py": gen_script}
+
+
+def test_planted_checkpoint_at_every_entry_is_one_line_and_runs_nothing(cifar10_root, tmp_path, capsys):
     marker, path = tmp_path / "marker", str(tmp_path / "evil.pth")
     torch.save({"state_dict": {}, "x": Planted(marker)}, path)
     common = ["--dataset", "cifar10", "--data_root", cifar10_root.root, "--imb_factor", "0.1", "--epochs", "1",
               "-b", "16", "--workers", "0", "--progress", "False", "--download", "False"]
     out_dir, root_log = tmp_path / "run", tmp_path / "logs"
-    for argv in (["test.py", "--path", path],
-                 ["scripts/gen_pseudolabels.py", "--path", path, "--pool", "leftover",
-                  "--out", str(tmp_path / "p.npz")],
-                 ["main.py", *common, "--method", "ce", "--pretrained_model", path, "--out_dir", str(out_dir)],
-                 ["main.py", *common, "--method", "ce", "--resume", path, "--root_log", str(root_log)],
-                 ["train_LCSL.py", *common, "--resume", path, "--root_log", str(root_log)]):
-        one_line_exit_2(run_script(*argv), path, "--trust_checkpoint")
-        assert not marker.exists(), argv
-        assert not out_dir.exists() and not root_log.exists(), argv  # refused before a run folder is made
+    scripts = entry_scripts()
+    for name, argv in (("test.py", ["--path", path]),
+                       ("gen_pseudolabels.py", ["--path", path, "--pool", "leftover",
+                                                "--out", str(tmp_path / "p.npz")]),
+                       ("main.py", [*common, "--method", "ce", "--pretrained_model", path,
+                                    "--out_dir", str(out_dir)]),
+                       ("main.py", [*common, "--method", "ce", "--resume", path, "--root_log", str(root_log)]),
+                       ("train_LCSL.py", [*common, "--resume", path, "--root_log", str(root_log)])):
+        script = scripts[name]
+        args = script.get_args_parser().parse_args(argv)
+        assert run_guarded(name, lambda: script.main(args)) == 2, name
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and path in error and "--trust_checkpoint" in error, (name, error)
+        assert not marker.exists(), name
+        assert not out_dir.exists() and not root_log.exists(), name  # refused before a run folder is made
+    # End to end once: one line on stderr, exit 2, nothing run.
+    one_line_exit_2(run_script("test.py", "--path", path), path, "--trust_checkpoint")
+    assert not marker.exists()
     # With the opt-in the file is unpickled (its code runs), then refused as not a checkpoint.
-    one_line_exit_2(run_script("test.py", "--path", path, "--trust_checkpoint"), "not an ltkit checkpoint")
-    assert marker.exists()
+    args = scripts["test.py"].get_args_parser().parse_args(["--path", path, "--trust_checkpoint"])
+    assert run_guarded("test.py", lambda: scripts["test.py"].main(args)) == 2
+    assert "not an ltkit checkpoint" in capsys.readouterr().err and marker.exists()
 
 
-@pytest.mark.parametrize("entry", ["main", "train_LCSL", "test", "scripts/gen_pseudolabels"])
-def test_every_checkpoint_entry_has_the_trust_flag(entry):
-    result = run_script(f"{entry}.py", "--help")
-    assert result.returncode == 0
-    text = " ".join(result.stdout.split())
+@pytest.mark.parametrize("name", ["main.py", "train_LCSL.py", "test.py", "gen_pseudolabels.py"])
+def test_every_checkpoint_entry_has_the_trust_flag(name):
+    parser = entry_scripts()[name].get_args_parser()
+    text = " ".join(parser.format_help().split())
     assert "--trust_checkpoint" in text and "EXECUTES code stored in the file" in text
+    required = {"test.py": ["--path", "x"],
+                "gen_pseudolabels.py": ["--path", "x", "--pool", "leftover", "--out", "x"]}
+    assert parser.parse_args([*required.get(name, []), "--trust_checkpoint"]).trust_checkpoint is True
+    assert parser.parse_args(required.get(name, [])).trust_checkpoint is False
 
 
 # ---- checkpoint writes --------------------------------------------------------------------------
@@ -391,7 +420,9 @@ def test_pickled_pseudo_label_files_are_not_unpickled(tmp_path):
     assert not marker.exists()
 
 
-def test_gen_pseudolabels_writes_npz_only(tmp_path):
-    result = run_script("scripts/gen_pseudolabels.py", "--path", str(tmp_path), "--pool", "leftover",
-                        "--out", str(tmp_path / "pseudo.pkl"))
-    one_line_exit_2(result, "--out", "pseudo.npz")
+def test_gen_pseudolabels_writes_npz_only(tmp_path, capsys):
+    script = entry_scripts()["gen_pseudolabels.py"]
+    args = script.get_args_parser().parse_args(["--path", str(tmp_path), "--pool", "leftover",
+                                                "--out", str(tmp_path / "pseudo.pkl")])
+    assert run_guarded("gen_pseudolabels.py", lambda: script.main(args)) == 2
+    assert "--out" in capsys.readouterr().err and not os.listdir(tmp_path)
