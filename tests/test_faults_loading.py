@@ -78,6 +78,23 @@ def test_own_checkpoint_round_trips_with_plain_weights_only(tmp_path):
     assert load_checkpoint(path)["path"] == path
 
 
+@pytest.mark.parametrize("method, recorded", [("ce", "erm"), ("ldam_drw", "erm"), ("bccl", "bccl"), ("moco", "moco")])
+def test_real_run_checkpoints_need_no_allow_list(cifar10_root, tmp_path, method, recorded):
+    """What a run writes (config, records, optimiser, scaler, method buffers, RNG) is plain."""
+    import main as main_script
+    from utils.runner import run_training
+
+    run = tmp_path / "run"
+    args = main_script.get_args_parser().parse_args([
+        "--dataset", "cifar10", "--data_root", cifar10_root.root, "--imb_factor", "0.1", "--method", method,
+        "--epochs", "1", "--limit_batches", "1", "-b", "16", "--workers", "0", "--progress", "False",
+        "--download", "False", "--out_dir", str(run)])
+    run_training(*main_script.build_config(args))
+    for name in ("last.pth", "best.pth"):
+        payload = torch.load(str(run / name), weights_only=True)  # no NumPy allow-list either
+        assert payload["method"] == recorded and payload["epoch"] == 1
+
+
 def test_checkpoint_of_earlier_versions_with_numpy_rng_state_still_loads(tmp_path):
     path = str(tmp_path / "last.pth")
     payload = tiny_payload()
