@@ -255,9 +255,10 @@ def load_pseudo_labels(path: str) -> Dict[str, Any]:
     entry = {**{name: None for name in OPTIONAL_ARRAYS}, **meta, **entry}
     if entry["paths"] is not None:
         entry["paths"] = [str(p) for p in entry["paths"]]
-    missing = [name for name in ("pseudo_labels", "confidences") if name not in entry]
+    missing = [name for name in ("pseudo_labels", "confidences", "num_classes", "dataset") if name not in entry]
     if missing:
-        raise DatasetError(f"{path}: the archive lacks {', '.join(missing)}; regenerate it")
+        raise DatasetError(f"{path}: the archive lacks {', '.join(missing)}; regenerate it with "
+                           "scripts/gen_pseudolabels.py")
     size = len(entry["pseudo_labels"])
     pixels = entry["images"] if entry["images"] is not None else entry["paths"]
     if pixels is None or len(pixels) != size or len(entry["confidences"]) != size or (
