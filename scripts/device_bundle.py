@@ -12,7 +12,7 @@
   downloaded with pip for Python 3.12 (``--wheels_from DIR`` copies them from a folder instead);
 * ``cifar10_lt_r100.npz``: CIFAR-10-LT at ratio 100 as the fair-comparison protocol cuts it
   (``--imb_factor 0.01 --imb_type exp --lt_selection shuffle --lt_seed 0 --val_per_class 20``):
-  the images of the long-tailed training set and of the validation split (12,606), the 10,000
+  the images of the long-tailed training set and of the validation split (12,586: the head class has no image left for validation), the 10,000
   test images, and the labels of all 50,000 training images. ``--source`` is a CIFAR-10 JPEG
   folder (``train.txt`` in the original order; its files are stored byte for byte) or a folder
   holding ``cifar-10-batches-py`` (pixels stored as lossless WebP).
