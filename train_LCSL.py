@@ -274,10 +274,7 @@ def train(args: argparse.Namespace) -> None:
     resume = resolve_resume(config, label, args.start_epoch)
     config = dataclasses.replace(config, run=dataclasses.replace(config.run, resume=resume))
 
-    def prepare(method, data, logger) -> None:  # fresh runs only: a resumed run passed the check
-        check_selection_split(config, data)
-
-    results = run_training(config, label, prepare_method=prepare)
+    results = run_training(config, label, check_data=check_selection_split)
     if "selected_report" in results:
         return  # --resume auto found this run finished, its report included
     # The same devices as training; the runner has already said when --gpu finds no CUDA.

@@ -289,6 +289,17 @@ def test_an_unbalanced_selection_split_is_refused():
     script.check_selection_split(script.build_config(parse("--select_on", "test"))[0], data)
 
 
+def test_an_unbalanced_selection_split_leaves_no_run_folder(tmp_path):
+    # On the sample (500 images a class, ratio 100) the leftovers hold 201 ... 495 images a class,
+    # so 400 per class cannot be balanced; the refusal must come before the folder is made.
+    run = tmp_path / "run"
+    args = parse("--dataset", "cifar10_sample", "--val_per_class", "400", "--epochs", "1",
+                 "--out_dir", str(run), "--progress", "False")
+    with pytest.raises(ConfigError, match="--val_per_class to"):
+        script.main(args)
+    assert not run.exists() and os.listdir(tmp_path) == []
+
+
 # ---- end to end -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_sample(tmp_path_factory):

@@ -218,10 +218,13 @@ def _finished_results(plan: RunPlan, ctx) -> Dict[str, Any]:
     return results
 
 
-def run_training(config: TrainConfig, label: str, prepare_method: Optional[Callable] = None) -> Dict[str, Any]:
+def run_training(config: TrainConfig, label: str, prepare_method: Optional[Callable] = None,
+                 check_data: Optional[Callable] = None) -> Dict[str, Any]:
     """Builds everything, trains, writes results.json, and returns the results dict.
 
-    `prepare_method(method, data, logger)` runs after construction (e.g. a pre-trained load).
+    `check_data(config, data)` runs once the data is built, before any file is written, so a
+    refusal leaves no run folder; `prepare_method(method, data, logger)` runs after construction
+    (e.g. a pre-trained load).
     """
     wall_start = time.time()
     label = run_label(config, label)
@@ -247,6 +250,8 @@ def run_training(config: TrainConfig, label: str, prepare_method: Optional[Calla
                     "scale": config.head_scale}
     config = resolve_selection(config, data)
     check_training_data(config, data, labeled_counts, ctx.world_size)  # before any file is written
+    if check_data is not None:
+        check_data(config, data)
     if config.run.out_dir:
         check_not_own_input(config, config.run.out_dir)
     plan: RunPlan = _on_main(ctx, lambda: plan_run_folder(config, label))
