@@ -90,6 +90,7 @@ def predict_pool(method, pool, info, args):
     from datasets.loaders import build_eval_loader
     from utils import dist
     from utils.engine import DeviceInputs, collect_logits
+    from utils.metrics import predicted_class
 
     ctx = dist.setup_devices(args.gpu)
     network = method.classifier().to(ctx.device).eval()
@@ -99,7 +100,9 @@ def predict_pool(method, pool, info, args):
     inputs = DeviceInputs(info["mean"], info["std"], ctx.device)
     with torch.no_grad():
         logits, _ = collect_logits(network, loader, inputs, ctx, args.amp)
-    confidences, labels = logits.softmax(dim=1).max(dim=1)
+    # The label is the class every reported accuracy predicts (ties to the lower index).
+    labels = predicted_class(logits)
+    confidences = logits.float().softmax(dim=1).gather(1, labels[:, None]).squeeze(1)
     return labels.numpy(), confidences.numpy()
 
 
