@@ -50,12 +50,12 @@ DEFAULT_ARCH = {"cifar10": "resnet32", "cifar100": "resnet32", "cifar10_sample":
 # Balanced validation images per class on CIFAR-style data, from the images the LT subset left.
 # The head class keeps all its images (none left), so it is absent from the split.
 DEFAULT_VAL_PER_CLASS = 20
-# --data_aug -> recipe per image style (ALGORITHMS.md 1.5): on CIFAR the reference gives every
+# --data_aug -> recipe per image style (docs/lcsl.md#augmentation): on CIFAR the reference gives every
 # value other than 'none' AutoAugment + Cutout, 'sim_aug' included.
 DATA_AUG = {"none": {"cifar": "standard", "imagenet": "standard"},
             "autoaug": {"cifar": "autoaug", "imagenet": "randaug"},
             "sim_aug": {"cifar": "autoaug", "imagenet": "simclr"}}
-# LCSL config.py / train_LCSL.py (ALGORITHMS.md 1.3): SGD, warm-up 10 then cosine.
+# LCSL config.py / train_LCSL.py (docs/lcsl.md#schedule-and-defaults): SGD, warm-up 10 then cosine.
 DEFAULTS = dict(lr=0.01, weight_decay=5e-3, epochs=300, warmup_epochs=10, cos=True, schedule=(),
                 lr_gamma=0.1, batch_size=64, seed=0)
 
@@ -111,7 +111,7 @@ def training_recipe(args: argparse.Namespace, style: str) -> Tuple[str, Dict[str
         recipe, options = args.aug[0], {}
     else:
         recipe = DATA_AUG[args.data_aug or "none"][style]
-        # LCSL's ImageNet sim_aug adds Gaussian blur to the SimCLR view (ALGORITHMS.md 1.5).
+        # LCSL's ImageNet sim_aug adds Gaussian blur to the SimCLR view (docs/lcsl.md#augmentation).
         options = {"blur": True} if recipe == "simclr" else {}
     for key in ("randaug_n", "randaug_m", "color_jitter"):
         value = getattr(args, key, None)

@@ -1,4 +1,4 @@
-"""CIFAR-10-LT and CIFAR-100-LT from the standard pickle files (ALGORITHMS.md 4.1).
+"""CIFAR-10-LT and CIFAR-100-LT from the standard pickle files (docs/data.md#long-tailed-cifar-counts).
 
 The pickles are read directly, without torchvision's md5 check, so re-encoded copies (whose
 md5 differs from the official files') load. Only missing files trigger a download, and the
@@ -260,7 +260,8 @@ def build_long_tail(
     mean: Tuple[float, float, float] = CIFAR_MEAN,
     std: Tuple[float, float, float] = CIFAR_STD,
 ) -> LongTailData:
-    """Cuts a balanced training set into the CIFAR-LT recipe (ALGORITHMS.md 4.1, 4.3).
+    """Cuts a balanced training set into the CIFAR-LT recipe (docs/data.md#long-tailed-cifar-counts;
+    the leftovers: docs/data.md#leftover-pool).
 
     n_max is the per-class size of the balanced file, len / C as in the reference code (5000 for
     CIFAR-10, 500 for CIFAR-100 and the bundled sample). ``val`` (when ``val_per_class`` > 0)

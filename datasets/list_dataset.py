@@ -1,6 +1,6 @@
 """File-list datasets: ImageNet-LT, iNaturalist 2018, Places-LT and any ``path label`` list.
 
-Each split file has one ``relative/path label`` line per image (ALGORITHMS.md 4.2); paths are
+Each split file has one ``relative/path label`` line per image (docs/data.md#split-lists); paths are
 relative to ``--data_root``. The lists are already long-tailed, so the CIFAR recipe flags
 (--imb_factor, --imb_type, --lt_selection) do not apply here. Images are opened lazily when a
 batch needs them; only the first image of each list is checked up front, so a wrong --data_root

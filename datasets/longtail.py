@@ -3,7 +3,7 @@
 Pure functions of labels, counts and seeds (NumPy only, no global state), shared by every
 CIFAR-style dataset so that CIFAR-10, CIFAR-100 and the bundled sample are cut the same way.
 The counts and the ``shuffle`` selection follow the LDAM-DRW recipe that BCCL and SS reuse; the
-``first`` selection is LCSL's (ALGORITHMS.md 1.7, 2.7, 4.1).
+``first`` selection is LCSL's (docs/data.md#image-selection).
 """
 from __future__ import annotations
 
@@ -84,8 +84,8 @@ def select_indices(
 def leftover_indices(targets: Sequence[int], used: Sequence[int]) -> np.ndarray:
     """Positions not in ``used``, in file order: the unlabeled pool of the semi-supervised setting.
 
-    On full CIFAR-10 at rho=100 the pool holds 0, 2003, 3204, ... images per class (ALGORITHMS.md
-    4.3): it is reverse-imbalanced and empty for the head class.
+    On full CIFAR-10 at rho=100 the pool holds 0, 2003, 3204, ... images per class
+    (docs/data.md#leftover-pool): it is reverse-imbalanced and empty for the head class.
     """
     keep = np.ones(len(targets), dtype=bool)
     keep[np.asarray(used, dtype=np.int64)] = False
@@ -127,7 +127,7 @@ def minority_classes(counts: Sequence[int]) -> List[int]:
 def unlabeled_class_counts(
     labeled_total: int, num_classes: int, imb_factor_unlabel: float, size_factor: int = 5
 ) -> List[int]:
-    """Per-class sizes of the unlabeled set D_U of Yang & Xu (2020), ALGORITHMS.md 3.2.
+    """Per-class sizes of the unlabeled set D_U of Yang & Xu (2020), docs/semi_self.md#unlabelled-set-sizes.
 
     D_U holds ``size_factor`` x |D_L| images: floor(total / C) * f_U^(c / (C - 1)) per class,
     truncated, then rescaled so the sum approaches the total and truncated again (as the SS code

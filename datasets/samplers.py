@@ -246,7 +246,7 @@ def effective_number(
     num_samples: Optional[int] = None,
 ) -> WeightedClassSampler:
     """Per-sample weight ``(1 - beta) / (1 - beta ** n_c)``: ``--train_rule Resample`` of Yang &
-    Xu 2020 (ALGORITHMS.md 3.4), with replacement, ``len(targets)`` draws by default."""
+    Xu 2020 (docs/baselines.md#re-sampling), with replacement, ``len(targets)`` draws by default."""
     weights = effective_number_class_weights(class_counts(targets, num_classes), beta)
     return _weighted(targets, weights, seed, rank, world_size, num_samples)
 
@@ -262,7 +262,8 @@ def class_aware(
     samples_per_class: int = 4,
     num_samples: Optional[int] = None,
 ) -> ClassAwareSampler:
-    """Round-robin over shuffled classes, ``samples_per_class`` positions per visit (cRT, 3.5)."""
+    """Round-robin over shuffled classes, ``samples_per_class`` positions per visit (cRT;
+    docs/baselines.md#re-sampling)."""
     class_counts(targets, num_classes)  # validates the labels against num_classes
     return ClassAwareSampler(targets, samples_per_class, num_samples, seed, rank, world_size)
 

@@ -1,5 +1,5 @@
 """Pseudo-labelled extra data for the semi-supervised setting of Yang & Xu, "Rethinking the Value
-of Labels for Improving Class-Imbalanced Learning" (NeurIPS 2020), Sec. 3 and ALGORITHMS.md 3.2.
+of Labels for Improving Class-Imbalanced Learning" (NeurIPS 2020), Sec. 3 and docs/semi_self.md#pseudo-labels.
 
 Three steps: a classifier trained on the labelled long-tailed set D_L labels an unlabelled *pool*
 (``scripts/gen_pseudolabels.py`` writes a pseudo-label file); ``add_pseudo_labeled`` then draws
@@ -85,7 +85,7 @@ class Pool:
 def leftover_pool(data: LongTailData) -> Pool:
     """The training images the long-tailed cut (and the validation split) left out, true labels kept.
 
-    On CIFAR-10 at rho = 100 that is 0, 2003, 3204, ... images per class (ALGORITHMS.md 4.3): the
+    On CIFAR-10 at rho = 100 that is 0, 2003, 3204, ... images per class (docs/data.md#leftover-pool): the
     pool is reverse-imbalanced and holds no head-class image, so a head-heavy D_U cannot be drawn.
     """
     if data.unlabeled is None or not len(data.unlabeled):
@@ -286,8 +286,8 @@ def select_per_class(labels: Sequence[int], wanted: Sequence[int], seed: int = 0
 
 def unlabeled_targets_by_rank(train_counts: Sequence[int], imb_factor_unlabel: float,
                               size_factor: float) -> List[int]:
-    """Wanted D_U images per class: ALGORITHMS.md 3.2's sizes, the largest going to the class
-    with the most labelled images (class 0 on CIFAR, digit 1 on SVHN-LT), and so on down."""
+    """Wanted D_U images per class (docs/semi_self.md#unlabelled-set-sizes), the largest going to
+    the class with the most labelled images (class 0 on CIFAR, digit 1 on SVHN-LT), and so on down."""
     if not size_factor > 0:
         raise DatasetError(f"--unlabel_size_factor must be positive, got {size_factor}")
     try:
@@ -341,7 +341,7 @@ def _append(train: ImageSource, entry: Dict[str, Any], chosen: np.ndarray, targe
 
 def add_pseudo_labeled(data: LongTailData, path: str, imb_factor_unlabel: float, size_factor: float = 5.0,
                        seed: int = 0, log: Callable[[str], None] = print) -> LongTailData:
-    """D_L plus the pseudo-labelled subset D_U of Yang & Xu (2020), ALGORITHMS.md 3.2.
+    """D_L plus the pseudo-labelled subset D_U of Yang & Xu (2020), docs/semi_self.md#pseudo-labels.
 
     |D_U| aims at ``size_factor`` x |D_L| with imbalance 1 / ``imb_factor_unlabel``. Images are
     chosen per class by the pool's reference labels (the pseudo labels when it has none) with a

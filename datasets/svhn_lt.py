@@ -1,5 +1,5 @@
 """SVHN-LT, the second benchmark of Yang & Xu, "Rethinking the Value of Labels for Improving
-Class-Imbalanced Learning" (NeurIPS 2020), ALGORITHMS.md 3.2, with SVHN's ``extra`` split as the
+Class-Imbalanced Learning" (NeurIPS 2020), docs/semi_self.md#svhn-lt, with SVHN's ``extra`` split as the
 unlabelled pool of the semi-supervised setting (``datasets.semi.svhn_extra_pool``).
 
 The long-tailed cut follows the reference ``dataset/imbalance_svhn.py``: n_max = 1000 images per

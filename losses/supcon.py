@@ -9,7 +9,8 @@ References:
 * Zhu et al., "Balanced Contrastive Learning for Long-Tailed Visual Recognition", CVPR 2022,
   Eq. 5-6 (class-averaging of the denominator).
 * BCCL ("Balanced Clustering Contrastive Learning for Long-Tailed Data Recognition"): the released
-  code's versions of both, as documented in ALGORITHMS.md 2.3 (b) and (c), reproduced here.
+  code's versions of both, reproduced here (docs/bccl.md#class-averaged-contrastive-loss and
+  docs/bccl.md#centroid-loss).
 
 Both are computed in float32 with autocast off: the SupCon logits z.z'/T reach 1/T ~ 14 and a
 log-sum-exp over a few hundred of them loses digits in half precision.
@@ -37,7 +38,7 @@ def _flatten_views(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def class_averaged_supcon(features: Tensor, labels: Tensor, temperature: float = 0.1) -> Tensor:
-    """BCCL's class-averaged supervised contrastive loss (ALGORITHMS.md 2.3 b).
+    """BCCL's class-averaged supervised contrastive loss (docs/bccl.md#class-averaged-contrastive-loss).
 
     For every anchor i among the M = V*N projections, with positives P(i) = {p != i : y_p = y_i}:
 
@@ -82,7 +83,7 @@ def class_averaged_supcon(features: Tensor, labels: Tensor, temperature: float =
 
 
 def centroid_loss(features: Tensor, labels: Tensor, centroids: Tensor) -> Tensor:
-    """BCCL's centroid loss against K k-means centroids per class (ALGORITHMS.md 2.3 c).
+    """BCCL's centroid loss against K k-means centroids per class (docs/bccl.md#centroid-loss).
 
     With s_{i,ck} = z_i . mu_{c,k} (no temperature, centroids not re-normalised) the released code
     evaluates -mean(log(exp(s * m) / exp(s * (1 - m)))) with m the own-class mask, which is

@@ -1,12 +1,14 @@
 """BCCL: "Balanced Clustering Contrastive Learning for Long-Tailed Data Recognition", as its
 released code does it (github.com/GGTINE/Balanced-Clustering-Contrastive-Learning-for-Long-Tailed-
-Data-Recognition; ALGORITHMS.md 2), with the bugs listed in ALGORITHMS.md 2.9 fixed.
+Data-Recognition; docs/bccl.md), with the bugs of docs/bccl.md#known-bugs-in-the-reference-code
+fixed.
 
 Two augmented views of every image go through one backbone. The cosine classifier is trained
 with logit-adjusted cross-entropy on view 1; a projection head gives unit-norm embeddings z that
 are trained with a class-averaged supervised contrastive loss and, after the warm-up, a centroid
 loss against K k-means centroids of every class, taken from per-class FIFO queues of recent z
-(ALGORITHMS.md 2.2-2.3; the BCCL README's command is ``main.py``'s default).
+(docs/bccl.md#model-and-heads to docs/bccl.md#total-loss; the BCCL README's command is
+``main.py``'s default).
 
     L = alpha * L_SCL + beta * L_CE                       for epochs e <  --warmup_epochs
     L = alpha * L_SCL + beta * L_CE + ceta * L_cen        for epochs e >= --warmup_epochs
@@ -17,8 +19,8 @@ and labels of all ranks are gathered before both contrastive losses and the queu
 every rank holds the same queues and computes the same centroids.
 
 The paper's abstract also claims an expansion of tail-class features based on class frequency;
-the released code has no such term (ALGORITHMS.md 2.3 f), and neither has this module: the only
-frequency-dependent part is the logit adjustment of the CE.
+the released code has no such term (docs/bccl.md#the-claimed-frequency-based-expansion), and
+neither has this module: the only frequency-dependent part is the logit adjustment of the CE.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ REFRESH_MODES = ("step", "epoch")
 QUEUE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # BCCL's NormedLinear init: uniform(-1, 1) class vectors clipped to norm 5 (model/resnet.py, line 15).
 HEAD_INIT_MAX_NORM = 5.0
-CIFAR_HIDDEN = 512  # the "cifar" projection head widens ResNet-32's 64-d features (ALGORITHMS.md 2.2)
+CIFAR_HIDDEN = 512  # the "cifar" projection head widens ResNet-32's 64-d features (docs/bccl.md#model-and-heads)
 # k-means runs on at most this many queued numbers at once (C x Q x D split over classes), which
 # bounds its float32 temporaries on ImageNet-LT / iNaturalist (1000-8142 classes, D = 2048).
 KMEANS_CHUNK_ELEMENTS = 1 << 25
@@ -80,7 +82,8 @@ class TwoViewNetwork(nn.Module):
 
 
 class ClassQueues(nn.Module):
-    """One FIFO ring buffer of the ``size`` most recent embeddings per class (ALGORITHMS.md 2.3 c).
+    """One FIFO ring buffer of the ``size`` most recent embeddings per class
+    (docs/bccl.md#queues-and-k-means-refresh).
 
     The class of an entry is its row, so features and labels cannot drift apart; ``entries()``
     returns them flattened with labels, oldest first.
@@ -246,7 +249,7 @@ class BCCL(Method):
 
 
 # ---- command line ------------------------------------------------------------------------------
-# --cl_views -> (view 1, view 2) recipes for CIFAR-style and ImageNet-style images (ALGORITHMS.md 2.6).
+# --cl_views -> (view 1, view 2) recipes for CIFAR-style and ImageNet-style images (docs/bccl.md#views).
 VIEWS = {
     "sim-sim": {"cifar": ("autoaug", "simclr"), "imagenet": ("simclr", "simclr")},
     "sim-rand": {"cifar": ("randaug", "simclr"), "imagenet": ("randaug", "simclr")},
@@ -254,7 +257,7 @@ VIEWS = {
 }
 # RandAugment of the rand views: BCL's n = 2 (BCCL's test.py agrees; its myparser.py says 20).
 RANDAUG_DEFAULTS = {"randaug_n": 2, "randaug_m": 10}
-# The BCCL recipe (ALGORITHMS.md 2.4-2.5); the step schedule applies only with --cos False.
+# The BCCL recipe (docs/bccl.md#schedule-and-defaults); the step schedule applies only with --cos False.
 DEFAULTS = dict(lr=0.15, weight_decay=5e-4, epochs=200, warmup_epochs=10, cos=True, schedule=(160, 180),
                 lr_gamma=0.1, batch_size=128, aug=VIEWS["sim-sim"]["cifar"], seed=42)
 HEAD_SCALE = 1 / 0.03  # NormedLinear logits = cos / 0.03 in BCCL

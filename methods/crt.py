@@ -1,6 +1,6 @@
 """Classifier re-training (cRT) of Kang et al., "Decoupling Representation and Classifier for
 Long-Tailed Recognition" (ICLR 2020), Sec. 4, as used in the ImageNet-LT / iNaturalist tables of
-Yang & Xu (NeurIPS 2020) (ALGORITHMS.md 3.5, configs ``cls_crt.yaml``).
+Yang & Xu (NeurIPS 2020) (configs ``cls_crt.yaml``; docs/baselines.md#classifier-re-training-crt).
 
 Stage 2 of decoupled training: the backbone of a finished run (or an SSP checkpoint) is loaded
 with ``--pretrained_model`` and frozen, the classifier is re-initialised and trained alone with

@@ -72,7 +72,7 @@ LOSS_TYPES = {"ce": "ce", "ldam": "ldam", "focal": "focal", "la": "logit_adjust"
               "logit_adjust": "logit_adjust", "balanced_softmax": "balanced_softmax", "bs": "balanced_softmax"}
 TRAIN_RULE_FLAGS = {"none": ("none", None), "resample": ("none", "effective_number"),
                     "reweight": ("reweight", None), "drw": ("drw", None)}
-# The LDAM-DRW / semi-self recipe (ALGORITHMS.md 3.4).
+# The LDAM-DRW / semi-self recipe (docs/baselines.md#the-ldam-drw-recipe).
 DEFAULTS = dict(lr=0.1, weight_decay=2e-4, epochs=200, warmup_epochs=5, cos=False, schedule=(160, 180),
                 lr_gamma=0.01, batch_size=128, aug=("standard",), seed=0)
 

@@ -1,5 +1,5 @@
 """LCSL: Long-tailed Classification via Self-Labeling (Vu, Phung, Wang and Mai, IEEE TCSVT 2024,
-doi:10.1109/TCSVT.2024.3421942), as its released code trains it (ALGORITHMS.md 1.2).
+doi:10.1109/TCSVT.2024.3421942), as its released code trains it (docs/lcsl.md#algorithm).
 
 Two networks of one architecture: the *student* S, trained by SGD, and the *teacher* T (the
 paper's "preceding network"), never trained by gradient. Every batch is mixed (mixup, lambda ~
@@ -65,7 +65,7 @@ def mix_images(images: Tensor, lam: Tensor, perm: Tensor) -> Tensor:
 
 def self_labels(teacher_logits: Tensor, tau: float, threshold: float,
                 minority: Tensor) -> Tuple[Tensor, Tensor]:
-    """The teacher's label for each image and whether it counts (ALGORITHMS.md 1.2, steps 2-3).
+    """The teacher's label for each image and whether it counts (docs/lcsl.md#teacher-labels).
 
     Args:
         teacher_logits: B x C (already averaged over the image and its flip).

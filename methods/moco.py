@@ -3,7 +3,7 @@
 
 He et al., "Momentum Contrast for Unsupervised Visual Representation Learning" (CVPR 2020) with
 the v2 changes of Chen et al. (arXiv:2003.04297): an MLP projection (d-d-128), temperature 0.2,
-the ``moco_v2`` augmentation and a cosine schedule (ALGORITHMS.md 3.3). InfoNCE, Eq. 1:
+the ``moco_v2`` augmentation and a cosine schedule (docs/semi_self.md#moco-pre-training). InfoNCE, Eq. 1:
     loss = -log exp(q.k+ / T) / (exp(q.k+ / T) + sum_{k- in queue} exp(q.k- / T)).
 
 The key encoder is a momentum copy of the query backbone + projection held as *buffers* (never

@@ -4,11 +4,12 @@ the pretext task of Gidaris et al., "Unsupervised Representation Learning by Pre
 Rotations" (ICLR 2018).
 
 Every image of a batch is turned by k x 90 degrees, k drawn from a shuffled balanced list of
-{0, 1, 2, 3} (ALGORITHMS.md 3.3), and a 4-way head learns k with cross-entropy. Labels never
-reach the backbone. To make the engine's per-epoch test numbers meaningful, the network's own
-class head is trained as an online linear probe on *detached* features of the upright images
-(a read-out, not a training signal for the backbone), and the rotation accuracy on the rotated
-evaluation images, the number the paper's code logs, is recorded as ``method/rotation_top1``.
+{0, 1, 2, 3} (docs/semi_self.md#rotation-pre-training), and a 4-way head learns k with
+cross-entropy. Labels never reach the backbone. To make the engine's per-epoch test numbers
+meaningful, the network's own class head is trained as an online linear probe on *detached*
+features of the upright images (a read-out, not a training signal for the backbone), and the
+rotation accuracy on the rotated evaluation images, the number the paper's code logs, is recorded
+as ``method/rotation_top1``.
 
 Stage 2: ``main.py --method ce --pretrained_model RUN`` loads this run's ``model.backbone``.
 """
@@ -132,7 +133,7 @@ def choose(args) -> MethodChoice:
     if args.use_norm or args.head_scale is not None:
         raise ConfigError("--method rotation trains linear heads: drop --use_norm / --head_scale "
                           "(give them to the stage-2 run that loads this backbone)")
-    # The paper's pretrain_rot.py trains with the supervised recipe (ALGORITHMS.md 3.3, 3.4).
+    # The paper's pretrain_rot.py trains with the supervised recipe (docs/baselines.md#the-ldam-drw-recipe).
     return MethodChoice("rotation", {}, "rotation", DEFAULTS)
 
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Standard baselines on ImageNet-LT and iNaturalist 2018 (ResNet-50), 90 epochs, cosine schedule,
-# the decoupling / semi-self stage-1 recipe (ALGORITHMS.md 3.3, 3.5: batch 128 on ImageNet-LT and
-# 100 on iNat, lr 0.2, wd 5e-4 (iNat 1e-4), no ColorJitter on iNat), so each baseline pairs with
-# its +SSP row of ss_ssp_imagenet_inat.sh. IMAGENET_ARCH=resnext50 gives the ResNeXt-50 rows
-# that LCSL and BCL compare against.
+# the decoupling / semi-self stage-1 recipe (docs/semi_self.md#stage-2-on-imagenet-lt-and-inaturalist:
+# batch 128 on ImageNet-LT and 100 on iNat, lr 0.2, wd 5e-4 (iNat 1e-4), no ColorJitter on iNat),
+# so each baseline pairs with its +SSP row of ss_ssp_imagenet_inat.sh. IMAGENET_ARCH=resnext50
+# gives the ResNeXt-50 rows that LCSL and BCL compare against.
 # Selection is on the validation list (ImageNet_LT_val.txt); iNat has none apart from its val list,
 # which is also its test set, so its best-epoch number is test-selected and labelled as such.
 #

@@ -4,7 +4,7 @@
 # (--lt_selection shuffle, seed 0). Its defaults are explicit here too: views sim-sim (AutoAugment
 # + Cutout, SimCLR), warm-up 10, alpha 1, beta 1, ceta 0.1, queue 100, 5 centroids, seed 42.
 #
-# The number after each row is the top-1 (%) of the BCCL README (ALGORITHMS.md 2.10). Those come
+# The number after each row is the top-1 (%) of the BCCL README (docs/bccl.md#reported-results). Those come
 # from the best epoch on the test set; compare them with results.json's "best_on_test", and
 # report "last" (last epoch) as the clean number.
 #

@@ -3,7 +3,7 @@
 # 100 epochs, temperature 0.07, lr 0.1, batch 128, 2048-d projections, fp16 autocast as the
 # reference trained. Both views are SimCLR views (--cl_views sim-sim on ImageNet-style data).
 #
-# No ImageNet-LT or iNaturalist number is in the BCCL repository (ALGORITHMS.md 2.10). For
+# No ImageNet-LT or iNaturalist number is in the BCCL repository (docs/bccl.md#reported-results). For
 # context, BCL (the code BCCL derives from) reports 57.2 top-1 on ImageNet-LT with ResNeXt-50,
 # 90 epochs, sim-sim. best.pth is chosen on ImageNet-LT's validation list (iNaturalist: its val
 # list, which is also its test set); every reported number is on the test list.

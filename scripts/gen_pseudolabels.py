@@ -1,5 +1,5 @@
 """Pseudo-label an unlabelled pool with a trained run (step 2 of the semi-supervised pipeline of
-Yang & Xu, NeurIPS 2020, ALGORITHMS.md 3.2).
+Yang & Xu, NeurIPS 2020, docs/semi_self.md#pseudo-labels).
 
     python scripts/gen_pseudolabels.py --path RUN --pool leftover --out pseudo.npz
     python scripts/gen_pseudolabels.py --path RUN --pool data/ti_80M_selected.pickle --out pseudo.npz

@@ -10,7 +10,7 @@
 # holds the selected model's test accuracy with and without flip TTA and with the tau-normalised
 # classifier (entries selected*; the paper's code prints the flip-TTA ones).
 #
-# Paper numbers (ALGORITHMS.md 1.11): only the abstract's are public, 85.8 (CIFAR-10-LT) and 54.4
+# Paper numbers (docs/lcsl.md#reported-results): only the abstract's are public, 85.8 (CIFAR-10-LT) and 54.4
 # (CIFAR-100-LT), both at ratio 100; the README does not say whether they are the flip-TTA or the
 # tau-normalised accuracy, nor which backbone (the paper names ResNet-32, the released code trains
 # the ResNet-34 that --arch resnet34_cifar builds). The per-ratio tables are not public: "n/a".

@@ -13,7 +13,7 @@
 # balanced); SELECT=test selects on the test set instead, as the paper's code does. results.json
 # names the rule.
 #
-# Paper number (ALGORITHMS.md 1.11): 56.2 top-1 on ImageNet-LT (README abstract; whether with flip
+# Paper number (docs/lcsl.md#reported-results): 56.2 top-1 on ImageNet-LT (README abstract; whether with flip
 # TTA or tau-normalisation is not stated, and the data augmentation used is not recorded).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -34,7 +34,7 @@ from utils.config import OneLineErrorParser, output_file  # noqa: E402  (torch-f
 
 # Top-1 accuracy (%) reported by the papers (their code selects on the test set), keyed by
 # (paper row, dataset, imbalance ratio). BCCL: its README; LCSL: its paper; semi-self: 100 - the
-# README's error rates (ALGORITHMS.md 3.9); the CE (ERM), focal and LDAM-DRW baselines: 100 - the
+# README's error rates (docs/semi_self.md#reported-results); the CE (ERM), focal and LDAM-DRW baselines: 100 - the
 # top-1 errors of Cao et al., NeurIPS 2019, Table 2 (long-tailed CIFAR, ratios 100 and 10), the
 # numbers the three papers' baseline rows descend from. ImageNet-LT's ratio is 1280 / 5,
 # iNaturalist's 1000 / 2.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Semi-supervised rows of Yang & Xu, "Rethinking the Value of Labels for Improving Class-Imbalanced
 # Learning" (NeurIPS 2020): CE + pseudo-labelled D_U, ResNet-32, rho = 50, |D_U| = 5 x |D_L|.
-# Paper numbers are top-1 ERROR (%) from the authors' README (ALGORITHMS.md 3.9).
+# Paper numbers are top-1 ERROR (%) from the authors' README (docs/semi_self.md#reported-results).
 #
 #   bash scripts/ss_semi_cifar.sh [extra main.py flags]        SEEDS="0 1 2" DATA=./data OUT=log/ss_semi
 #
@@ -20,7 +20,7 @@ SVHN_DATA=${SVHN_DATA:-$DATA/svhn}
 OUT=${OUT:-log/ss_semi}
 RHO_U_FACTORS=("1.0" "0.04" "0.02" "0.01")   # rho_U = 1, 25, 50, 100
 
-# Step 1: the supervised recipe of the reference train.py (ALGORITHMS.md 3.4).
+# Step 1: the supervised recipe of the reference train.py (docs/baselines.md#the-ldam-drw-recipe).
 base() {  # dataset data_root seed
   python main.py --dataset "$1" --data_root "$2" --imb_type exp --imb_factor 0.02 --lt_seed 0 \
     --arch resnet32 --loss_type CE --train_rule None --epochs 200 -b 128 --lr 0.1 --momentum 0.9 \

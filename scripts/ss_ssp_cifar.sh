@@ -2,7 +2,7 @@
 # Self-supervised pre-training (rotation) rows of Yang & Xu, "Rethinking the Value of Labels for
 # Improving Class-Imbalanced Learning" (NeurIPS 2020): ResNet-32, 200 epochs, CIFAR-10-LT and
 # CIFAR-100-LT at rho = 10 / 50 / 100. Paper numbers are top-1 ERROR (%) from the authors' README
-# (ALGORITHMS.md 3.9).
+# (docs/semi_self.md#reported-results).
 #
 #   bash scripts/ss_ssp_cifar.sh [extra main.py flags]        SEEDS="0 1 2" DATA=./data OUT=log/ss_ssp
 #

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # MoCo v2 self-supervised pre-training rows of Yang & Xu, "Rethinking the Value of Labels for
 # Improving Class-Imbalanced Learning" (NeurIPS 2020): ResNet-50 on ImageNet-LT and iNaturalist 2018.
-# Paper numbers are top-1 ERROR (%) from the authors' README (ALGORITHMS.md 3.9).
+# Paper numbers are top-1 ERROR (%) from the authors' README (docs/semi_self.md#reported-results).
 #
 #   LAUNCH="torchrun --nproc_per_node 4" IMAGENET=/data/imagenet INAT=/data/inat2018 \
 #   SPLITS_IMAGENET=./splits/ImageNet_LT SPLITS_INAT=./splits/iNaturalist18 \
@@ -10,8 +10,9 @@
 # Stage 1: MoCo v2 on the long-tailed training images (pretrain_moco.py: lr 0.015 for batch 128,
 # wd 1e-4, 200 epochs, cosine, K 65536, m 0.999, T 0.2, MLP head, moco_v2 views). Run it under
 # torchrun for shuffled BN across GPUs; on one GPU --moco_bn_splits stands in for the devices.
-# Stage 2 (ALGORITHMS.md 3.5): CE(Uniform) and CE(Balanced: class-aware sampling, 4 per class),
-# 90 epochs from the MoCo backbone; cRT re-trains the classifier of the CE(Uniform)+SSP run.
+# Stage 2 (docs/semi_self.md#stage-2-on-imagenet-lt-and-inaturalist): CE(Uniform) and
+# CE(Balanced: class-aware sampling, 4 per class), 90 epochs from the MoCo backbone; cRT re-trains
+# the classifier of the CE(Uniform)+SSP run.
 # Differences: the reference selected checkpoints on the val split; here results.json reports the
 # last epoch and labels every selection rule. iNat stage 2 and cRT use no ColorJitter, as the reference.
 set -euo pipefail

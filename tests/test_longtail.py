@@ -1,4 +1,5 @@
-"""Long-tail recipes against hand-computed values (ALGORITHMS.md 3.2, 4.1, 4.3) and properties."""
+"""Long-tail recipes against hand-computed values (docs/data.md#long-tailed-cifar-counts,
+docs/data.md#leftover-pool, docs/semi_self.md#unlabelled-set-sizes) and properties."""
 from __future__ import annotations
 
 import numpy as np

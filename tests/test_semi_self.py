@@ -227,7 +227,7 @@ def test_pretrained_load_strips_every_wrapper(tmp_path, case):
     path = str(tmp_path / "w.pth")
     if case == "plain_fc":
         torch.save({**weights, "fc.weight": torch.randn(4, 64), "fc.bias": torch.randn(4)}, path)
-    elif case == "module":  # the paper's DataParallel rotation checkpoint (ALGORITHMS.md 3.8 item 2)
+    elif case == "module":  # the paper's DataParallel checkpoint: docs/semi_self.md#loading-pre-trained-weights
         torch.save({"state_dict": prefixed({**weights, "linear.weight": torch.randn(4, 64)}, "module.")}, path)
     elif case == "orig_mod":
         torch.save(prefixed(weights, "_orig_mod."), path)

@@ -1,13 +1,13 @@
 """Batched k-means: the feature queues of all classes clustered at once, where the queues live.
 
-BCCL (ALGORITHMS.md 2.3 c, e) re-clusters each class's queue of recent projections into K
+BCCL (docs/bccl.md#queues-and-k-means-refresh) re-clusters each class's queue of recent projections into K
 centroids with Lloyd's algorithm (Lloyd 1982): random initial centroids drawn from the queue,
 Euclidean assignment, mean update, at most 100 iterations, stop once the squared centroid shift
 is <= 1e-4. The reference calls the ``kmeans-gpu`` package once per class from Python; here the
 class is a batch dimension, so one call does C problems with a few batched matrix products per
 iteration, and each class stops on its own tolerance as it would alone.
 
-Where this differs from ``kmeans-gpu`` (ALGORITHMS.md 2.9.6), on purpose:
+Where this differs from ``kmeans-gpu`` (docs/bccl.md#known-bugs-in-the-reference-code, item 6), on purpose:
 * an empty cluster is re-seeded at the point farthest from its current centroid (the j-th empty
   cluster of a class takes the j-th farthest point), never set to the zero vector;
 * a class with fewer valid points n than K is not clustered: its n points are the centroids and

@@ -18,7 +18,7 @@ The load must be complete: every backbone tensor must come from the file with it
 only tensors of the file left over must be classifier / projection ones (``fc``, ``linear``,
 ``head``, ``classifier``, ``projector``), so the network's only untouched parameters are exactly
 its classifier head. The paper's code loaded with ``strict=False`` and, on DataParallel keys,
-silently loaded nothing (ALGORITHMS.md 3.8 item 2); here that is an error.
+silently loaded nothing (docs/semi_self.md#loading-pre-trained-weights); here that is an error.
 """
 from __future__ import annotations
 

@@ -5,9 +5,9 @@ uint8 (``PILToTensor``): the training loop normalises on the device with the dat
 so no ``ToTensor``/``Normalize`` appears here. Random draws use the global ``random``/``torch``
 RNGs, which PyTorch reseeds in every DataLoader worker.
 
-Sources (see ALGORITHMS.md): LCSL ``data/dataset_cifar.py`` and ``data/dataset_LT.py`` (1.5),
-BCCL ``dataset/transform.py`` (2.6), the semi/self-supervised code's MoCo v2 and stage-2 recipes
-(3.3-3.5).
+Sources (docs/data.md#augmentation-policies): LCSL ``data/dataset_cifar.py`` and
+``data/dataset_LT.py``, BCCL ``dataset/transform.py``, the semi/self-supervised code's MoCo v2 and
+stage-2 recipes.
 """
 from __future__ import annotations
 
@@ -180,7 +180,7 @@ def randaug(style: str, image_size: int, *, randaug_n: int = 2, randaug_m: int =
 
 @TRANSFORMS.register("simclr")
 def simclr(style: str, image_size: int, *, blur: bool = False) -> Transform:
-    """BCCL's SimAug (ALGORITHMS.md 2.6), the SimCLR view (Chen et al. 2020) without blur.
+    """BCCL's SimAug (docs/bccl.md#views), the SimCLR view (Chen et al. 2020) without blur.
 
     RandomResizedCrop(scale 0.08-1) + flip + ColorJitter(0.4, 0.4, 0.4, 0.1) with p = 0.8 +
     grayscale with p = 0.2. BCCL has no blur in this view; ``blur=True`` adds SimCLR's Gaussian
@@ -200,7 +200,8 @@ def simclr(style: str, image_size: int, *, blur: bool = False) -> Transform:
 
 @TRANSFORMS.register("moco_v2")
 def moco_v2(style: str, image_size: int) -> Transform:
-    """MoCo v2's augmentation (Chen et al. 2020, arXiv:2003.04297), the SSP stage-1 views (3.3).
+    """MoCo v2's augmentation (Chen et al. 2020, arXiv:2003.04297), the SSP stage-1 views
+    (docs/semi_self.md#moco-pre-training).
 
     RandomResizedCrop(scale 0.2-1) + ColorJitter(0.4, 0.4, 0.4, 0.1) with p = 0.8 + grayscale with
     p = 0.2 + Gaussian blur (sigma 0.1-2) with p = 0.5 + flip; the blur kernel is about 10% of
