@@ -1,6 +1,6 @@
 """Builds the bundled CIFAR-10 sample from a CIFAR-10 JPEG folder.
 
-    python scripts/make_sample.py /work/shared/data/cifar10-jpeg sample_data/cifar10_sample
+    python scripts/make_sample.py PATH/cifar10-jpeg sample_data/cifar10_sample
 
 SRC must hold ``train.txt`` / ``test.txt`` (``relative/path label`` lines) and ``classes.txt``.
 The sample is BALANCED, so any long-tail recipe can be cut from it later: the first
