@@ -15,6 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# One OpenMP thread for the tests, the entry scripts they start and the DDP ranks they spawn (all
+# read this variable when torch loads, which happens after this file): the tensors here are tiny and
+# the test machines have two shared cores, where a second thread only waits for the first and
+# oversubscribed ranks run several times slower. A value set by the caller is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @dataclass
 class SyntheticCifar:
@@ -73,6 +79,25 @@ def write_cifar(
             _dump(os.path.join(folder, name), entry)
         _dump(os.path.join(folder, "meta"), {"fine_label_names": names, "coarse_label_names": names[::5]})
     return SyntheticCifar(root, train_rows, train_labels, test_labels, names)
+
+
+def run_ranks(worker, *args, world_size: int = 2) -> None:
+    """Runs ``worker(rank, world_size, port, *args)`` in ``world_size`` processes (a DDP group on a
+    free local port) and waits for all of them; an exception in a rank fails the caller.
+
+    The ranks are forked from the test process, which has imported torch and the toolkit already;
+    spawned ranks would import both again, seconds per rank on the test machines. Forking is safe
+    here: no process group exists in the parent, and with one OpenMP thread it holds no thread pool.
+    """
+    import socket
+
+    import torch.multiprocessing
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.multiprocessing.start_processes(worker, args=(world_size, port, *args), nprocs=world_size, join=True,
+                                          start_method="fork")
 
 
 @pytest.fixture

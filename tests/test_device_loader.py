@@ -119,10 +119,14 @@ def test_seeds_differ_across_seed_epoch_and_rank():
 
 def test_augmentation_thread_cap_is_restored():
     before = torch.get_num_threads()
-    loader = DeviceLoader(labelled_source(), build_tensor_transform("standard", "cifar", 8), batch_size=16)
-    for _ in loader:
-        assert torch.get_num_threads() == before  # capped only while the transform runs
-    assert loader.cpu_aug_threads == 1
+    torch.set_num_threads(2)  # the suite runs on one thread, where a cap of 1 would change nothing
+    try:
+        loader = DeviceLoader(labelled_source(), build_tensor_transform("standard", "cifar", 8), batch_size=16)
+        for _ in loader:
+            assert torch.get_num_threads() == 2  # capped only while the transform runs
+        assert loader.cpu_aug_threads == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_engine_normalises_device_batches():

@@ -2,7 +2,6 @@
 import copy
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import run_ranks
 from datasets.base import ImageSource, LongTailData
 from datasets.loaders import build_eval_loader, build_train_loader
 from datasets.augment import build_transform, build_views
@@ -222,10 +222,7 @@ def _ddp_worker(rank, world, port, out, with_val=False):
 
 def _spawn_two(worker, *args):
     """worker(rank, 2, port, *args) in two gloo processes on a free local port."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    torch.multiprocessing.spawn(worker, args=(2, port, *args), nprocs=2, join=True)
+    run_ranks(worker, *args, world_size=2)
 
 
 def _train_tiny_ddp(out, with_val=False):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -15,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_image_lists
+from conftest import run_ranks, write_image_lists
 from datasets import DataOptions, DatasetError, build_dataset
 from datasets.augment import build_transform
 from datasets.base import ImageSource, LongTailData
@@ -244,10 +243,7 @@ def _check_worker(rank, world, port, data, folder):
 def test_ddp_ranks_split_the_check_and_stop_together(tmp_path):
     # Entry 6 (position 5) falls in rank 1's share; rank 0 must stop with the same line.
     _, data = _bad_list_data(tmp_path)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    torch.multiprocessing.spawn(_check_worker, args=(2, port, data, str(tmp_path)), nprocs=2, join=True)
+    run_ranks(_check_worker, data, str(tmp_path))
     messages = [open(tmp_path / f"rank{rank}.txt").read() for rank in (0, 1)]
     assert messages[0] == messages[1] and data.test.paths[5] in messages[0] and "entry 6 of" in messages[0]
 

@@ -5,7 +5,6 @@ import glob
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 import main as main_script
+from conftest import run_ranks
 from methods.erm import ERM
 from utils import dist
 from utils.checkpoint import load_checkpoint
@@ -232,10 +232,7 @@ def _ddp_worker(rank, world, port, data_root, run, out):
 
 def test_ddp_rank_0_claims_the_folder_and_a_refusal_stops_every_rank(cifar10_root, tmp_path):
     run, out = str(tmp_path / "run"), str(tmp_path / "outcome")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, cifar10_root.root, run, out), nprocs=2, join=True)
+    run_ranks(_ddp_worker, cifar10_root.root, run, out)
     for rank in range(2):
         outcome = json.load(open(f"{out}.{rank}"))
         assert outcome["epoch"] == 1 and outcome["refused"].startswith(f"--out_dir {run} already holds a run")
