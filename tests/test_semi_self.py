@@ -9,7 +9,6 @@ import subprocess
 import sys
 import types
 import urllib.error
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -407,28 +406,31 @@ def test_svhn_download_goes_through_torchvision(tmp_path, monkeypatch):
 
 # ---- end to end --------------------------------------------------------------------------------------
 def run(*argv, expect=0):
-    # One thread per process: the two chains below run side by side.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, env=env)
+    """A real process, for the one entry script whose command line this module runs for real."""
+    result = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == expect, result.stdout[-2000:] + result.stderr[-2000:]
     return result.stdout + result.stderr
 
 
-def moco_chain(root, common):
-    run("main.py", "--method", "moco", *common, "--moco_k", "64", "--out_dir", str(root / "moco"))
-    return run("main.py", "--method", "crt", *common, "--pretrained_model", str(root / "moco"), "--out_dir",
-               str(root / "crt"))
+def train(capsys, *argv):
+    """main.py's own path (parse, build, train under its error guard) in this process, which has the
+    toolkit imported already; returns what the run printed. Real main.py processes run elsewhere
+    (test_engine, test_bccl, test_faults_*)."""
+    args = main_script.get_args_parser().parse_args(list(argv))
+    code = run_guarded("main.py", lambda: main_script.main(args))
+    printed = capsys.readouterr()
+    assert code == 0, printed.out[-2000:] + printed.err[-2000:]
+    return printed.out + printed.err
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """Tiny synthetic CIFAR-10; the MoCo -> cRT chain starts in the background at once."""
+    """Tiny synthetic CIFAR-10 and the flags every run below shares."""
     root = tmp_path_factory.mktemp("semi_self")
     write_cifar(str(root / "data"), 10, 40, 4)
     common = ["--dataset", "cifar10", "--data_root", str(root / "data"), "--download", "False", "--imb_factor",
               "0.1", "--epochs", "1", "--limit_batches", "2", "-b", "32", "--workers", "0", "--progress", "False"]
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        yield root, common, pool.submit(moco_chain, root, common)
+    return root, common
 
 
 def gen_script():
@@ -439,9 +441,9 @@ def gen_script():
 
 
 def test_rotation_then_ce_then_pseudo_labels_then_semi_supervised(smoke, capsys):
-    root, common, _ = smoke
-    run("main.py", "--method", "rotation", *common, "--out_dir", str(root / "rot"))
-    log = run("main.py", "--method", "ce", *common, "--pretrained_model", str(root / "rot"), "--out_dir", str(root / "ce"))
+    root, common = smoke
+    train(capsys, "--method", "rotation", *common, "--out_dir", str(root / "rot"))
+    log = train(capsys, "--method", "ce", *common, "--pretrained_model", str(root / "rot"), "--out_dir", str(root / "ce"))
     assert "pretrained: loaded 186 tensors" in log
     out = str(root / "pseudo.npz")
     run("scripts/gen_pseudolabels.py", "--path", str(root / "ce"), "--pool", "leftover", "--out", out, "--workers", "0")
@@ -454,15 +456,18 @@ def test_rotation_then_ce_then_pseudo_labels_then_semi_supervised(smoke, capsys)
         assert run_guarded("gen_pseudolabels.py", lambda: script.main(args)) == 2
         error = capsys.readouterr().err
         assert fragment in error and error.strip().count("\n") == 0
-    log = run("main.py", "--method", "ce", *common, "--unlabeled", out, "--out_dir", str(root / "semi"))
+    log = train(capsys, "--method", "ce", *common, "--unlabeled", out, "--out_dir", str(root / "semi"))
     assert "pseudo-labelled D_U" in log and "short in classes 0 (0 of" in log  # no head-class leftovers
     result = json.load(open(root / "semi" / "results.json"))  # rho_U defaults to rho (--imb_factor 0.1)
     assert (result["label"], result["imb_factor"], result["imb_factor_unlabel"]) == ("ce_semi", 0.1, 0.1)
 
 
-def test_moco_then_crt(smoke):
-    root, common, chain = smoke
-    assert "pretrained: loaded 186 tensors" in chain.result()
+def test_moco_then_crt(smoke, capsys):
+    root, common = smoke
+    train(capsys, "--method", "moco", *common, "--moco_k", "64", "--out_dir", str(root / "moco"))
+    log = train(capsys, "--method", "crt", *common, "--pretrained_model", str(root / "moco"), "--out_dir",
+                str(root / "crt"))
+    assert "pretrained: loaded 186 tensors" in log
     # cRT on a MoCo backbone is an SSP row; its results carry the label the tables group by.
     assert json.load(open(root / "crt" / "results.json"))["label"] == "crt_ssp"
     assert os.path.isfile(root / "crt" / "last.pth")
