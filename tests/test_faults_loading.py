@@ -200,7 +200,10 @@ def test_planted_checkpoint_at_every_entry_is_one_line_and_runs_nothing(cifar10_
                        ("main.py", [*common, "--method", "ce", "--pretrained_model", path,
                                     "--out_dir", str(out_dir)]),
                        ("main.py", [*common, "--method", "ce", "--resume", path, "--root_log", str(root_log)]),
-                       ("train_LCSL.py", [*common, "--resume", path, "--root_log", str(root_log)])):
+                       # Here LCSL's default 20 validation images per class would leave some classes
+                       # 10: train_LCSL.py refuses such a split before it reads the checkpoint.
+                       ("train_LCSL.py", [*common, "--resume", path, "--root_log", str(root_log),
+                                          "--val_per_class", "10"])):
         script = scripts[name]
         args = script.get_args_parser().parse_args(argv)
         assert run_guarded(name, lambda: script.main(args)) == 2, name
