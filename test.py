@@ -160,12 +160,14 @@ def plot_per_class(path: str, summary: Dict[str, Any], counts) -> None:
 def main(args: argparse.Namespace) -> None:
     from datasets.loaders import build_eval_loaders
     from losses.priors import posthoc_adjusted
-    from models.heads import tau_normalize_head
     from utils import dist
     from utils.checkpoint import load_checkpoint
     from utils.engine import DeviceInputs, evaluate
 
     payload = load_checkpoint(args.path, prefer=f"{args.which}.pth", trust=args.trust_checkpoint)
+    # The model code (torchvision with it, seconds) loads once the file is accepted as a checkpoint.
+    from models.heads import tau_normalize_head
+
     method = rebuild(payload)
     data, data_root = evaluation_set(payload, args.data_root, args.split)
     ctx = dist.setup_devices(args.gpu)

@@ -23,7 +23,6 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Sampler
 
-from datasets.augment import build_transform
 from datasets.base import DataOptions, DatasetError, ImageDataset, ImageSource, LongTailData
 
 
@@ -187,6 +186,10 @@ def build_eval_loaders(data: LongTailData, batch_per_rank: int, *, workers: int 
     `batch_per_rank` is the training batch per process; `batch_size` overrides the evaluation
     batch it implies (``eval_batch_size``).
     """
+    # Imported here: the augment package pulls in torchvision (seconds), which test.py would
+    # otherwise pay before it can refuse a bad checkpoint.
+    from datasets.augment import build_transform
+
     transform = None if data.style == "cifar" else build_transform("test", data.style, data.image_size)
     batch = batch_size or eval_batch_size(batch_per_rank, data.style)
     loaders = {}

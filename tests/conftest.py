@@ -100,6 +100,19 @@ def run_ranks(worker, *args, world_size: int = 2) -> None:
                                           start_method="fork")
 
 
+def run_entry(module, prog: str, argv: List[str], capsys) -> tuple:
+    """An entry script's own path (its parser, then ``main`` under ``run_guarded``, as its
+    ``__main__`` block does) inside the test process, which has the toolkit imported already:
+    returns (exit code, stdout, stderr). Each entry script keeps a real-process test elsewhere."""
+    from utils.cli import run_guarded
+
+    args = module.get_args_parser().parse_args(list(argv))
+    capsys.readouterr()
+    code = run_guarded(prog, lambda: module.main(args))
+    printed = capsys.readouterr()
+    return code, printed.out, printed.err
+
+
 @pytest.fixture
 def cifar10_root(tmp_path) -> SyntheticCifar:
     """CIFAR-10 layout, 40 training and 4 test images per class."""

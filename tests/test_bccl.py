@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 import main as main_script
+import test as test_script
+from conftest import run_entry
 from datasets.augment import build_views
 from losses import LOSSES
 from losses.supcon import centroid_loss, class_averaged_supcon
@@ -322,7 +324,7 @@ def test_contradictory_flags_are_config_errors(argv, fragment):
 
 
 # ---- end to end ---------------------------------------------------------------------------------------
-def test_paper_command_smoke_run_then_test_script(tmp_path):
+def test_paper_command_smoke_run_then_test_script(tmp_path, capsys):
     run = str(tmp_path / "run")
     extra = ["--epochs", "2", "--limit_batches", "3", "--dataset", "cifar10_sample", "--workers", "0",
              "--out_dir", run, "--progress", "False", "-b", "32", "--eval_interval", "2"]
@@ -333,9 +335,8 @@ def test_paper_command_smoke_run_then_test_script(tmp_path):
     assert results["method"] == "bccl" and results["last"]["epoch"] == 2
     assert 0.0 <= results["last"]["top1"] <= 100.0 and math.isfinite(results["last"]["nll"])
     summary_path = str(tmp_path / "eval.json")
-    result = subprocess.run([sys.executable, "test.py", "--path", run, "--workers", "0", "--json", summary_path],
-                            cwd=ROOT, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
+    code, _, err = run_entry(test_script, "test.py", ["--path", run, "--workers", "0", "--json", summary_path], capsys)
+    assert code == 0, err[-2000:]
     summary = json.load(open(summary_path))
     assert summary["epoch"] == 2 and summary["top1"] == pytest.approx(results["last"]["top1"])
 

@@ -13,7 +13,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+import test as test_script
 import train_LCSL as script
+from conftest import run_entry
 from datasets.base import ImageSource, LongTailData
 from methods import build_method
 from methods.lcsl import flip_averaged_logits, lcsl_loss, mix_images, self_labels
@@ -333,7 +335,7 @@ def smoke_run(small_sample, tmp_path_factory):
     return run, run_script("train_LCSL.py", *smoke_args(small_sample, run))
 
 
-def test_readme_command_end_to_end_then_test_script(smoke_run, tmp_path):
+def test_readme_command_end_to_end_then_test_script(smoke_run, tmp_path, capsys):
     run, result = smoke_run
     assert result.returncode == 0, result.stderr[-2000:]
     assert "LCSL final report" in result.stdout and "selected_tau_norm1.9_flip_tta" in result.stdout
@@ -356,8 +358,8 @@ def test_readme_command_end_to_end_then_test_script(smoke_run, tmp_path):
     assert len(rows) == 9 and rows[1][2:] == ["0"] * 10  # epoch 1: the random teacher gives no label
 
     out_json = str(tmp_path / "best.json")
-    result = run_script("test.py", "--path", run, "--which", "best", "--json", out_json)
-    assert result.returncode == 0, result.stderr[-2000:]
+    code, _, err = run_entry(test_script, "test.py", ["--path", run, "--which", "best", "--json", out_json], capsys)
+    assert code == 0, err[-2000:]
     assert json.load(open(out_json))["top1"] == pytest.approx(results["selected"]["top1"])
 
 

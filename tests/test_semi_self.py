@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import main as main_script
-from conftest import write_cifar
+from conftest import run_entry, write_cifar
 from datasets import DATASETS, DataOptions, DatasetError, ImageSource, LongTailData
 from datasets import semi
 from datasets.longtail import class_counts
@@ -405,22 +405,12 @@ def test_svhn_download_goes_through_torchvision(tmp_path, monkeypatch):
 
 
 # ---- end to end --------------------------------------------------------------------------------------
-def run(*argv, expect=0):
-    """A real process, for the one entry script whose command line this module runs for real."""
-    result = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == expect, result.stdout[-2000:] + result.stderr[-2000:]
-    return result.stdout + result.stderr
-
-
 def train(capsys, *argv):
-    """main.py's own path (parse, build, train under its error guard) in this process, which has the
-    toolkit imported already; returns what the run printed. Real main.py processes run elsewhere
-    (test_engine, test_bccl, test_faults_*)."""
-    args = main_script.get_args_parser().parse_args(list(argv))
-    code = run_guarded("main.py", lambda: main_script.main(args))
-    printed = capsys.readouterr()
-    assert code == 0, printed.out[-2000:] + printed.err[-2000:]
-    return printed.out + printed.err
+    """main.py's own path in this process (real main.py processes run in test_engine and others);
+    returns what the run printed."""
+    code, out, err = run_entry(main_script, "main.py", argv, capsys)
+    assert code == 0, out[-2000:] + err[-2000:]
+    return out + err
 
 
 @pytest.fixture(scope="module")
@@ -446,9 +436,11 @@ def test_rotation_then_ce_then_pseudo_labels_then_semi_supervised(smoke, capsys)
     log = train(capsys, "--method", "ce", *common, "--pretrained_model", str(root / "rot"), "--out_dir", str(root / "ce"))
     assert "pretrained: loaded 186 tensors" in log
     out = str(root / "pseudo.npz")
-    run("scripts/gen_pseudolabels.py", "--path", str(root / "ce"), "--pool", "leftover", "--out", out, "--workers", "0")
-    assert len(semi.load_pseudo_labels(out)["pseudo_labels"]) == 400 - 159  # the images the LT cut left out
     script = gen_script()
+    code, _, err = run_entry(script, "gen_pseudolabels.py", ["--path", str(root / "ce"), "--pool", "leftover",
+                                                             "--out", out, "--workers", "0"], capsys)
+    assert code == 0, err[-2000:]
+    assert len(semi.load_pseudo_labels(out)["pseudo_labels"]) == 400 - 159  # the images the LT cut left out
     for argv, fragment in ((["--path", str(root / "ce"), "--out", out], "--force"),
                            (["--path", str(root / "nope"), "--out", str(root / "new.npz")], "not found"),
                            (["--path", str(root / "rot"), "--out", str(root / "new.npz")], "pre-training run")):
@@ -456,6 +448,11 @@ def test_rotation_then_ce_then_pseudo_labels_then_semi_supervised(smoke, capsys)
         assert run_guarded("gen_pseudolabels.py", lambda: script.main(args)) == 2
         error = capsys.readouterr().err
         assert fragment in error and error.strip().count("\n") == 0
+    # The script's real command line once (its own sys.path set-up included): a refusal, which
+    # stops before the toolkit's models are imported.
+    result = subprocess.run([sys.executable, "scripts/gen_pseudolabels.py", "--path", str(root / "nope"), "--out",
+                             str(root / "new.npz"), "--pool", "leftover"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2 and "not found" in result.stderr and result.stderr.count("\n") == 1
     log = train(capsys, "--method", "ce", *common, "--unlabeled", out, "--out_dir", str(root / "semi"))
     assert "pseudo-labelled D_U" in log and "short in classes 0 (0 of" in log  # no head-class leftovers
     result = json.load(open(root / "semi" / "results.json"))  # rho_U defaults to rho (--imb_factor 0.1)

@@ -13,9 +13,6 @@ import traceback
 from typing import Any, Callable, Dict, Optional
 
 from datasets import DATASETS, DataOptions, DatasetError
-from datasets.augment import TRANSFORMS
-from datasets.augment.pil import RANDAUG_MAX_MAGNITUDE
-from models import HEADS, MODELS
 from utils.checkpoint import CheckpointError, add_trust_argument
 from utils.config import (FRACTION, NON_NEGATIVE_INT, SEED, ConfigError, Number, OptimConfig, RunConfig,
                           TrainConfig, add_bool_flag)
@@ -48,6 +45,10 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str) ->
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default_arch: Optional[str]) -> None:
+    # Imported here, as in add_aug_arguments: both pull in torchvision (seconds), which a script
+    # that only uses run_guarded (test.py, gen_pseudolabels.py) must not pay before a refusal.
+    from models import MODELS
+
     group = parser.add_argument_group("model")
     group.add_argument("--arch", default=default_arch, choices=MODELS.names(), help="backbone")
     add_bool_flag(group, "--use_norm", "--use-norm", default=None,
@@ -132,6 +133,9 @@ def semi_self_fields(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def add_aug_arguments(parser: argparse.ArgumentParser) -> None:
+    from datasets.augment import TRANSFORMS
+    from datasets.augment.pil import RANDAUG_MAX_MAGNITUDE
+
     group = parser.add_argument_group("augmentation")
     group.add_argument("--aug", nargs="+", default=None, choices=TRANSFORMS.names(),
                        help="training recipe (one per view)")
