@@ -324,6 +324,7 @@ def test_contradictory_flags_are_config_errors(argv, fragment):
 
 
 # ---- end to end ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_paper_command_smoke_run_then_test_script(tmp_path, capsys):
     run = str(tmp_path / "run")
     extra = ["--epochs", "2", "--limit_batches", "3", "--dataset", "cifar10_sample", "--workers", "0",

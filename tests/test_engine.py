@@ -39,6 +39,7 @@ def config_for(data_root, out_dir, *extra):
     return config
 
 
+@pytest.mark.slow
 def test_main_then_test_script(cifar10_root, tmp_path):
     run = str(tmp_path / "run")
     result = subprocess.run([sys.executable, "main.py", *tiny_args(cifar10_root.root, run)], cwd=ROOT,
@@ -429,6 +430,7 @@ def ddp_resume_runs(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", METHODS.names())
 def test_ddp_resume_reproduces_the_uninterrupted_run(ddp_resume_runs, name):
     # Each rank draws its own augmentation and method randomness (mixup, rotations, key shuffles);

@@ -136,6 +136,7 @@ def test_a_lock_dies_with_its_process(cifar10_root, tmp_path):
     assert train(cifar10_root.root, "--out_dir", run)["last"]["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_two_runs_started_on_one_folder_leave_one_run(cifar10_root, tmp_path):
     run = str(tmp_path / "run")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

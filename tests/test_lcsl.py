@@ -335,6 +335,7 @@ def smoke_run(small_sample, tmp_path_factory):
     return run, run_script("train_LCSL.py", *smoke_args(small_sample, run))
 
 
+@pytest.mark.slow
 def test_readme_command_end_to_end_then_test_script(smoke_run, tmp_path, capsys):
     run, result = smoke_run
     assert result.returncode == 0, result.stderr[-2000:]
@@ -363,6 +364,7 @@ def test_readme_command_end_to_end_then_test_script(smoke_run, tmp_path, capsys)
     assert json.load(open(out_json))["top1"] == pytest.approx(results["selected"]["top1"])
 
 
+@pytest.mark.slow  # reuses the real train_LCSL.py run above
 def test_resume_restores_the_teacher(smoke_run, small_sample, tmp_path, monkeypatch):
     from methods.lcsl import LCSL
     from test import rebuild

@@ -102,6 +102,7 @@ def test_evidence_queue_skips_finished_and_claimed_jobs_and_takes_over_dead_clai
     assert wd[wd.index("--weight_decay", wd.index("--weight_decay") + 1) + 1] == "5e-4"  # the last one wins
 
 
+@pytest.mark.slow
 def test_device_check_smoke_mode(tmp_path):
     """scripts/device_check.sh --smoke: every step of the GPU check on the CPU, with the bundled
     sample instead of the prepared bundle, one step per benchmark phase and one training step."""
