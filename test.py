@@ -164,7 +164,8 @@ def main(args: argparse.Namespace) -> None:
     from utils.checkpoint import load_checkpoint
     from utils.engine import DeviceInputs, evaluate
 
-    payload = load_checkpoint(args.path, prefer=f"{args.which}.pth", trust=args.trust_checkpoint)
+    payload = load_checkpoint(args.path, prefer=f"{args.which}.pth", trust=args.trust_checkpoint,
+                              exact=True)
     # The model code (torchvision with it, seconds) loads once the file is accepted as a checkpoint.
     from models.heads import tau_normalize_head
 

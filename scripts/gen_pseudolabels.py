@@ -119,7 +119,8 @@ def main(args: argparse.Namespace) -> None:
                           f"{os.path.splitext(args.out)[0]}.npz")
     if os.path.exists(args.out) and not args.force:
         raise ConfigError(f"--out {args.out} exists; pass --force to overwrite it")
-    payload = load_checkpoint(args.path, prefer=f"{args.which}.pth", trust=args.trust_checkpoint)
+    payload = load_checkpoint(args.path, prefer=f"{args.which}.pth", trust=args.trust_checkpoint,
+                              exact=True)
     if payload["method"] in SELF_SUPERVISED:
         raise CheckpointError(f"{payload['path']} is a {payload['method']} pre-training run; pseudo-label with a "
                               "classifier trained on the labelled set (e.g. --method ce)")

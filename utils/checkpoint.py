@@ -25,6 +25,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import warnings
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -172,10 +173,9 @@ def _refused_type(error: BaseException) -> Optional[str]:
         match = re.search(pattern, message)
         if match:
             return match.group(1)
-    # torch's message: a paragraph of advice, then the reason, then a pointer to the docs.
-    reasons = [line.strip() for line in message.splitlines()[1:]
-               if line.strip() and not line.strip().startswith(("(", "Check the documentation"))]
-    return reasons[0].replace("WeightsUnpickler error: ", "") if reasons else "a type outside the safe list"
+    # Any other weights-only failure (an opcode no torch file holds, as in a JSON or text file)
+    # names no type: the file is not a checkpoint, and trusting it would not help.
+    return None
 
 
 def read_torch_file(path: str, what: str = "checkpoint", trust: Optional[bool] = None) -> Any:
@@ -187,10 +187,13 @@ def read_torch_file(path: str, what: str = "checkpoint", trust: Optional[bool] =
     """
     trust = _TRUSTED.get() if trust is None else trust
     try:
-        if trust:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        with _allow_numpy():
-            return torch.load(path, map_location="cpu", weights_only=True)
+        # torch warns about legacy (non-zip) files on stderr; the outcome is reported below.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if trust:
+                return torch.load(path, map_location="cpu", weights_only=False)
+            with _allow_numpy():
+                return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, pickle garbage, wrong file type, refused type
         refused = _refused_type(error) if isinstance(error, pickle.UnpicklingError) else None
         if refused is not None:
@@ -202,9 +205,13 @@ def read_torch_file(path: str, what: str = "checkpoint", trust: Optional[bool] =
                               f"({type(error).__name__})") from None
 
 
-def resolve_checkpoint_path(path: str, prefer: str = "best.pth") -> str:
-    """Accepts a checkpoint file or a run folder (then `prefer`, falling back to last.pth)."""
+def resolve_checkpoint_path(path: str, prefer: str = "best.pth", exact: bool = False) -> str:
+    """Accepts a checkpoint file or a run folder (then `prefer`, falling back to last.pth unless
+    `exact`: a command that asked for best.pth must not score last.pth without a word)."""
     if os.path.isdir(path):
+        if exact and not os.path.isfile(os.path.join(path, prefer)):
+            raise CheckpointError(f"no {prefer} in run folder {path}: pass the file of another checkpoint, "
+                                  f"or --which {'best' if prefer == 'last.pth' else 'last'}")
         for name in (prefer, "last.pth", "best.pth"):
             candidate = os.path.join(path, name)
             if os.path.isfile(candidate):
@@ -215,9 +222,10 @@ def resolve_checkpoint_path(path: str, prefer: str = "best.pth") -> str:
     return path
 
 
-def load_checkpoint(path: str, prefer: str = "best.pth", trust: Optional[bool] = None) -> Dict[str, Any]:
+def load_checkpoint(path: str, prefer: str = "best.pth", trust: Optional[bool] = None,
+                    exact: bool = False) -> Dict[str, Any]:
     """Loads and validates an ltkit checkpoint on the CPU (``read_torch_file``: no code runs)."""
-    path = resolve_checkpoint_path(path, prefer)
+    path = resolve_checkpoint_path(path, prefer, exact)
     payload = read_torch_file(path, trust=trust)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path} is not an ltkit checkpoint (no '{FORMAT_NAME}' header); "

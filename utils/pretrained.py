@@ -136,7 +136,10 @@ def load_pretrained(method, path: str, logger) -> Dict[str, Any]:
     missing, or the file holds tensors that are neither backbone nor classifier / projection.
     Returns counts for the caller: loaded, ignored classifier tensors, head tensors left as built.
     """
-    resolved = resolve_checkpoint_path(path, prefer="last.pth")
+    try:
+        resolved = resolve_checkpoint_path(path, prefer="last.pth")
+    except CheckpointError as error:
+        raise CheckpointError(f"--pretrained_model: {error}") from None
     run_dir = getattr(logger, "run_dir", None)
     if run_dir and os.path.abspath(os.path.dirname(resolved)) == os.path.abspath(run_dir):
         raise CheckpointError(f"--pretrained_model {path} lies in this run's own folder {run_dir}: its "

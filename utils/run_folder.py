@@ -85,7 +85,11 @@ def lock_holder(run_dir: str) -> Optional[str]:
     try:
         # Read-write (never created here): on NFS an exclusive flock needs a writable descriptor.
         descriptor = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # no lock file yet, or no folder at all (creating it fails with one line later)
+    except PermissionError:
+        # A read-only or another user's run: no process of ours can lock it, so none is running
+        # here; a command that must write there fails with one line when it tries to lock it.
         return None
     try:
         if _try_lock(descriptor):
@@ -264,6 +268,8 @@ def plan_run_folder(config: TrainConfig, label: str) -> RunPlan:
     command leaves every folder exactly as it was. A folder that holds a run is only ever
     continued (--resume), skipped (--resume auto on a finished run) or emptied (--overwrite)."""
     run = config.run
+    if run.out_dir and os.path.exists(run.out_dir) and not os.path.isdir(run.out_dir):
+        raise ConfigError(f"--out_dir {run.out_dir} is a file, not a folder: choose another --out_dir")
     if run.resume == "auto":
         return _plan_auto(config, label)
     if run.resume:
@@ -274,7 +280,11 @@ def plan_run_folder(config: TrainConfig, label: str) -> RunPlan:
                               f"{run.out_dir}: drop --out_dir (the run continues in its own folder), or copy "
                               f"the folder to {run.out_dir} and resume from there")
         _refuse_if_busy(run_dir)
-        return RunPlan(run_dir, "continue", resume=path, markers=tuple(run_markers(run_dir)))
+        _check_resume_folder(run.resume, path, run_dir, config)
+        markers = tuple(run_markers(run_dir))
+        if _is_finished(run_dir, config):
+            return RunPlan(run_dir, "finished", markers=markers)
+        return RunPlan(run_dir, "continue", resume=path, markers=markers)
     if not run.out_dir:
         return RunPlan(None, "new")
     _refuse_if_busy(run.out_dir)
@@ -286,6 +296,23 @@ def plan_run_folder(config: TrainConfig, label: str) -> RunPlan:
     raise ConfigError(f"--out_dir {run.out_dir} already holds a run ({', '.join(markers)}): continue it with "
                       "--resume auto, choose another --out_dir, or pass --overwrite to delete its files and "
                       "start again")
+
+
+def _check_resume_folder(flag_value: str, path: str, run_dir: str, config: TrainConfig) -> None:
+    """A continuation writes last.pth, best.pth, results.json and log.txt of the checkpoint's
+    folder, so that folder must hold this run, and the file must be its newest state: resuming an
+    older file (best.pth, a copied snapshot) would silently replace the later epochs."""
+    saved = _saved_config(run_dir, from_checkpoint=False)
+    if saved is not None:
+        for flag, old, new in config_differences(config, saved)[:1]:
+            raise ConfigError(f"--resume {flag_value}: its folder {run_dir} holds another run ({flag}={old!r} "
+                              f"there, {new!r} here) that continuing would overwrite: copy the checkpoint into "
+                              "a folder of its own and resume from there")
+    last = os.path.join(run_dir, "last.pth")
+    if os.path.isfile(last) and not os.path.samefile(last, path):
+        raise ConfigError(f"--resume {flag_value}: {run_dir} holds this run's newer {last}, which continuing "
+                          f"from {os.path.basename(path)} would replace: resume from {last} (or the folder), "
+                          "or copy the file into a folder of its own to branch from it")
 
 
 def _new_run_folder(config: TrainConfig, label: str) -> str:

@@ -62,6 +62,9 @@ def check_resume_matches(config: TrainConfig, payload: Dict[str, Any]) -> None:
     for flag, saved, value in config_differences(config, payload["config"])[:1]:
         raise ConfigError(f"--resume {payload['path']}: the checkpoint has {flag}={saved!r} "
                           f"but this command has {value!r}; continue a run with its own flags")
+    if int(payload["epoch"]) > config.optim.epochs:
+        raise ConfigError(f"--epochs {config.optim.epochs}: --resume {payload['path']} has already trained "
+                          f"{payload['epoch']} epochs; pass --epochs {payload['epoch']} or more")
 
 
 # ---- divergence: never checkpoint non-finite weights -----------------------------------------------
@@ -218,13 +221,23 @@ def _finished_results(plan: RunPlan, ctx) -> Dict[str, Any]:
     return results
 
 
-def run_training(config: TrainConfig, label: str, prepare_method: Optional[Callable] = None,
-                 check_data: Optional[Callable] = None) -> Dict[str, Any]:
+class _PendingNotes:
+    """Collects log lines of the work done before the run folder exists (the pre-trained load),
+    so that a refusal there leaves no folder; they go to log.txt once it is open."""
+
+    def __init__(self, run_dir: Optional[str]):
+        self.run_dir = run_dir
+        self.lines: List[str] = []
+
+    def info(self, message: str, echo: bool = True) -> None:
+        self.lines.append(message)
+
+
+def run_training(config: TrainConfig, label: str, check_data: Optional[Callable] = None) -> Dict[str, Any]:
     """Builds everything, trains, writes results.json, and returns the results dict.
 
     `check_data(config, data)` runs once the data is built, before any file is written, so a
-    refusal leaves no run folder; `prepare_method(method, data, logger)` runs after construction
-    (e.g. a pre-trained load).
+    refusal leaves no run folder.
     """
     wall_start = time.time()
     label = run_label(config, label)
@@ -263,6 +276,11 @@ def run_training(config: TrainConfig, label: str, prepare_method: Optional[Calla
         check_resume_matches(config, payload)
     if plan.run_dir:
         check_not_own_input(config, plan.run_dir)
+    pretrained_notes = _PendingNotes(plan.run_dir)
+    if payload is None and config.pretrained_model is not None:
+        from utils.pretrained import load_pretrained
+
+        load_pretrained(method, config.pretrained_model, pretrained_notes)  # a bad file: no folder made
     run_dir, notes, lock = _claim_on_main(plan, config, label, ctx)
     logger = RunLogger(run_dir, is_main=ctx.is_main)
     try:
@@ -279,12 +297,8 @@ def run_training(config: TrainConfig, label: str, prepare_method: Optional[Calla
                     + (f", {len(data.val)} validation" if data.val is not None else ""))
         if payload is None:
             logger.write_json("config.json", {**config.to_dict(), "git_commit": git_commit()})
-            if config.pretrained_model is not None:
-                from utils.pretrained import load_pretrained
-
-                load_pretrained(method, config.pretrained_model, logger)
-            if prepare_method is not None:
-                prepare_method(method, data, logger)
+            for line in pretrained_notes.lines:
+                logger.info(line)
         else:
             method.load_state_dict(payload["state_dict"], strict=True)
 

@@ -1,0 +1,122 @@
+"""Fault injection for what a continuation may write: an explicit --resume never replaces
+another run or a newer state of its own run, folders that cannot be locked or are files are one
+line, a bad --pretrained_model leaves no folder, and --which best never scores last.pth."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from test_faults_runs import ROOT, guarded, snapshot, train
+from utils.checkpoint import CheckpointError, load_checkpoint, read_torch_file
+
+
+@pytest.fixture
+def two_epoch_run(cifar10_root, tmp_path):
+    """A finished two-epoch CE run whose best.pth is an epoch older than its last.pth."""
+    run = str(tmp_path / "run")
+    train(cifar10_root.root, "--out_dir", run, "--epochs", "2")
+    best = load_checkpoint(os.path.join(run, "best.pth"))
+    if best["epoch"] == 2:  # make the older state explicit whatever epoch selection picked
+        shutil.copy(os.path.join(run, "last.pth"), os.path.join(run, "snapshot.pth"))
+    return run
+
+
+def test_resume_from_a_file_in_another_runs_folder_is_refused(two_epoch_run, cifar10_root, tmp_path, capsys):
+    other = str(tmp_path / "other")
+    train(cifar10_root.root, "--out_dir", other, "--lr", "0.05")  # a different run
+    planted = os.path.join(other, "ce_snapshot.pth")
+    shutil.copy(os.path.join(two_epoch_run, "last.pth"), planted)
+    before = snapshot(other)
+    code, err = guarded(capsys, cifar10_root.root, "--epochs", "3", "--resume", planted)
+    assert code == 2 and err.strip().count("\n") == 0 and "Traceback" not in err
+    assert "holds another run" in err and "lr=0.05" in err
+    assert snapshot(other) == before
+
+
+def test_resume_from_an_older_file_of_the_run_is_refused(two_epoch_run, cifar10_root, capsys):
+    older = os.path.join(two_epoch_run, "snapshot.pth")
+    if not os.path.exists(older):
+        older = os.path.join(two_epoch_run, "best.pth")
+    before = snapshot(two_epoch_run)
+    code, err = guarded(capsys, cifar10_root.root, "--epochs", "3", "--resume", older)
+    assert code == 2 and err.strip().count("\n") == 0
+    assert "newer" in err and "last.pth" in err
+    assert snapshot(two_epoch_run) == before
+
+
+def test_resume_with_fewer_epochs_than_trained_is_refused(two_epoch_run, cifar10_root, capsys):
+    os.remove(os.path.join(two_epoch_run, "results.json"))  # an unfinished-looking run
+    before = snapshot(two_epoch_run)
+    code, err = guarded(capsys, cifar10_root.root, "--epochs", "1", "--resume", two_epoch_run)
+    assert code == 2 and "--epochs 1" in err and "--epochs 2 or more" in err
+    assert snapshot(two_epoch_run) == before
+
+
+def test_explicit_resume_of_a_finished_run_changes_nothing(two_epoch_run, cifar10_root, capsys):
+    before = snapshot(two_epoch_run)
+    code, err = guarded(capsys, cifar10_root.root, "--epochs", "2", "--resume", two_epoch_run)
+    assert code == 0 and err == ""
+    assert snapshot(two_epoch_run) == before
+
+
+def test_out_dir_that_is_a_file_is_one_line(cifar10_root, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    for out_dir in (str(afile), str(afile / "sub")):
+        code, err = guarded(capsys, cifar10_root.root, "--out_dir", out_dir)
+        assert code == 2 and err.strip().count("\n") == 0 and "Traceback" not in err
+        assert str(afile) in err
+    assert afile.read_text() == "keep me"
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root's setpriv to drop the capability that ignores file permissions")
+def test_a_read_only_run_folder_is_one_line(two_epoch_run, cifar10_root, tmp_path):
+    """Another user's (or an archived) run: its lock file cannot be opened for writing."""
+    for base, folders, files in os.walk(two_epoch_run):
+        for name in folders + files:
+            os.chmod(os.path.join(base, name), 0o555 if name in folders else 0o444)
+    os.chmod(two_epoch_run, 0o555)
+    common = ["--dataset", "cifar10", "--data_root", cifar10_root.root, "--imb_factor", "0.1", "--method", "ce",
+              "-b", "16", "--limit_batches", "2", "--workers", "0", "--progress", "False", "--download", "False",
+              "--amp", "none", "--out_dir", two_epoch_run]
+    drop = ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search"]
+    try:
+        for extra, expected in ((["--epochs", "2", "--resume", "auto"], 0), (["--epochs", "3", "--resume", "auto"], 2),
+                                (["--epochs", "2", "--overwrite"], 2)):
+            result = subprocess.run(drop + [sys.executable, os.path.join(ROOT, "main.py"), *common, *extra],
+                                    capture_output=True, text=True, cwd=str(tmp_path), timeout=300)
+            assert result.returncode == expected, result.stderr[-2000:]
+            assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0
+    finally:
+        for base, folders, files in os.walk(two_epoch_run):
+            os.chmod(base, 0o755)
+
+
+def test_a_bad_pretrained_model_leaves_no_run_folder(cifar10_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    for bad in (str(tmp_path / "nothere.pth"), str(tmp_path / "garbage.pth")):
+        if bad.endswith("garbage.pth"):
+            with open(bad, "wb") as stream:
+                stream.write(b"not a checkpoint at all")
+        code, err = guarded(capsys, cifar10_root.root, "--out_dir", str(run), "--pretrained_model", bad)
+        assert code == 2 and err.strip().count("\n") == 0 and bad in err
+        assert not run.exists()
+    assert "--pretrained_model" in guarded(capsys, cifar10_root.root, "--out_dir", str(run), "--pretrained_model",
+                                           str(tmp_path / "nothere.pth"))[1]
+
+
+def test_which_best_never_scores_last(two_epoch_run):
+    os.remove(os.path.join(two_epoch_run, "best.pth"))
+    with pytest.raises(CheckpointError, match="no best.pth in run folder .*--which last"):
+        load_checkpoint(two_epoch_run, prefer="best.pth", exact=True)
+    assert load_checkpoint(two_epoch_run, prefer="last.pth", exact=True)["epoch"] == 2
+
+
+def test_a_json_file_is_not_a_checkpoint_and_trust_is_not_suggested(two_epoch_run):
+    with pytest.raises(CheckpointError) as caught:
+        read_torch_file(os.path.join(two_epoch_run, "config.json"))
+    message = str(caught.value)
+    assert "not a torch" in message and "--trust_checkpoint" not in message and "\n" not in message
