@@ -122,19 +122,48 @@ def check_result(result: Any) -> None:
         raise ResultError("'train_counts' / 'labeled_counts' must be lists of integers")
 
 
+# config.json fields that say where and how a run executed or reported, not what it learned;
+# runs that differ only in these (and in the seed) are seeds of one row. The pre-training and
+# pseudo-label paths name each seed's own stage-1 run; the label already says _ssp / _semi.
+NOT_RECIPE = {"git_commit", "script", "eval_posthoc_tau", "eval_tau_norm", "pretrained_model", "unlabeled",
+              "run.seed", "run.out_dir", "run.root_log", "run.resume", "run.gpu", "run.workers", "run.progress",
+              "run.log_interval", "run.eval_interval", "run.test_interval", "run.compile", "run.overwrite",
+              "run.deterministic", "run.tta_flip", "run.tb_save",
+              "data.data_root", "data.split_dir", "data.train_list", "data.val_list", "data.test_list",
+              "data.download"}
+
+
+def _flatten(values: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    flat: Dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = json.dumps(value, sort_keys=True)
+    return flat
+
+
+def recipe_of(config: Dict[str, Any]) -> Tuple[Tuple[str, str], ...]:
+    """The config.json fields that shape what a run learns (everything but NOT_RECIPE)."""
+    return tuple(sorted((k, v) for k, v in _flatten(config).items() if k not in NOT_RECIPE))
+
+
 def load_result(path: str, by: Sequence[str] = ()) -> Dict[str, Any]:
-    """results.json, plus the ``--by`` config fields read from the config.json beside it;
-    a ResultError says what is wrong with a file that cannot be used."""
+    """results.json, plus the ``--by`` config fields and the recipe read from the config.json
+    beside it; a ResultError says what is wrong with a file that cannot be used."""
     result = _read_json(path)
     check_result(result)
     config_path = os.path.join(os.path.dirname(path), "config.json")
     config: Dict[str, Any] = {}
-    if by and os.path.isfile(config_path):
+    if os.path.isfile(config_path):
         try:
             config = _read_json(config_path)
         except ResultError as error:
-            raise ResultError(f"its config.json (read for --by): {error}") from None
+            if by:
+                raise ResultError(f"its config.json (read for --by): {error}") from None
     result["by"] = tuple(str(config_field(config, field)) for field in by)
+    result["recipe"] = recipe_of(config) if isinstance(config, dict) and config else None
     return result
 
 
@@ -236,10 +265,30 @@ def train_time(seconds: List[Optional[float]]) -> str:
     return f"{mean / 3600:.1f} h" if mean >= 3600 else f"{mean / 60:.0f} min"
 
 
-def build_table(results: List[Dict[str, Any]], paper: bool, by: Sequence[str] = ()) -> str:
-    groups: Dict[Tuple, List[Dict[str, Any]]] = defaultdict(list)
+def split_recipes(results: List[Dict[str, Any]]) -> Dict[Tuple, List[Dict[str, Any]]]:
+    """Groups of seeds: runs of one dataset, ratio, label and architecture whose recipes differ
+    (e.g. --epochs, --lr) are never averaged together; each such group's key ends with the
+    fields that set it apart, shown after the method label."""
+    by_key: Dict[Tuple, List[Dict[str, Any]]] = defaultdict(list)
     for result in results:
-        groups[group_key(result)].append(result)
+        by_key[group_key(result)].append(result)
+    groups: Dict[Tuple, List[Dict[str, Any]]] = {}
+    for key, members in by_key.items():
+        recipes = {m.get("recipe") for m in members if m.get("recipe") is not None}
+        if len(recipes) < 2:
+            groups[key + ("",)] = members
+            continue
+        fields = [dict(recipe) for recipe in recipes]
+        differing = sorted({k for f in fields for k in set(fields[0]) | set(f) if f.get(k) != fields[0].get(k)})
+        for member in members:
+            own = dict(member.get("recipe") or ())
+            tag = ", ".join(f"{k}={own.get(k, '?')}" for k in differing) if own else "no config.json"
+            groups.setdefault(key + (f" [{tag}]",), []).append(member)
+    return groups
+
+
+def build_table(results: List[Dict[str, Any]], paper: bool, by: Sequence[str] = ()) -> str:
+    groups = split_recipes(results)
     header = ["dataset", "ratio", "method", "arch"] + list(by) + ["seeds"]
     header += [f"last {m}" for m in METRICS] + ["selected top1", "selection"]
     if paper:
@@ -248,7 +297,7 @@ def build_table(results: List[Dict[str, Any]], paper: bool, by: Sequence[str] = 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, members in sorted(groups.items()):
         dataset, ratio, label, arch = key[:4]
-        row = [dataset, str(ratio), label, arch] + list(key[4:]) + [str(len(members))]
+        row = [dataset, str(ratio), label + key[-1], arch] + list(key[4:-1]) + [str(len(members))]
         row += [mean_std([m.get("last", {}).get(metric) for m in members]) for metric in METRICS]
         rules = {selected_entry(m)[0] for m in members}
         row += [mean_std([selected_entry(m)[1].get("top1") for m in members]), "/".join(sorted(rules))]
@@ -268,12 +317,10 @@ def plot_per_class(results: List[Dict[str, Any]], path: str) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4))
-    groups: Dict[Tuple, List[Dict[str, Any]]] = defaultdict(list)
-    for result in results:
-        groups[group_key(result)].append(result)
-    for key, members in sorted(groups.items()):
+    for key, members in sorted(split_recipes(results).items()):
         dataset, ratio, label = key[:3]
-        extra = "".join(f", {value}" for value in key[4:])
+        label += key[-1]
+        extra = "".join(f", {value}" for value in key[4:-1])
         counts = members[0].get("train_counts")
         usable = [m for m in members if isinstance(m["last"].get("per_class"), list) and isinstance(counts, list)
                   and len(m["last"]["per_class"]) == len(counts) == len(m.get("train_counts") or [])]

@@ -85,3 +85,22 @@ def test_paper_rows_follow_the_labels_the_scripts_produce():
     assert "| imagenet_lt | 256 | crt_ssp |" in imagenet and "| 51.30 |" in imagenet
     inat = row("ce_class_aware_ssp", dataset="inat2018", imb_factor=None, train_counts=[1000, 2])
     assert "| 500 |" in inat and "| 65.90 |" in inat
+
+
+def test_runs_with_other_recipes_are_never_averaged_as_seeds(tmp_path):
+    # Seeds 0 and 1 of the 200-epoch recipe, plus a 3-epoch smoke run of seed 0 under the same label:
+    # the smoke run gets its own row, tagged with the field that differs; paths and seeds never split.
+    runs = (("s0", 0, 200, 70.0), ("s1", 1, 200, 72.0), ("smoke", 0, 3, 20.0))
+    for name, seed, epochs, top1 in runs:
+        fake_result(str(tmp_path / name), "ce", top1)
+        with open(tmp_path / name / "config.json", "w") as stream:
+            json.dump({"optim": {"epochs": epochs, "lr": 0.1}, "git_commit": name,
+                       "run": {"seed": seed, "out_dir": str(tmp_path / name)}}, stream)
+    results = [make_table.load_result(p) for p in make_table.find_results([str(tmp_path)])]
+    lines = make_table.build_table(results, paper=False).splitlines()
+    full = next(line for line in lines if "| ce [optim.epochs=200] |" in line)
+    smoke = next(line for line in lines if "| ce [optim.epochs=3] |" in line)
+    assert "| 2 | 71.00 ± 1.41 |" in full and "| 1 | 20.00 |" in smoke
+    # Without a difference in the recipe the row keeps its plain label.
+    plain = make_table.build_table([r for r in results if r["last"]["top1"] != 20.0], paper=False)
+    assert "| ce | resnet32 | 2 | 71.00 ± 1.41 |" in plain
