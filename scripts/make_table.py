@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 import os
 import sys
 import warnings
@@ -98,7 +99,9 @@ def _read_json(path: str) -> Any:
 
 
 def _is_number(value: Any) -> bool:
-    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    """null or a finite number: a NaN accuracy would turn every mean of its row into nan."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                             and math.isfinite(value))
 
 
 def check_result(result: Any) -> None:
@@ -113,10 +116,10 @@ def check_result(result: Any) -> None:
             raise ResultError(f"'{key}' must be an object")
         for metric in METRICS:
             if not _is_number(result.get(key, {}).get(metric)):
-                raise ResultError(f"'{key}.{metric}' must be a number or null")
+                raise ResultError(f"'{key}.{metric}' must be a finite number or null")
     for key in ("imb_factor", "imb_factor_unlabel", "train_time_s"):
         if not _is_number(result.get(key)):
-            raise ResultError(f"'{key}' must be a number or null")
+            raise ResultError(f"'{key}' must be a finite number or null")
     counts = result.get("labeled_counts") or result.get("train_counts") or []
     if not isinstance(counts, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
         raise ResultError("'train_counts' / 'labeled_counts' must be lists of integers")

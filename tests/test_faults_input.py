@@ -240,7 +240,8 @@ def test_make_table_skips_broken_results_and_lists_unfinished_runs(tmp_path, cap
     write_result(str(tmp_path / "good_s0"))
     write_result(str(tmp_path / "good_s1"), last={"top1": 64.0, "per_class": [70.0, 58.0]})
     broken = {"invalid": '{"dataset": "cifar10", "last": ', "list": "[1, 2]", "nokey": '{"dataset": "cifar10"}',
-              "badtype": json.dumps({"dataset": "cifar10", "last": {"top1": "high"}}), "latin1": b'{"x": "\xe9"}'}
+              "badtype": json.dumps({"dataset": "cifar10", "last": {"top1": "high"}}), "latin1": b'{"x": "\xe9"}',
+              "nan": json.dumps({"dataset": "cifar10", "last": {"top1": float("nan")}})}
     for name, content in broken.items():
         os.makedirs(tmp_path / name)
         mode = "wb" if isinstance(content, bytes) else "w"
@@ -257,8 +258,8 @@ def test_make_table_skips_broken_results_and_lists_unfinished_runs(tmp_path, cap
     warnings = captured.err.strip().splitlines()
     assert len(warnings) == len(broken)
     for name, why in (("invalid", "invalid JSON (line 1"), ("list", "expected a JSON object, got list"),
-                      ("nokey", "missing key 'last'"), ("badtype", "'last.top1' must be a number"),
-                      ("latin1", "not UTF-8")):
+                      ("nokey", "missing key 'last'"), ("badtype", "'last.top1' must be a finite number"),
+                      ("latin1", "not UTF-8"), ("nan", "'last.top1' must be a finite number")):
         assert any(str(tmp_path / name / "results.json") in w and why in w for w in warnings), (name, warnings)
     assert "Unfinished runs (no results.json yet), not in the table: 2" in captured.out
     assert f"- {tmp_path / 'running'} (last.pth)" in captured.out
