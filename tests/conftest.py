@@ -13,6 +13,7 @@ from typing import List
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 # One OpenMP thread for the tests, the entry scripts they start and the DDP ranks they spawn (all
@@ -154,3 +155,33 @@ def write_image_lists(tmp_path, prefix: str, splits: List[str], train_counts: Li
 @pytest.fixture
 def imagenet_lt_lists(tmp_path) -> SyntheticLists:
     return write_image_lists(tmp_path, "ImageNet_LT", ["train", "val", "test"])
+
+
+class QuietLogger:
+    """The run logger's interface, writing nothing (engine tests that drive `fit` directly)."""
+
+    def info(self, *args, **kwargs):
+        pass
+
+    def scalars(self, *args):
+        pass
+
+    def per_class(self, *args):
+        pass
+
+    def forget_per_class_after(self, *args):
+        pass
+
+
+class FlatBackbone(torch.nn.Module):
+    """A batch-independent backbone (no BatchNorm), so per-rank and global batches give the same
+    gradient: what the DDP-against-one-process tests compare."""
+
+    out_dim = 8
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(3 * 8 * 8, 8)
+
+    def forward(self, x):
+        return torch.relu(self.layer(x.flatten(1)))

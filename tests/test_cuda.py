@@ -26,6 +26,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import main as main_script  # noqa: E402
+from conftest import FlatBackbone, QuietLogger  # noqa: E402
 from datasets import DataOptions  # noqa: E402
 from datasets.augment import build_transform  # noqa: E402
 from datasets.augment.tensor import TENSOR_TRANSFORMS, build_tensor_transform  # noqa: E402
@@ -378,35 +379,6 @@ def test_main_and_test_script_with_data_parallel(cifar10_root, tmp_path):
     assert abs(json.load(open(out_json))["top1"] - results["last"]["top1"]) <= 100.0 / 40 + 1e-9
 
 
-class _Flat(nn.Module):
-    """Batch-independent (no BatchNorm), so per-rank and global batches give the same gradient."""
-
-    out_dim = 8
-
-    def __init__(self):
-        super().__init__()
-        self.layer = nn.Linear(3 * 8 * 8, 8)
-
-    def forward(self, x):
-        return torch.relu(self.layer(x.flatten(1)))
-
-
-class _Quiet:
-    """The run logger's interface, writing nothing."""
-
-    def info(self, *args):
-        pass
-
-    def scalars(self, *args):
-        pass
-
-    def per_class(self, *args):
-        pass
-
-    def forget_per_class_after(self, *args):
-        pass
-
-
 def _train_flat(ctx: dist.DeviceContext, out: str) -> None:
     """Two epochs of a linear model on 48 random images, the global batch split over the ranks."""
     torch.manual_seed(0)
@@ -415,7 +387,7 @@ def _train_flat(ctx: dist.DeviceContext, out: str) -> None:
     test = ImageSource(rng.integers(0, 4, 20), array=rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8))
     counts = np.bincount(train.targets, minlength=4).tolist()
     data = LongTailData("tiny", 4, train, test, counts, (0.5,) * 3, (0.25,) * 3, 8)
-    method = build_method("erm", Classifier(_Flat(), nn.Linear(8, 4)), counts).to(ctx.device)
+    method = build_method("erm", Classifier(FlatBackbone(), nn.Linear(8, 4)), counts).to(ctx.device)
     method.wrap(lambda net: dist.wrap_network(net, ctx), lambda net: dist.wrap_forward_only(net, ctx))
     config = TrainConfig(script="test", dataset="tiny", data=DataOptions(), arch="flat", head="linear",
                          head_scale=None, method="erm", method_options={}, batch_size=8, train_aug=("test",),
@@ -426,7 +398,7 @@ def _train_flat(ctx: dist.DeviceContext, out: str) -> None:
     loaders = {"train": build_train_loader(train, build_transform("test", "cifar", 8), per_rank, seed=0,
                                            rank=ctx.rank, world_size=ctx.world_size),
                "test": build_eval_loader(test, None, 6, rank=ctx.rank, world_size=ctx.world_size)}
-    records = fit(config, method, data, ctx, loaders, DeviceInputs(data.mean, data.std, ctx.device), _Quiet(),
+    records = fit(config, method, data, ctx, loaders, DeviceInputs(data.mean, data.std, ctx.device), QuietLogger(),
                   lambda *args: None)
     if ctx.is_main:
         state = {key: value.cpu() for key, value in method.model.state_dict().items()}

@@ -88,17 +88,17 @@ def broken_pointers(pointers: List[Tuple[str, str, str]], pages: Dict[str, Set[s
 
 
 # ---- the checks on the repository --------------------------------------------------------------
-def test_no_file_outside_docs_points_outside_the_repository():
-    offending = []
+def lines_outside_docs():
+    """(file, line number, line) of every tracked text file outside docs/."""
     for relative in tracked_files():
-        if in_docs(relative):
-            continue
-        text = read_text(relative)
-        if text is None:
-            continue
-        for number, line in enumerate(text.splitlines(), 1):
-            if any(word.lower() in line.lower() for word in FORBIDDEN):
-                offending.append(f"{relative}:{number}: {line.strip()}")
+        text = None if in_docs(relative) else read_text(relative)
+        for number, line in enumerate((text or "").splitlines(), 1):
+            yield relative, number, line
+
+
+def test_no_file_outside_docs_points_outside_the_repository():
+    offending = [f"{relative}:{number}: {line.strip()}" for relative, number, line in lines_outside_docs()
+                 if any(word.lower() in line.lower() for word in FORBIDDEN)]
     assert not offending, "references to files outside the repository:\n" + "\n".join(offending)
 
 
@@ -110,16 +110,8 @@ def test_docs_pages_do_not_cite_the_outside_file_either():
 
 def test_every_docs_pointer_in_the_code_names_an_existing_heading():
     pages = doc_pages()
-    pointers = []
-    for relative in tracked_files():
-        if in_docs(relative):
-            continue
-        text = read_text(relative)
-        if text is None:
-            continue
-        for number, line in enumerate(text.splitlines(), 1):
-            for match in POINTER.finditer(line):
-                pointers.append((f"{relative}:{number}", match.group(1), match.group(2) or ""))
+    pointers = [(f"{relative}:{number}", match.group(1), match.group(2) or "")
+                for relative, number, line in lines_outside_docs() for match in POINTER.finditer(line)]
     assert len(pointers) >= 40, "the code's pointers into docs/ were not found: is the pattern wrong?"
     broken = broken_pointers(pointers, pages)
     assert not broken, "\n".join(broken)

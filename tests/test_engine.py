@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import run_entry, run_ranks
+from conftest import FlatBackbone, QuietLogger, run_entry, run_ranks
 from datasets.base import ImageSource, LongTailData
 from datasets.loaders import build_eval_loader, build_train_loader
 from datasets.augment import build_transform, build_views
@@ -144,19 +144,6 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(cifar10_root, tmp_path,
 
 
 # ---- DDP (gloo, 2 CPU processes) equals one process on the same global batch --------------------
-class _Flat(nn.Module):
-    """A batch-independent backbone (no BatchNorm), so per-rank and global batches agree exactly."""
-
-    out_dim = 8
-
-    def __init__(self):
-        super().__init__()
-        self.layer = nn.Linear(3 * 8 * 8, 8)
-
-    def forward(self, x):
-        return torch.relu(self.layer(x.flatten(1)))
-
-
 def _tiny_data():
     rng = np.random.default_rng(0)
     train = ImageSource(rng.integers(0, 4, 48), array=rng.integers(0, 256, (48, 8, 8, 3), dtype=np.uint8))
@@ -175,7 +162,7 @@ def _train_tiny(ctx, out, with_val=False):
     split and the test set scored only when --test_interval 3 or a validation gain asks for it."""
     torch.manual_seed(0)
     data = _tiny_data()
-    method = build_method("erm", Classifier(_Flat(), nn.Linear(8, 4)), data.train_counts)
+    method = build_method("erm", Classifier(FlatBackbone(), nn.Linear(8, 4)), data.train_counts)
     method.wrap(lambda net: dist.wrap_network(net, ctx), lambda net: net)
     config = TrainConfig(script="test", dataset="tiny", data=__import__("datasets").DataOptions(), arch="flat",
                          head="linear", head_scale=None, method="erm", method_options={}, batch_size=8,
@@ -191,25 +178,11 @@ def _train_tiny(ctx, out, with_val=False):
                "test": build_eval_loader(data.test, None, 6, rank=ctx.rank, world_size=ctx.world_size)}
     if with_val:
         loaders["val"] = build_eval_loader(_tiny_val(), None, 4, rank=ctx.rank, world_size=ctx.world_size)
-    records = fit(config, method, data, ctx, loaders, DeviceInputs(data.mean, data.std, ctx.device), _Quiet(),
+    records = fit(config, method, data, ctx, loaders, DeviceInputs(data.mean, data.std, ctx.device), QuietLogger(),
                   lambda *a: None)
     if ctx.is_main:
         torch.save({"state": method.model.state_dict(), "top1": records["last"]["top1"],
                     "nll": records["last"]["nll"], "records": records}, out)
-
-
-class _Quiet:
-    def info(self, *a):
-        pass
-
-    def scalars(self, *a):
-        pass
-
-    def per_class(self, *a):
-        pass
-
-    def forget_per_class_after(self, *a):
-        pass
 
 
 def _ddp_worker(rank, world, port, out, with_val=False):
@@ -398,7 +371,7 @@ def _fit_method(ctx, name, epochs, resume=None):
                                      "scaler": scaler.state_dict(), "records": records, "epoch": epoch,
                                      "path": file})
 
-    records = fit(config, method, data, ctx, loaders, DeviceInputs(data.mean, data.std, ctx.device), _Quiet(),
+    records = fit(config, method, data, ctx, loaders, DeviceInputs(data.mean, data.std, ctx.device), QuietLogger(),
                   save_checkpoint, resume=resume)
     return method.state_dict(), records, dist.broadcast_object(saved.get("last.pth"))
 
