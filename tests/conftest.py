@@ -86,9 +86,9 @@ def run_ranks(worker, *args, world_size: int = 2) -> None:
     """Runs ``worker(rank, world_size, port, *args)`` in ``world_size`` processes (a DDP group on a
     free local port) and waits for all of them; an exception in a rank fails the caller.
 
-    The ranks are forked from the test process, which has imported torch and the toolkit already;
-    spawned ranks would import both again, seconds per rank on the test machines. Forking is safe
-    here: no process group exists in the parent, and with one OpenMP thread it holds no thread pool.
+    The ranks are spawned, not forked: a fork copies the test process's threads' locks (torch's
+    pools, tensorboardX writers of earlier tests) in whatever state they are, and a forked rank
+    could then wait forever on a lock no thread will release.
     """
     import socket
 
@@ -98,7 +98,7 @@ def run_ranks(worker, *args, world_size: int = 2) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     torch.multiprocessing.start_processes(worker, args=(world_size, port, *args), nprocs=world_size, join=True,
-                                          start_method="fork")
+                                          start_method="spawn")
 
 
 def run_entry(module, prog: str, argv: List[str], capsys) -> tuple:
