@@ -14,6 +14,9 @@
 #   3. Semi-supervised, seed 0, CIFAR-10-LT r50: CE, pseudo-labels for the leftover pool, CE + D_U
 #      (rho_U = 50).
 # ROOT_LOG (default runs/evidence) holds the run folders; extra arguments go to every training run.
+# ONLY (space-separated job names, e.g. ONLY="ce_s0 ldam_drw_s0") restricts a lane to those jobs,
+# in the queue's order: on a machine that does not outlive a working session, start the jobs that
+# finish within it (CE and LDAM-DRW: about 1 h 50 min of one thread each on CIFAR-10-LT r100).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -85,6 +88,7 @@ release() { rm -rf "$ROOT_LOG/.claims/$1"; }
 for entry in "${JOBS[@]}"; do
   IFS='|' read -r name folder command <<< "$entry"
   [[ -f "$ROOT_LOG/$folder/results.json" ]] && continue
+  [[ -z "${ONLY:-}" || " $ONLY " == *" $name "* ]] || continue
   claim "$name" || continue
   echo "$(date '+%F %T') lane $$: $name"
   if ! eval "$command"; then echo "$(date '+%F %T') lane $$: $name FAILED"; fi

@@ -102,6 +102,13 @@ def test_evidence_queue_skips_finished_and_claimed_jobs_and_takes_over_dead_clai
     assert wd[wd.index("--weight_decay", wd.index("--weight_decay") + 1) + 1] == "5e-4"  # the last one wins
 
 
+def test_evidence_queue_only_runs_the_named_jobs_in_queue_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONLY", "ldam_drw_s1 ce_s0 ce_ssp_s2")
+    calls = recorded_commands(os.path.join(ROOT, "scripts", "evidence_cifar10.sh"), tmp_path)
+    outs = [call[call.index("--out_dir") + 1].rsplit("/", 1)[1] for call in calls]
+    assert outs == ["ce_cifar10_seed0", "ldam_drw_cifar10_seed1", "rotation_cifar10_seed2", "ce_ssp_cifar10_seed2"]
+
+
 @pytest.mark.slow
 def test_device_check_smoke_mode(tmp_path):
     """scripts/device_check.sh --smoke: every step of the GPU check on the CPU, with the bundled
