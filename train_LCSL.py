@@ -18,27 +18,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import sys
-import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
-import torch
-
-from datasets import DATASETS, SMALL_IMAGE_DATASETS, LongTailData, build_dataset
+from datasets import DATASETS, SMALL_IMAGE_DATASETS
 from datasets.augment import recipe_options
-from models.heads import tau_normalize_head
-from test import rebuild
 from utils import cli, dist
 from utils.checkpoint import load_checkpoint, resolve_checkpoint_path, trusting
 from utils.config import (FINITE, NON_NEGATIVE, POSITIVE, POSITIVE_INT, PROBABILITY, ConfigError,
                           OneLineErrorParser, TrainConfig)
-from utils.engine import DeviceInputs, collect_logits
-from utils.logger import write_json
-from utils.metrics import format_shot_table, summarize
-from utils.runner import build_loaders, find_resume, run_label, run_training
+from utils.evaluation import Variant
+from utils.metrics import format_shot_table
+from utils.report import report
+from utils.run import FinishedRun, build_run, find_resume
+from utils.training import train
 
 # The reference's --dataset spellings.
 DATASET_ALIASES = {"imagenet": "imagenet_lt", "inaturalist": "inat2018"}
@@ -173,8 +166,7 @@ def resolve_resume(config: TrainConfig, label: str, start_epoch: int) -> Optiona
     if path == "auto" and start_epoch == 1:
         return path  # run_training continues, restarts or skips this configuration's run
     if path == "auto" or (path is None and start_epoch > 1):
-        # The search must use the folder name run_training gives (SSP / pseudo-label suffixes).
-        path = find_resume(config, run_label(config, label))
+        path = find_resume(config, label)
     if start_epoch > 1:
         if path is None:
             where = config.run.out_dir or f"the runs under --root_log {config.run.root_log} named like this one"
@@ -187,100 +179,34 @@ def resolve_resume(config: TrainConfig, label: str, start_epoch: int) -> Optiona
     return resolve_checkpoint_path(path, prefer="last.pth") if path else None
 
 
-def check_selection_split(config: TrainConfig, data: LongTailData) -> None:
-    """The teacher is replaced by mean per-class accuracy and best.pth is chosen by top-1 on the
-    same split; they are the same number only when every present class has as many images."""
-    split = config.select_on
-    source = data.val if split == "val" else data.test
-    if source is None or len(source) == 0:
-        raise ConfigError(f"--select_on {split}: {data.name} has no {split} images here")
-    counts = np.bincount(source.targets, minlength=data.num_classes)
-    present = counts[counts > 0]
-    if present.min() != present.max():
-        fix = (f": lower --val_per_class to {present.min()}" if split == "val" and config.data.val_per_class
-               else ": select on a balanced split")
-        raise ConfigError(f"--select_on {split}: the {split} split holds {present.min()} to {present.max()} "
-                          f"images per class, so top-1 (best.pth) and mean per-class accuracy (the "
-                          f"teacher's rule) could pick different students{fix}")
-
-
-def evaluate_selected(config: TrainConfig, ctx: dist.DeviceContext, run_dir: str, tau: float) -> Dict[str, Any]:
-    """best.pth on the test set as the paper's code evaluates it at the end: the trained and the
+def final_variants(tau: float) -> List[Variant]:
+    """What the paper's code reports for the selected model at the end: the trained and the
     tau-normalised classifier, each without and with flip test-time augmentation."""
-    began = time.time()
-    payload = load_checkpoint(os.path.join(run_dir, "best.pth"))
-    method = rebuild(payload)
-    data = build_dataset(config.dataset, config.data)
-    loader = build_loaders(config, data, ctx, num_views=1)["test"]
-    inputs = DeviceInputs(data.mean, data.std, ctx.device, config.run.channels_last)
-    counts = payload["dataset"]["train_counts"]  # those trained with (pseudo-labelled data included)
-    student = method.classifier()
-    networks = {"": ("trained classifier", student),
-                f"_tau_norm{tau:g}": (f"tau-normalised classifier (tau={tau:g})",
-                                      type(student)(student.backbone, tau_normalize_head(student.head, tau)))}
-    epoch, split = int(payload["epoch"]), config.select_on
-    chosen = (f"best.pth = the student of epoch {epoch}, the best mean per-class accuracy on the {split} "
-              f"split (== top-1 there), which also became the teacher")
-    entries: Dict[str, Any] = {}
-    for suffix, (what, network) in networks.items():
-        network.to(ctx.device).eval()
-        predict = dist.wrap_forward_only(network, ctx)
-        # Two passes per classifier, not three: flip TTA is the mean of these two logit sets,
-        # exactly as evaluate(..., tta_flip=True) computes it.
-        logits, targets = collect_logits(predict, loader, inputs, ctx, config.run.amp)
-        mirrored, _ = collect_logits(lambda x: predict(torch.flip(x, dims=[3])), loader, inputs, ctx, config.run.amp)
-        for flip, variant in ((False, logits), (True, (logits + mirrored) / 2)):
-            name = "selected" + suffix + ("_flip_tta" if flip else "")
-            rule = f"{chosen}; test set, {what}, {'flip test-time augmentation' if flip else 'no TTA'}"
-            entries[name] = {**summarize(variant, targets, counts), "epoch": epoch, "rule": rule}
-    entries["selected_report"] = {
-        "checkpoint": "best.pth", "epoch": epoch, "select_on": split, "rule": chosen,
-        "teacher_epoch": int(method.teacher_epoch),
-        "paper_prints": ["selected_flip_tta", f"selected_tau_norm{tau:g}_flip_tta"],
-        "note": "the paper's code prints the selected model's mean per-class test accuracy and "
-                "many/medium/few with flip TTA, then the same for its tau-normalised copy",
-        "time_s": time.time() - began}
-    return entries
+    return [Variant(tau_norm=t, flip=flip) for t in (None, tau) for flip in (False, True)]
 
 
-def write_report(run_dir: str, entries: Dict[str, Any], is_main: bool) -> None:
-    """Prints the entries and adds them to the run's results.json (rank 0 only)."""
-    report = entries["selected_report"]
-    if is_main:
-        print(f"== LCSL final report: {report['rule']}")
-        for name, entry in entries.items():
-            if name != "selected_report":
-                print(f"-- {name}: {entry['rule'].split('; ', 1)[1]}")
-                print(format_shot_table(entry))
-        path = os.path.join(run_dir, "results.json")
-        with open(path) as stream:
-            results = json.load(stream)
-        results.update(entries)
-        results["selected_checkpoint"] = {"file": "best.pth", "epoch": report["epoch"],
-                                          "rule": f"best mean per-class accuracy on the {report['select_on']} "
-                                                  "split (LCSL's teacher rule; equal to top-1 on this balanced split)"}
-        write_json(path, results)
-        print(f"selected-model results added to {path}")
-    dist.barrier()
+def print_final_report(results: Dict[str, Any], tau: float) -> None:
+    report = results["selected_report"]
+    print(f"== LCSL final report: {report['rule']} (the paper's code prints selected_flip_tta and "
+          f"selected_tau_norm{tau:g}_flip_tta)")
+    for name in report["variants"]:
+        print(f"-- {name}: {results[name]['rule'].split('; test set, ', 1)[1]}")
+        print(format_shot_table(results[name]))
 
 
 def main(args: argparse.Namespace) -> None:
-    with trusting(args.trust_checkpoint):  # --resume and --pretrained_model reads
-        train(args)
-
-
-def train(args: argparse.Namespace) -> None:
     config, label = build_config(args)
-    resume = resolve_resume(config, label, args.start_epoch)
-    config = dataclasses.replace(config, run=dataclasses.replace(config.run, resume=resume))
-
-    results = run_training(config, label, check_data=check_selection_split)
-    if "selected_report" in results:
+    with trusting(args.trust_checkpoint):  # --resume and --pretrained_model reads
+        resume = resolve_resume(config, label, args.start_epoch)
+        config = dataclasses.replace(config, run=dataclasses.replace(config.run, resume=resume))
+        run = build_run(config, label)
+    if isinstance(run, FinishedRun):
         return  # --resume auto found this run finished, its report included
-    # The same devices as training; the runner has already said when --gpu finds no CUDA.
-    ctx = dist.setup_devices(config.run.gpu if torch.cuda.is_available() else None)
-    run_dir = results["run_dir"]
-    write_report(run_dir, evaluate_selected(config, ctx, run_dir, args.tau_norm), ctx.is_main)
+    with run:
+        results = report(run, train(run), selected=final_variants(args.tau_norm))
+    if run.ctx.is_main:
+        print_final_report(results, args.tau_norm)
+    dist.barrier()
 
 
 if __name__ == "__main__":

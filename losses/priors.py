@@ -8,7 +8,7 @@ digits in float32, and those digits are exactly what separates the head-class we
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence, Union
+from typing import Sequence, Union
 
 import numpy as np
 import torch
@@ -126,15 +126,3 @@ def _remove_prior(logits: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     if logits.shape[-1] != offset.numel():
         raise ValueError(f"logits have {logits.shape[-1]} classes but counts have {offset.numel()}")
     return logits - offset.to(device=logits.device, dtype=logits.dtype)
-
-
-def posthoc_adjusted(predict: Callable[[torch.Tensor], torch.Tensor], counts: Counts, tau: float,
-                     device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``predict`` followed by ``posthoc_logit_adjust`` in float32, with the prior built on
-    ``device`` once rather than per batch (building it there from host counts waits for the GPU)."""
-    offset = log_prior(counts, tau).float().to(device)
-
-    def adjusted(images: torch.Tensor) -> torch.Tensor:
-        return _remove_prior(predict(images).float(), offset)
-
-    return adjusted

@@ -1,6 +1,7 @@
 """Training methods: one module each, registered in METHODS when this package is imported."""
 import importlib
 import pkgutil
+from typing import Any, Dict
 
 from methods.base import METHOD_CLIS, METHODS, Method, MethodChoice, StepOutput
 
@@ -10,9 +11,26 @@ for _module in pkgutil.iter_modules(__path__):
     if _module.name not in ("base",):
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["METHODS", "METHOD_CLIS", "Method", "MethodChoice", "StepOutput", "build_method"]
+__all__ = ["METHODS", "METHOD_CLIS", "Method", "MethodChoice", "StepOutput", "build_method", "rebuild"]
 
 
 def build_method(name: str, model, class_counts, **kwargs) -> Method:
     """Builds a registered method around `model`; kwargs are the method's own options."""
     return METHODS.build(name, model, class_counts, **kwargs)
+
+
+def rebuild(payload: Dict[str, Any]) -> Method:
+    """The method (with its network) exactly as trained, from a loaded checkpoint's own
+    description (``utils.checkpoint.load_checkpoint``); weights load with strict=True."""
+    from models import build_model
+    from utils.checkpoint import CheckpointError
+
+    model = build_model(**payload["model_kwargs"])
+    method = build_method(payload["method"], model, payload["dataset"]["train_counts"],
+                          **payload["method_kwargs"])
+    try:
+        method.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise CheckpointError(f"{payload['path']}: weights do not match the recorded model ({first})") from None
+    return method

@@ -29,6 +29,12 @@ class Method(nn.Module):
     name = "method"
     # Names of extra per-view recipes the method wants from the data pipeline, e.g. two views.
     num_views = 1
+    # Pre-training without labels (rotation, MoCo): its checkpoint starts a "+ SSP" run and is
+    # never a classifier to pseudo-label with.
+    self_supervised = False
+    # The summary key (utils.metrics.summarize) whose improvement on the selection split
+    # (--select_on) makes an epoch the run's best.pth.
+    selection_metric = "top1"
 
     def __init__(self, model: nn.Module, class_counts: Sequence[int]):
         super().__init__()

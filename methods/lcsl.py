@@ -33,12 +33,9 @@ from models import build_model
 from models.heads import normalize_rows_
 from utils import dist
 from utils.config import ConfigError
+from utils.metrics import improves
 
 SELECTION_SPLITS = ("val", "test")
-# Scores are percentages. Two epochs with the same number of correct images on a balanced split
-# have equal accuracy, but the per-class mean can differ from the overall top-1 in the last bit;
-# one image more on a split of a million images is still 1e-4 points, far above this tolerance.
-SCORE_TOLERANCE = 1e-6
 
 
 # ---- pure pieces (tested against hand-computed values) -------------------------------------------
@@ -127,6 +124,9 @@ class LCSL(Method):
     """
 
     name = "lcsl"
+    # The teacher is replaced when this improves on the selection split (reference
+    # train_LCSL.py), so best.pth, chosen by the same number and rule, is the teacher's student.
+    selection_metric = "mean_per_class"
 
     def __init__(self, model: nn.Module, class_counts: Sequence[int], arch: str = "resnet32",
                  alpha: float = 1.0, beta: float = 1.0, tau: float = 1.0, threshold: float = 0.5,
@@ -255,10 +255,9 @@ class LCSL(Method):
         """Replaces the teacher when the student's mean per-class accuracy on ``select_on``
         strictly improves (reference ``train_LCSL.py``: ``if acc > best``).
 
-        The engine saves best.pth when top-1 on the same split strictly improves. On a balanced
-        split (equal images per present class; train_LCSL.py checks it before training) the two
-        accuracies are the same number, so both rules pick the same epochs and best.pth holds
-        the student the teacher was copied from. Returns records for results.json.
+        The engine saves best.pth by the same number (``selection_metric``) and the same rule
+        (``utils.metrics.improves``), so best.pth holds the student the teacher was copied from,
+        on any split, balanced or not. Returns records for results.json.
         """
         if not evaluations:  # an epoch skipped by --eval_interval
             return {}
@@ -267,7 +266,7 @@ class LCSL(Method):
                               f"evaluates only {', '.join(sorted(evaluations))}: add --val_per_class N "
                               "or use --select_on test")
         score = float(evaluations[self.select_on]["mean_per_class"])
-        if not score > float(self.best_score) + SCORE_TOLERANCE:
+        if not improves(score, float(self.best_score)):
             return {}
         self.best_score.fill_(score)
         self.teacher_epoch.fill_(epoch + 1)

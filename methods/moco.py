@@ -83,6 +83,7 @@ class MoCo(Method):
     """MoCo v2 on two ``moco_v2`` views of each image (view 1: queries, view 2: keys)."""
 
     name = "moco"
+    self_supervised = True
     num_views = 2
 
     def __init__(self, model: nn.Module, class_counts: Sequence[int], dim: int = 128, queue_size: int = 65536,

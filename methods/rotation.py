@@ -68,6 +68,7 @@ class RotationPretraining(Method):
     """4-way rotation classification on the long-tailed training images (no labels used)."""
 
     name = "rotation"
+    self_supervised = True
 
     def __init__(self, model: nn.Module, class_counts: Sequence[int]):
         super().__init__(model, class_counts)

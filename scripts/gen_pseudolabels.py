@@ -32,10 +32,6 @@ from utils.checkpoint import add_trust_argument  # noqa: E402
 from utils.config import (NON_NEGATIVE_INT, POSITIVE_INT, PROBABILITY, ConfigError,  # noqa: E402
                           OneLineErrorParser, add_bool_flag, output_file)
 
-# Pre-training runs have no classifier of the dataset's classes worth trusting for labels.
-SELF_SUPERVISED = ("rotation", "moco")
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--path", required=True, help="run folder or checkpoint of the base classifier")
@@ -63,7 +59,7 @@ def open_pool(spec: str, payload, args):
 
     info = payload["dataset"]
     if spec == "leftover":
-        from test import evaluation_set
+        from datasets.rebuild import evaluation_set
 
         data, _ = evaluation_set(payload, args.data_root, "test")
         pool = semi.leftover_pool(data)
@@ -108,8 +104,8 @@ def predict_pool(method, pool, info, args):
 
 def main(args: argparse.Namespace) -> None:
     from datasets import semi
-    from test import rebuild
-    from utils.checkpoint import CheckpointError, load_checkpoint
+    from methods import rebuild
+    from utils.checkpoint import CheckpointError, is_self_supervised, load_checkpoint
 
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise ConfigError(f"--threshold must lie in [0, 1], got {args.threshold}")
@@ -121,7 +117,7 @@ def main(args: argparse.Namespace) -> None:
         raise ConfigError(f"--out {args.out} exists; pass --force to overwrite it")
     payload = load_checkpoint(args.path, prefer=f"{args.which}.pth", trust=args.trust_checkpoint,
                               exact=True)
-    if payload["method"] in SELF_SUPERVISED:
+    if is_self_supervised(payload):  # no classifier of the dataset's classes worth trusting for labels
         raise CheckpointError(f"{payload['path']} is a {payload['method']} pre-training run; pseudo-label with a "
                               "classifier trained on the labelled set (e.g. --method ce)")
     info = payload["dataset"]

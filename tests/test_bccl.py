@@ -267,7 +267,7 @@ def test_epoch_refresh_mode_clusters_once_per_epoch(one_thread):
 
 
 def test_checkpoint_round_trip_restores_queues_and_centroids(tmp_path, one_thread):
-    import test as test_script
+    from methods import rebuild
 
     method = tiny_method(warmup_epochs=0)
     method.train()
@@ -278,7 +278,7 @@ def test_checkpoint_round_trip_restores_queues_and_centroids(tmp_path, one_threa
     save_atomic(build_payload(method_name="bccl", method_kwargs=method.init_kwargs, model_kwargs=model_kwargs,
                               dataset={"train_counts": [6, 3, 1]}, config={}, state_dict=method.state_dict(),
                               epoch=1), path)
-    restored = test_script.rebuild(load_checkpoint(path))  # strict load, as test.py does
+    restored = rebuild(load_checkpoint(path))  # strict load, as test.py does
     assert isinstance(restored, BCCL)
     for name in ("queues.features", "queues.ptr", "queues.count", "centroids", "kmeans_runs"):
         assert torch.equal(restored.state_dict()[name], method.state_dict()[name]), name

@@ -229,7 +229,7 @@ def test_ddp_validation_selection_and_test_interval_agree_with_single_process(tm
     assert a["test_evaluations"] == b["test_evaluations"]
     for key in ("best_on_val", "last", "last_val"):
         assert a[key]["epoch"] == b[key]["epoch"] and a[key]["top1"] == pytest.approx(b[key]["top1"])
-    assert a["best_on_val"]["selection_top1"] == pytest.approx(b["best_on_val"]["selection_top1"])
+    assert a["best_on_val"]["selection_score"] == pytest.approx(b["best_on_val"]["selection_score"])
 
 
 def test_bf16_channels_last_and_gpu_flag_without_cuda(cifar10_root, tmp_path, capfd):
@@ -252,7 +252,7 @@ def test_selection_split_is_resolved_from_the_data(cifar10_root, tmp_path):
                                       "--val_per_class", "2"), "ce")
     assert results["selected_checkpoint"]["rule"] == "best top-1 on the val split"
     # The validation-selected entry reports the TEST accuracy of that epoch (40 test images).
-    assert results["best_on_val"]["num_samples"] == 40 and "selection_top1" in results["best_on_val"]
+    assert results["best_on_val"]["num_samples"] == 40 and results["best_on_val"]["selection_metric"] == "top1"
     # Timings are labelled with the hardware: CPU model and thread count, or GPU count and model.
     threads = torch.get_num_threads()
     expected = f"1 x {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else \
@@ -326,11 +326,10 @@ def test_amp_auto_resolves_per_device(monkeypatch):
 
 
 def test_compile_with_data_parallel_is_refused(cifar10_root, tmp_path, monkeypatch):
-    from utils import runner
     from utils.config import ConfigError
 
     # Two GPU ids make a DataParallel context; the refusal must come before any model is built.
-    monkeypatch.setattr(runner.dist, "setup_devices",
+    monkeypatch.setattr(dist, "setup_devices",
                         lambda gpu: dist.DeviceContext(torch.device("cpu"), data_parallel_ids=[0, 1]))
     with pytest.raises(ConfigError, match="--compile.*DataParallel.*torchrun"):
         run_training(config_for(cifar10_root.root, str(tmp_path / "run"), "--compile", "--gpu", "0,1"), "ce")

@@ -20,7 +20,8 @@ from utils.checkpoint import load_checkpoint
 from utils.cli import run_guarded
 from utils.config import ConfigError
 from utils.run_folder import LOCK_FILE, RunFolderLock
-from utils.runner import DivergedError, run_training
+from utils.runner import run_training
+from utils.training import DivergedError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -16,7 +15,6 @@ import torch.nn as nn
 import test as test_script
 import train_LCSL as script
 from conftest import run_entry
-from datasets.base import ImageSource, LongTailData
 from methods import build_method
 from methods.lcsl import flip_averaged_logits, lcsl_loss, mix_images, self_labels
 from models import build_model
@@ -281,25 +279,21 @@ def test_start_epoch_needs_the_matching_checkpoint(tmp_path):
     assert script.resolve_resume(config, label, start_epoch=1) is None
 
 
-def test_an_unbalanced_selection_split_is_refused():
-    images = np.zeros((6, 4, 4, 3), dtype=np.uint8)
-    data = LongTailData("toy", 3, ImageSource([0, 1, 2], array=images[:3]), ImageSource([0, 1, 2], array=images[:3]),
-                        [3, 2, 1], (0.5,) * 3, (0.5,) * 3, 4, val=ImageSource([1, 1, 2, 0, 2, 2], array=images))
-    config, _ = script.build_config(parse("--dataset", "cifar10"))
-    with pytest.raises(ConfigError, match="--val_per_class to 1"):
-        script.check_selection_split(config, data)
-    script.check_selection_split(script.build_config(parse("--select_on", "test"))[0], data)
+def test_best_checkpoint_and_teacher_follow_mean_per_class_accuracy_on_an_unbalanced_split():
+    """On an unbalanced split top-1 and the per-class mean can disagree; the engine selects
+    best.pth by the method's metric, so best.pth stays the student the teacher was copied from."""
+    from utils.engine import _record_best
 
-
-def test_an_unbalanced_selection_split_leaves_no_run_folder(tmp_path):
-    # On the sample (500 images a class, ratio 100) the leftovers hold 201 ... 495 images a class,
-    # so 400 per class cannot be balanced; the refusal must come before the folder is made.
-    run = tmp_path / "run"
-    args = parse("--dataset", "cifar10_sample", "--val_per_class", "400", "--epochs", "1",
-                 "--out_dir", str(run), "--progress", "False")
-    with pytest.raises(ConfigError, match="--val_per_class to"):
-        script.main(args)
-    assert not run.exists() and os.listdir(tmp_path) == []
+    method, records = lcsl(), {}
+    assert method.selection_metric == "mean_per_class"
+    first = {"val": {"top1": 50.0, "mean_per_class": 40.0}, "test": {"top1": 1.0}}
+    second = {"val": {"top1": 60.0, "mean_per_class": 35.0}, "test": {"top1": 2.0}}  # top-1 up, mean down
+    third = {"val": {"top1": 45.0, "mean_per_class": 41.0}, "test": {"top1": 3.0}}  # top-1 down, mean up
+    for epoch, evaluation, selected in ((0, first, True), (1, second, False), (2, third, True)):
+        assert _record_best(records, "val", evaluation, epoch, method.selection_metric) is selected
+        assert bool(method.on_epoch_end(epoch, evaluation)) is selected
+    assert records["best_on_val"]["epoch"] == int(method.teacher_epoch) == 3
+    assert records["best_on_val"]["top1"] == 3.0 and records["best_on_val"]["selection_score"] == 41.0
 
 
 # ---- end to end -----------------------------------------------------------------------------------
@@ -343,8 +337,11 @@ def test_readme_command_end_to_end_then_test_script(smoke_run, tmp_path, capsys)
     results = json.load(open(os.path.join(run, "results.json")))
     assert results["method"] == "lcsl" and results["last"]["epoch"] == 2
     epoch = results["selected_report"]["epoch"]
-    assert results["selected_report"]["teacher_epoch"] == epoch == results["best_on_val"]["epoch"]
-    assert results["method/teacher_epoch"] == epoch and "val split" in results["selected_checkpoint"]["rule"]
+    assert results["method/teacher_epoch"] == epoch == results["best_on_val"]["epoch"]
+    assert results["selected_checkpoint"]["epoch"] == epoch and "val split" in results["selected_checkpoint"]["rule"]
+    # best.pth is evaluated as training evaluated it: its plain numbers are the selected epoch's.
+    for key in ("top1", "many", "medium", "few", "nll"):
+        assert results["selected"][key] == results["best_on_val"][key], key
     for name in ("selected", "selected_flip_tta", "selected_tau_norm1.9", "selected_tau_norm1.9_flip_tta"):
         entry = results[name]
         assert 0.0 <= entry["top1"] <= 100.0 and entry["num_samples"] == 100 and entry["epoch"] == epoch
@@ -367,7 +364,7 @@ def test_readme_command_end_to_end_then_test_script(smoke_run, tmp_path, capsys)
 @pytest.mark.slow  # reuses the real train_LCSL.py run above
 def test_resume_restores_the_teacher(smoke_run, small_sample, tmp_path, monkeypatch):
     from methods.lcsl import LCSL
-    from test import rebuild
+    from methods import rebuild
     from utils.runner import run_training
 
     run = str(tmp_path / "run")

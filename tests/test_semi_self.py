@@ -486,7 +486,7 @@ def test_moco_then_crt(smoke, capsys):
 ])
 def test_run_label_marks_only_self_supervised_starts(tmp_path, payload, expected):
     from utils.checkpoint import FORMAT_NAME
-    from utils.runner import run_label
+    from utils.run import run_label
 
     parents = {"PARENT": {"method": "erm", "config": {"pretrained_model": str(tmp_path / "rotation.pth")}},
                "SUPERVISED": {"method": "erm", "config": {"pretrained_model": None}}}

@@ -281,8 +281,9 @@ def build_payload(*, method_name: str, method_kwargs: Dict[str, Any], model_kwar
                   dataset: Dict[str, Any], config: Dict[str, Any], state_dict: Dict[str, Any],
                   epoch: int, optimizer: Optional[Dict[str, Any]] = None,
                   scaler: Optional[Dict[str, Any]] = None, records: Optional[Dict[str, Any]] = None,
-                  rng: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """The one checkpoint layout; `epoch` counts completed epochs."""
+                  rng: Optional[Dict[str, Any]] = None, self_supervised: bool = False) -> Dict[str, Any]:
+    """The one checkpoint layout; `epoch` counts completed epochs; `self_supervised` is the
+    method's own declaration (Method.self_supervised), read by ``is_self_supervised``."""
     return {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
@@ -297,5 +298,18 @@ def build_payload(*, method_name: str, method_kwargs: Dict[str, Any], model_kwar
         "scaler": scaler,
         "records": records or {},
         "rng": rng,
+        "self_supervised": bool(self_supervised),
         "git_commit": git_commit(),
     }
+
+
+# Checkpoints written before the methods declared it name their self-supervised method instead.
+_SELF_SUPERVISED_BEFORE_DECLARED = ("rotation", "moco")
+
+
+def is_self_supervised(payload: Dict[str, Any]) -> bool:
+    """Whether a loaded checkpoint holds self-supervised pre-training (no trustworthy classifier
+    of the dataset's classes; a run starting from it is "+ SSP")."""
+    if "self_supervised" in payload:
+        return bool(payload["self_supervised"])
+    return payload.get("method") in _SELF_SUPERVISED_BEFORE_DECLARED

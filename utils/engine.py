@@ -7,18 +7,16 @@ logs the named loss parts, evaluates, and writes checkpoints and results.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
-import torch.nn as nn
 from tqdm import tqdm
 
 from utils import dist
 from utils.config import OptimConfig, TrainConfig
 from utils.dist import DeviceContext
-from utils.metrics import summarize
+from utils.metrics import improves, summarize
 from utils.schedule import cosine_lr, warmup_cosine_lr, warmup_step_lr
 
 
@@ -143,17 +141,14 @@ def _check_finite(first_bad: torch.Tensor, sums: Dict[str, torch.Tensor], epoch:
 
 @torch.no_grad()
 def collect_logits(predict: Callable[[torch.Tensor], torch.Tensor], loader, inputs: DeviceInputs,
-                   ctx: DeviceContext, amp: str = "none", tta_flip: bool = False
-                   ) -> Tuple[torch.Tensor, torch.Tensor]:
+                   ctx: DeviceContext, amp: str = "none") -> Tuple[torch.Tensor, torch.Tensor]:
     """Logits (float32, CPU) and targets for a whole evaluation set, each image exactly once
-    across DDP ranks. With `tta_flip`, logits are averaged with those of the mirrored image."""
+    across DDP ranks (test-time variants: utils/evaluation.py)."""
     logits_list, target_list, index_list = [], [], []
     for batch in loader:
         images, targets, indices = inputs(batch)
         with autocast_context(ctx.device, amp):
             logits = predict(images).float()
-            if tta_flip:
-                logits = (logits + predict(torch.flip(images, dims=[3])).float()) / 2
         logits_list.append(logits)
         target_list.append(targets)
         index_list.append(indices.to(ctx.device, non_blocking=True))
@@ -166,34 +161,37 @@ def collect_logits(predict: Callable[[torch.Tensor], torch.Tensor], loader, inpu
     return logits.cpu(), targets.cpu()
 
 
-def evaluate(predict, loader, inputs, ctx, train_counts, amp="none", tta_flip=False) -> Dict[str, Any]:
+def evaluate(predict, loader, inputs, ctx, train_counts, amp="none") -> Dict[str, Any]:
     """Top-1/5, many/medium/few, mean per-class accuracy, ECE and NLL of one evaluation set."""
-    logits, targets = collect_logits(predict, loader, inputs, ctx, amp, tta_flip)
+    logits, targets = collect_logits(predict, loader, inputs, ctx, amp)
     return summarize(logits, targets, train_counts)
 
 
 def _test_due(config: TrainConfig, records: Dict[str, Any], evaluations: Dict[str, Dict[str, Any]],
-              epoch: int) -> bool:
+              epoch: int, metric: str) -> bool:
     """Whether this evaluation also scores the test set: always at --test_interval 1; otherwise
     once test_interval epochs have passed since the last test (so --eval_interval cannot stretch
     the gap, and a resumed run keeps the rhythm: records["last"] is checkpointed) and whenever the
-    validation top-1 improves, because best_on_val keeps the test numbers of that epoch."""
+    validation score (`metric`) improves, because best_on_val keeps the test numbers of that epoch."""
     last_tested = records.get("last", {}).get("epoch", 0)
     if config.run.test_interval == 1 or (epoch + 1) - last_tested >= config.run.test_interval:
         return True
-    best = records.get("best_on_val")
-    return "val" in evaluations and (best is None or evaluations["val"]["top1"] > best["selection_top1"])
+    return "val" in evaluations and improves(evaluations["val"][metric], _best_score(records.get("best_on_val")))
+
+
+def _best_score(best: Optional[Dict[str, Any]]) -> Optional[float]:
+    # Records of runs started before selection_score existed hold selection_top1.
+    return None if best is None else best.get("selection_score", best.get("selection_top1"))
 
 
 def _record_best(records: Dict[str, Any], split: str, evaluations: Dict[str, Dict[str, Any]],
-                 epoch: int) -> bool:
-    """Keeps, under best_on_<split>, the TEST summary of the epoch with the highest top-1 on
+                 epoch: int, metric: str) -> bool:
+    """Keeps, under best_on_<split>, the TEST summary of the epoch with the highest `metric` on
     `split`, so a validation-selected number is the selected model's test accuracy."""
-    key, score = f"best_on_{split}", evaluations[split]["top1"]
-    best = records.get(key)
-    if best is not None and score <= best["selection_top1"]:
+    key, score = f"best_on_{split}", evaluations[split][metric]
+    if not improves(score, _best_score(records.get(key))):
         return False
-    records[key] = {**evaluations["test"], "epoch": epoch + 1, "selection_top1": score}
+    records[key] = {**evaluations["test"], "epoch": epoch + 1, "selection_metric": metric, "selection_score": score}
     return True
 
 
@@ -260,14 +258,14 @@ def fit(config: TrainConfig, method, data, ctx: DeviceContext, loaders: Dict[str
             if "val" in loaders:
                 evaluations["val"] = evaluate(method.predict, loaders["val"], inputs, ctx,
                                               data.train_counts, config.run.amp)
-            if last_epoch or _test_due(config, records, evaluations, epoch):
+            if last_epoch or _test_due(config, records, evaluations, epoch, method.selection_metric):
                 evaluations["test"] = evaluate(method.predict, loaders["test"], inputs, ctx,
                                                data.train_counts, config.run.amp)
                 records["test_evaluations"] = records.get("test_evaluations", 0) + 1
             records.update(method.on_epoch_end(epoch, evaluations) or {})
         improved = False
         for split in evaluations:
-            better = _record_best(records, split, evaluations, epoch)
+            better = _record_best(records, split, evaluations, epoch, method.selection_metric)
             improved |= better and f"best_on_{split}" == selection_key
         if "test" in evaluations:
             records["last"] = {**evaluations["test"], "epoch": epoch + 1}

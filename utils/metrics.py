@@ -18,6 +18,20 @@ ArrayLike = Union[np.ndarray, torch.Tensor, Sequence]
 GROUPS = ("many", "medium", "few")
 
 
+# Scores are percentages. Two epochs with the same number of correct images on a balanced split
+# have equal accuracy, but the per-class mean can differ from the overall top-1 in the last bit;
+# one image more on a split of a million images is still 1e-4 points, far above this tolerance.
+SCORE_TOLERANCE = 1e-6
+# Names of the summary keys a method may select its best checkpoint by (Method.selection_metric).
+SELECTION_METRICS = {"top1": "top-1", "mean_per_class": "mean per-class accuracy"}
+
+
+def improves(score: float, best: Optional[float]) -> bool:
+    """Whether `score` beats the best so far (None: nothing yet) by more than rounding: the one
+    rule for best.pth, best_on_<split> and LCSL's teacher replacement."""
+    return best is None or score > best + SCORE_TOLERANCE
+
+
 def _to_numpy(values: ArrayLike, dtype=None) -> np.ndarray:
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from utils.checkpoint import (FORMAT_NAME, CheckpointError, UnsafeCheckpointError, read_torch_file,
+from utils.checkpoint import (FORMAT_NAME, CheckpointError, UnsafeCheckpointError, is_self_supervised, read_torch_file,
                               resolve_checkpoint_path)
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -36,10 +36,6 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 SUBTREE_PREFIXES = ("encoder_q.", "model.", "backbone.", "feat_model.")
 # Top-level names of classifier / projection layers, which stage 2 re-initialises.
 CLASSIFIER_NAMES = ("fc", "linear", "head", "classifier", "projector")
-
-
-# Methods whose checkpoints are self-supervised pre-training (stage 1 of SSP).
-SELF_SUPERVISED_METHODS = ("rotation", "moco")
 
 
 def is_self_supervised_start(path: str, depth: int = 0) -> bool:
@@ -58,7 +54,7 @@ def is_self_supervised_start(path: str, depth: int = 0) -> bool:
         return True
     if not (isinstance(payload, dict) and payload.get("format") == FORMAT_NAME):
         return True
-    if payload.get("method") in SELF_SUPERVISED_METHODS:
+    if is_self_supervised(payload):
         return True
     parent = (payload.get("config") or {}).get("pretrained_model")
     return bool(parent) and (depth >= 8 or is_self_supervised_start(parent, depth + 1))

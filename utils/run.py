@@ -1,0 +1,355 @@
+"""From a TrainConfig to a run ready to train: ``build_run(config, label) -> Run``.
+
+The build order reads top to bottom: devices, seed, data (with the pseudo-labelled extra set),
+checks that need the data, the run folder's plan, the method and its model, a resumed or
+pre-trained state, the claimed run folder and its log, the device placement and wrappers, the
+loaders. Every refusal before the folder is claimed leaves no folder behind.
+
+A run is then trained (``utils.training.train``) and reported (``utils.report.report``); both
+happen inside ``with run:``, which closes the log and releases the folder's lock however they end.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from datasets import SMALL_IMAGE_DATASETS, LongTailData, build_dataset
+from datasets.augment import build_views
+from datasets.augment.tensor import build_tensor_views
+from datasets.device_loader import DeviceLoader
+from datasets.loaders import (absolute_data_options, build_eval_loaders, build_train_loader,
+                              check_evaluation_images)
+from datasets.samplers import build_sampler
+from methods import Method, build_method
+from models import build_model
+from utils import dist
+from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.config import ConfigError, TrainConfig, check_training_data
+from utils.dist import DeviceContext
+from utils.engine import DeviceInputs, NonFiniteLossError, resolve_amp
+from utils.logger import RunLogger
+from utils.metrics import SELECTION_METRICS
+from utils.run_folder import RunFolderLock, RunPlan, claim_run_folder, config_differences, plan_run_folder
+
+
+@dataclass
+class Run:
+    """Everything a training run is made of, built once by ``build_run``."""
+    config: TrainConfig  # with the selection split resolved
+    label: str  # method label plus _ssp / _semi: the run folder's and the tables' name
+    ctx: DeviceContext
+    data: LongTailData  # train_counts include pseudo-labelled images
+    labeled_counts: List[int]  # what the dataset flags alone give
+    method: Method  # on the device, wrapped for DataParallel / DDP / compile
+    model_kwargs: Dict[str, Any]
+    loaders: Dict[str, Any]  # train, test and (with a validation split) val
+    inputs: DeviceInputs
+    logger: RunLogger
+    run_dir: str
+    resume: Optional[Dict[str, Any]]  # the checkpoint this run continues, if any
+    lock: Optional[RunFolderLock]  # held by rank 0 until the run is closed
+    started: float  # wall-clock start, for results.json
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if isinstance(error, NonFiniteLossError):
+            self.logger.info(f"training stopped: {error}", echo=False)  # run_guarded prints it on stderr
+        self.close()
+
+    def close(self) -> None:
+        self.logger.close()
+        if self.lock is not None:
+            self.lock.release()
+
+    def describe_dataset(self) -> Dict[str, Any]:
+        """What a checkpoint needs to rebuild the evaluation data and the shot groups
+        (datasets/rebuild.py): `train_counts` include pseudo-labelled images (the shot groups
+        and re-weighting use them); `labeled_counts` are what the dataset flags alone rebuild."""
+        data, config = self.data, self.config
+        return {"name": data.name, "num_classes": data.num_classes, "train_counts": list(data.train_counts),
+                "labeled_counts": list(self.labeled_counts),
+                "mean": list(data.mean), "std": list(data.std), "image_size": data.image_size,
+                "style": data.style, "class_names": list(data.class_names),
+                # Absolute paths: test.py must read the data this run read, from whatever folder it runs in.
+                "options": dataclasses.asdict(absolute_data_options(config.dataset, config.data))}
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """What ``build_run`` returns when --resume auto finds this configuration's run finished."""
+    results: Dict[str, Any]
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def build_run(config: TrainConfig, label: str):
+    """A ``Run`` ready for ``train``, or a ``FinishedRun`` when there is nothing left to train."""
+    started = time.time()
+    label = run_label(config, label)
+    ctx = dist.setup_devices(config.run.gpu)
+    if config.run.compile and ctx.data_parallel:
+        # DataParallel replicates the compiled wrapper with its forward bound to the first GPU's
+        # module, so the other replicas would run on the wrong device.
+        raise ConfigError("--compile does not work with DataParallel (--gpu listing several GPUs): "
+                          "drop --compile, or train on several GPUs with torchrun (DDP)")
+    # Model initialisation must agree across DDP ranks (DDP also broadcasts it); augmentation is
+    # re-seeded per rank and epoch by fit.
+    seed_everything(config.run.seed, config.run.deterministic)
+    data = build_dataset(config.dataset, config.data)
+    check_evaluation_images(data, config.data, ctx.rank, ctx.world_size)  # a bad image stops it before epoch 1
+    labeled_counts = list(data.train_counts)
+    if config.unlabeled is not None:
+        from datasets.semi import add_pseudo_labeled
+
+        data = add_pseudo_labeled(data, config.unlabeled, imb_factor_unlabel=config.imb_factor_unlabel
+                                  or config.data.imb_factor, size_factor=config.unlabel_size_factor,
+                                  seed=config.data.lt_seed)
+    config = resolve_selection(config, data)
+    check_training_data(config, data, labeled_counts, ctx.world_size)  # before any file is written
+    if config.run.out_dir:
+        check_not_own_input(config, config.run.out_dir)
+
+    plan: RunPlan = _on_main(ctx, lambda: plan_run_folder(config, label))
+    if plan.action == "finished":
+        return FinishedRun(_finished_results(plan, ctx))
+    model_kwargs = {"arch": config.arch, "num_classes": data.num_classes, "head": config.head,
+                    "scale": config.head_scale}
+    method = build_method(config.method, build_model(**model_kwargs), data.train_counts, **config.method_options)
+    resume = load_checkpoint(plan.resume, prefer="last.pth") if plan.resume else None
+    if resume is not None:
+        check_resume_matches(config, resume)
+    if plan.run_dir:
+        check_not_own_input(config, plan.run_dir)
+    pretrained_notes: List[str] = []
+    if resume is None and config.pretrained_model is not None:
+        from utils.pretrained import load_pretrained
+
+        load_pretrained(method, config.pretrained_model, _PendingNotes(pretrained_notes))  # a bad file: no folder
+
+    run_dir, notes, lock = _claim_on_main(plan, config, label, ctx)
+    logger = RunLogger(run_dir, is_main=ctx.is_main)
+    try:
+        _log_start(logger, run_dir, notes, plan, config, ctx, data)
+        if resume is None:
+            from utils.checkpoint import git_commit
+
+            logger.write_json("config.json", {**config.to_dict(), "git_commit": git_commit()})
+            for line in pretrained_notes:
+                logger.info(line)
+        else:
+            method.load_state_dict(resume["state_dict"], strict=True)
+        place_on_device(method, config, ctx)
+        loaders = build_loaders(config, data, ctx, method.num_views)
+    except BaseException:
+        logger.close()
+        if lock is not None:
+            lock.release()
+        raise
+    inputs = DeviceInputs(data.mean, data.std, ctx.device, config.run.channels_last)
+    return Run(config=config, label=label, ctx=ctx, data=data, labeled_counts=labeled_counts, method=method,
+               model_kwargs=model_kwargs, loaders=loaders, inputs=inputs, logger=logger, run_dir=run_dir,
+               resume=resume, lock=lock, started=started)
+
+
+def _log_start(logger, run_dir: str, notes: List[str], plan: RunPlan, config: TrainConfig, ctx, data) -> None:
+    logger.info(f"run folder: {run_dir}")
+    for note in notes:
+        logger.info(note)
+    if plan.action == "restart":
+        logger.forget_per_class_after(0)  # rows of the epoch the earlier attempt did not finish
+    logger.info(f"device: {ctx.device}, {dist.describe_hardware(ctx)} (world size {ctx.world_size}); precision: "
+                f"{resolve_amp(config.run.amp, ctx.device)} (--amp {config.run.amp}); "
+                f"channels_last: {config.run.channels_last}")
+    logger.info(f"{data.name}: {len(data.train)} training images in {data.num_classes} classes "
+                f"(head {max(data.train_counts)}, tail {min(data.train_counts)}), {len(data.test)} test"
+                + (f", {len(data.val)} validation" if data.val is not None else ""))
+
+
+def place_on_device(method: Method, config: TrainConfig, ctx: DeviceContext) -> None:
+    """Moves the method to the device in the run's memory format and wraps its networks."""
+    method.to(ctx.device)
+    if config.run.channels_last:
+        method.to(memory_format=torch.channels_last)
+    # Compiling the DDP wrapper (not the bare network) lets the compiler see DDP's gradient
+    # buckets and overlap their all-reduces with the backward pass.
+    method.wrap(lambda net: torch.compile(dist.wrap_network(net, ctx)) if config.run.compile
+                else dist.wrap_network(net, ctx),
+                lambda net: dist.wrap_forward_only(net, ctx))
+
+
+# ---- checks that need the data or the plan ----------------------------------------------------------
+def resolve_selection(config: TrainConfig, data: LongTailData) -> TrainConfig:
+    """best.pth is chosen on the validation split when there is one; on the test set (the
+    papers' practice, labelled as such everywhere) only when there is none or when asked."""
+    has_val = data.val is not None and len(data.val) > 0
+    if config.select_on == "val" and not has_val:
+        raise ConfigError("--select_on val needs a validation split: add --val_per_class N (CIFAR) or "
+                          "--val_list (list datasets), or pass --select_on test as the papers did")
+    if config.select_on is None:
+        config = dataclasses.replace(config, select_on="val" if has_val else "test")
+    if config.select_on == "test" and config.run.test_interval > 1:
+        raise ConfigError(f"--test_interval {config.run.test_interval} needs --select_on val (and a validation "
+                          "split): selecting on the test set evaluates it at every evaluation")
+    return config
+
+
+def check_not_own_input(config: TrainConfig, run_dir: str) -> None:
+    """A run must never write into the run folder it starts from (--pretrained_model)."""
+    if config.pretrained_model is None:
+        return
+    source = os.path.abspath(config.pretrained_model)
+    source_dir = source if os.path.isdir(source) else os.path.dirname(source)
+    if os.path.abspath(run_dir) == source_dir:
+        raise ConfigError(f"--out_dir {run_dir} is the folder of --pretrained_model: choose another "
+                          "--out_dir so the input run is not overwritten")
+
+
+def check_resume_matches(config: TrainConfig, payload: Dict[str, Any]) -> None:
+    """Continuing a run with other data, recipe or seed would silently mix two runs."""
+    for flag, saved, value in config_differences(config, payload["config"])[:1]:
+        raise ConfigError(f"--resume {payload['path']}: the checkpoint has {flag}={saved!r} "
+                          f"but this command has {value!r}; continue a run with its own flags")
+    if int(payload["epoch"]) > config.optim.epochs:
+        raise ConfigError(f"--epochs {config.optim.epochs}: --resume {payload['path']} has already trained "
+                          f"{payload['epoch']} epochs; pass --epochs {payload['epoch']} or more")
+
+
+def selection_rule(method: Method, split: str) -> str:
+    """How best.pth was chosen, in words, for results.json and reports."""
+    return f"best {SELECTION_METRICS[method.selection_metric]} on the {split} split"
+
+
+# ---- loaders ------------------------------------------------------------------------------------------
+def build_loaders(config: TrainConfig, data: LongTailData, ctx: DeviceContext, num_views: int) -> Dict[str, Any]:
+    if config.batch_size % ctx.world_size:
+        raise ConfigError(f"-b/--batch_size {config.batch_size} must be divisible by the "
+                          f"{ctx.world_size} DDP processes")
+    per_rank = config.batch_size // ctx.world_size
+    recipes = config.train_aug if len(config.train_aug) == num_views else config.train_aug * num_views
+    if len(recipes) != num_views:
+        raise ConfigError(f"method '{config.method}' needs {num_views} views but --aug gave "
+                          f"{len(config.train_aug)} recipes")
+    sampler = None
+    if config.sampler:
+        sampler = build_sampler(config.sampler, data.train.targets, data.num_classes, seed=config.run.seed,
+                                rank=ctx.rank, world_size=ctx.world_size, **config.sampler_options)
+    pin = ctx.device.type == "cuda"
+    backend = config.run.aug_backend
+    if backend == "auto":
+        backend = "tensor" if data.train.in_memory else "pil"
+    if backend == "tensor":
+        if not data.train.in_memory:
+            raise ConfigError(f"--aug_backend tensor needs in-memory (CIFAR-style) data; '{config.dataset}' "
+                              "reads image files: use --aug_backend pil")
+        transform = build_tensor_views(list(recipes), data.style, data.image_size, **config.aug_options)
+        train = DeviceLoader(data.train, transform, per_rank, sampler=sampler, device=ctx.device,
+                             seed=config.run.seed, rank=ctx.rank, world_size=ctx.world_size,
+                             drop_last=config.drop_last)
+    else:
+        transform = build_views(list(recipes), data.style, data.image_size, **config.aug_options)
+        train = build_train_loader(data.train, transform, per_rank, sampler=sampler, workers=config.run.workers,
+                                   drop_last=config.drop_last, seed=config.run.seed, rank=ctx.rank,
+                                   world_size=ctx.world_size, pin_memory=pin)
+    # test.py builds its loader with the same function, so it scores a checkpoint as the log did.
+    return {"train": train, **build_eval_loaders(data, per_rank, workers=config.run.workers, rank=ctx.rank,
+                                                 world_size=ctx.world_size, pin_memory=pin)}
+
+
+# ---- the run folder ---------------------------------------------------------------------------------
+def run_label(config: TrainConfig, label: str) -> str:
+    """The method label plus what changed the recipe: self-supervised pre-training (_ssp) and
+    pseudo-labelled extra data (_semi). Run folder names and results tables use it."""
+    from utils.pretrained import is_self_supervised_start
+
+    label += "_ssp" if config.pretrained_model and is_self_supervised_start(config.pretrained_model) else ""
+    return label + ("_semi" if config.unlabeled else "")
+
+
+def find_resume(config: TrainConfig, label: str) -> Optional[str]:
+    """The last.pth `--resume auto` would continue (or find finished) for this command; None when
+    it would start a new run. Refuses, naming the flag, a --out_dir that holds another run."""
+    auto = dataclasses.replace(config, run=dataclasses.replace(config.run, resume="auto"))
+    plan = plan_run_folder(auto, run_label(config, label))
+    last = os.path.join(plan.run_dir, "last.pth") if plan.run_dir else None
+    return last if last and plan.action in ("continue", "finished") and os.path.isfile(last) else None
+
+
+def _on_main(ctx: DeviceContext, work: Callable[[], Any]) -> Any:
+    """Runs `work` on rank 0 only and hands its result, or its refusal, to every rank, so that a
+    refused DDP run stops on all ranks instead of leaving the others waiting."""
+    outcome: Any = None
+    if ctx.is_main:
+        try:
+            outcome = work()
+        except (ConfigError, CheckpointError, OSError) as error:
+            outcome = error
+    outcome = dist.broadcast_object(outcome)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def _claim_on_main(plan: RunPlan, config: TrainConfig, label: str, ctx: DeviceContext
+                   ) -> Tuple[str, List[str], Optional[RunFolderLock]]:
+    """Rank 0 locks the folder and clears what the plan discards; every rank gets the folder and
+    the lines to log, rank 0 also the held lock (released when the run is closed)."""
+    held = []
+
+    def claim() -> Tuple[str, List[str]]:
+        run_dir, lock, notes = claim_run_folder(plan, config, label)
+        held.append(lock)
+        return run_dir, notes
+
+    run_dir, notes = _on_main(ctx, claim)
+    return run_dir, notes, (held[0] if held else None)
+
+
+def _finished_results(plan: RunPlan, ctx: DeviceContext) -> Dict[str, Any]:
+    """--resume auto on a finished run: its results, untouched."""
+    path = os.path.join(plan.run_dir, "results.json")
+
+    def read() -> Dict[str, Any]:
+        with open(path) as stream:
+            return json.load(stream)
+
+    results = {**_on_main(ctx, read), "run_dir": plan.run_dir}
+    if ctx.is_main:
+        print(f"{plan.run_dir} already holds this configuration's finished run (results in {path}): nothing "
+              "to do (a larger --epochs extends it)", flush=True)
+    return results
+
+
+class _PendingNotes:
+    """The logger load_pretrained writes to before the run folder exists: its lines go to
+    log.txt once the folder is claimed, so a refused file leaves no folder."""
+
+    def __init__(self, lines: List[str]):
+        self.lines = lines
+
+    def info(self, message: str, echo: bool = True) -> None:
+        self.lines.append(message)
+
+
+def imb_factor_of(config: TrainConfig) -> Optional[float]:
+    """--imb_factor only shapes the datasets whose long tail is cut here (CIFAR, SVHN)."""
+    return config.data.imb_factor if config.dataset in SMALL_IMAGE_DATASETS else None
