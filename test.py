@@ -19,7 +19,7 @@ from typing import Any, Dict
 
 import torch
 
-from utils.config import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, OneLineErrorParser, output_file
+from utils.config import AMP_CHOICES, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, OneLineErrorParser, output_file
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -36,7 +36,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("-b", "--batch_size", "--batch-size", dest="batch_size", type=POSITIVE_INT, default=None,
                         help="images per evaluation batch (default: the training run's evaluation batch)")
     parser.add_argument("--workers", "-j", type=NON_NEGATIVE_INT, default=min(4, os.cpu_count() or 1))
-    parser.add_argument("--amp", default=None, choices=["auto", "none", "bf16", "fp16"],
+    parser.add_argument("--amp", default=None, choices=AMP_CHOICES,
                         help="autocast precision (default: the run's --amp; auto: native bf16/fp16 on GPUs, "
                              "fp32 on CPUs without bf16)")
     parser.add_argument("--tta_flip", action="store_true", help="average with the mirrored image")

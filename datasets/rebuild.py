@@ -1,7 +1,7 @@
 """The evaluation data of a trained run, rebuilt from its checkpoint's description.
 
 A checkpoint records its dataset's name, options (with absolute paths) and class counts
-(``utils.runner.describe_dataset``); test.py, train_LCSL.py's final report and
+(``utils.run.Run.describe_dataset``); test.py, train_LCSL.py's final report and
 scripts/gen_pseudolabels.py read the same images from it. Nothing is ever downloaded here.
 """
 from __future__ import annotations

@@ -78,6 +78,7 @@ DEFAULTS = dict(lr=0.1, weight_decay=2e-4, epochs=200, warmup_epochs=5, cos=Fals
 
 
 def add_arguments(parser) -> None:
+    from datasets.samplers import SAMPLERS
     from utils.config import BELOW_ONE, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT
 
     group = parser.add_argument_group("ERM baselines (--method ce|focal|ldam|...)")
@@ -85,8 +86,7 @@ def add_arguments(parser) -> None:
                        help="CE, LDAM, Focal (semi-self paper), LA (logit adjustment), balanced_softmax")
     group.add_argument("--train_rule", type=str.lower, default=None, choices=sorted(TRAIN_RULE_FLAGS),
                        help="None, Resample, Reweight or DRW (semi-self paper)")
-    group.add_argument("--sampler", default=None,
-                       choices=["class_balanced", "sqrt", "effective_number", "class_aware"],
+    group.add_argument("--sampler", default=None, choices=SAMPLERS.names(),
                        help="re-sampling of the training set")
     group.add_argument("--samples_per_class", type=POSITIVE_INT, default=4, help="class_aware sampler block size")
     group.add_argument("--drw_epoch", type=NON_NEGATIVE_INT, default=160, help="DRW: 0-based epoch re-weighting starts")

@@ -47,6 +47,7 @@ from datasets.cifar_lt import CIFAR_MEAN, CIFAR_STD  # noqa: E402
 from datasets.device_loader import DeviceLoader  # noqa: E402
 from methods import METHODS, build_method  # noqa: E402
 from models import build_model  # noqa: E402
+from utils.config import AMP_CHOICES  # noqa: E402
 from utils.engine import DeviceInputs, autocast_context, make_scaler, resolve_amp  # noqa: E402
 
 class Setup(NamedTuple):
@@ -264,7 +265,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="DataLoader workers of the papers' pipeline (default: min(4, CPUs))")
     parser.add_argument("--warmup_steps", type=int, default=3, help="untimed steps per pipeline and phase first")
     parser.add_argument("--synthetic", action="store_true", help="random images instead of the CIFAR-10 sample")
-    parser.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
+    parser.add_argument("--amp", default="auto", choices=AMP_CHOICES,
                         help="precision of the fast path (the papers' pipeline is always fp32)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for both pipelines (default: torch's choice)")

@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.checkpoint import add_trust_argument  # noqa: E402
-from utils.config import (NON_NEGATIVE_INT, POSITIVE_INT, PROBABILITY, ConfigError,  # noqa: E402
+from utils.config import (AMP_CHOICES, NON_NEGATIVE_INT, POSITIVE_INT, PROBABILITY, ConfigError,  # noqa: E402
                           OneLineErrorParser, add_bool_flag, output_file)
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -48,7 +48,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpu", default=None)
     parser.add_argument("-b", "--batch_size", "--batch-size", dest="batch_size", type=POSITIVE_INT, default=256)
     parser.add_argument("--workers", "-j", type=NON_NEGATIVE_INT, default=4)
-    parser.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"])
+    parser.add_argument("--amp", default="auto", choices=AMP_CHOICES)
     add_trust_argument(parser)
     return parser
 

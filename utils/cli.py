@@ -13,8 +13,9 @@ import traceback
 from typing import Any, Callable, Dict, Optional
 
 from datasets import DATASETS, DataOptions, DatasetError
+from datasets.longtail import IMB_TYPES, SELECTIONS
 from utils.checkpoint import CheckpointError, add_trust_argument
-from utils.config import (FRACTION, NON_NEGATIVE_INT, SEED, ConfigError, Number, OptimConfig, RunConfig,
+from utils.config import (AMP_CHOICES, FRACTION, NON_NEGATIVE_INT, SEED, ConfigError, Number, OptimConfig, RunConfig,
                           TrainConfig, add_bool_flag)
 
 
@@ -28,9 +29,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str) ->
     group.add_argument("--dataset", default=default_dataset, choices=DATASETS.names(), help="dataset")
     group.add_argument("--data_root", "--data", dest="data_root", default="./data",
                        help="dataset folder (CIFAR pickles below it, or the image root of list datasets)")
-    group.add_argument("--imb_type", default="exp", choices=["exp", "step"], help="per-class count profile")
+    group.add_argument("--imb_type", default="exp", choices=IMB_TYPES, help="per-class count profile")
     group.add_argument("--imb_factor", type=FRACTION, default=0.01, help="1 / imbalance ratio, in (0, 1]")
-    group.add_argument("--lt_selection", default=None, choices=["shuffle", "first"],
+    group.add_argument("--lt_selection", default=None, choices=SELECTIONS,
                        help="which images of each class form the LT subset")
     group.add_argument("--lt_seed", type=SEED, default=0, help="seed of the 'shuffle' selection")
     group.add_argument("--val_per_class", type=NON_NEGATIVE_INT, default=0,
@@ -89,7 +90,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=limit(RunConfig, "seed"), default=None)
     add_bool_flag(group, "--deterministic", default=False, help="deterministic algorithms")
     group.add_argument("--gpu", default=None, help="GPU id, or ids like 0,1,2,3 for DataParallel")
-    group.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
+    group.add_argument("--amp", default="auto", choices=AMP_CHOICES,
                        help="autocast precision; auto: bf16 on GPUs that have it (else fp16 with loss "
                             "scaling) and on CPUs with native bf16, fp32 on other CPUs")
     add_bool_flag(group, "--channels_last", default=True, help="NHWC memory format")

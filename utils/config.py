@@ -180,6 +180,10 @@ class OptimConfig:
             NON_NEGATIVE_INT.check("--schedule", milestone)
 
 
+# --amp: autocast precision; auto picks the device's native one (utils.engine.resolve_amp).
+AMP_CHOICES = ("auto", "none", "bf16", "fp16")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """How and where a run executes; nothing here changes what is learned, except `seed`."""
@@ -215,8 +219,8 @@ class RunConfig:
 
     def __post_init__(self):
         check_limits(self)
-        if self.amp not in ("auto", "none", "bf16", "fp16"):
-            raise ConfigError(f"--amp must be auto, none, bf16 or fp16, got '{self.amp}'")
+        if self.amp not in AMP_CHOICES:
+            raise ConfigError(f"--amp must be one of {', '.join(AMP_CHOICES)}, got '{self.amp}'")
         if self.aug_backend not in ("auto", "tensor", "pil"):
             raise ConfigError(f"--aug_backend must be auto, tensor or pil, got '{self.aug_backend}'")
         if self.overwrite and self.resume:
