@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from datasets import SMALL_IMAGE_DATASETS, LongTailData, build_dataset
+from datasets import LongTailData, build_dataset
 from datasets.augment import build_views
 from datasets.augment.tensor import build_tensor_views
 from datasets.device_loader import DeviceLoader
@@ -67,9 +67,7 @@ class Run:
         self.close()
 
     def close(self) -> None:
-        self.logger.close()
-        if self.lock is not None:
-            self.lock.release()
+        _close(self.logger, self.lock)
 
     def describe_dataset(self) -> Dict[str, Any]:
         """What a checkpoint needs to rebuild the evaluation data and the shot groups
@@ -161,9 +159,7 @@ def build_run(config: TrainConfig, label: str):
         place_on_device(method, config, ctx)
         loaders = build_loaders(config, data, ctx, method.num_views)
     except BaseException:
-        logger.close()
-        if lock is not None:
-            lock.release()
+        _close(logger, lock)
         raise
     inputs = DeviceInputs(data.mean, data.std, ctx.device, config.run.channels_last)
     return Run(config=config, label=label, ctx=ctx, data=data, labeled_counts=labeled_counts, method=method,
@@ -350,6 +346,8 @@ class _PendingNotes:
         self.lines.append(message)
 
 
-def imb_factor_of(config: TrainConfig) -> Optional[float]:
-    """--imb_factor only shapes the datasets whose long tail is cut here (CIFAR, SVHN)."""
-    return config.data.imb_factor if config.dataset in SMALL_IMAGE_DATASETS else None
+def _close(logger: RunLogger, lock: Optional[RunFolderLock]) -> None:
+    """Closes the run's log and releases its folder (rank 0 holds the lock)."""
+    logger.close()
+    if lock is not None:
+        lock.release()
