@@ -33,11 +33,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", default=None, choices=choices,
                         help=f"training method (default: ERM when --loss_type/--train_rule/--sampler "
                              f"is given, else {DEFAULT_METHOD})")
+    recipes = {name: METHOD_CLIS.get(name).recipe for name in METHOD_CLIS.names()}
     cli.add_data_arguments(parser, default_dataset="cifar10")
-    cli.add_model_arguments(parser, default_arch="resnet32")
-    cli.add_optim_arguments(parser)
-    cli.add_aug_arguments(parser)
-    cli.add_run_arguments(parser)
+    cli.add_model_arguments(parser)
+    cli.add_optim_arguments(parser, recipes)
+    cli.add_aug_arguments(parser, recipes)
+    cli.add_run_arguments(parser, recipes)
     cli.add_semi_self_arguments(parser)
     for entry in method_clis():
         entry.add_arguments(parser)
@@ -70,18 +71,18 @@ def choose_method(args: argparse.Namespace):
 def build_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     """Returns the frozen config and a readable label for the run folder name."""
     choice = choose_method(args)
-    defaults = choice.defaults
+    recipe = choice.recipe
     aug_options = {**choice.aug_options, **{k: v for k, v in (("randaug_n", args.randaug_n),
                                                                ("randaug_m", args.randaug_m),
                                                                ("color_jitter", args.color_jitter)) if v is not None}}
     config = TrainConfig(
-        script="main.py", dataset=args.dataset, data=cli.data_options(args, "shuffle"), arch=args.arch,
+        script="main.py", dataset=args.dataset, data=cli.data_options(args, "shuffle"), arch=cli.architecture(args),
         head=choice.head, head_scale=choice.head_scale, method=choice.method,
-        method_options=choice.method_options, batch_size=cli.pick(args.batch_size, defaults["batch_size"]),
-        train_aug=tuple(cli.pick(args.aug, defaults["aug"])), aug_options=aug_options,
+        method_options=choice.options.as_kwargs(), batch_size=cli.pick(args.batch_size, recipe.batch_size),
+        train_aug=tuple(cli.pick(args.aug, recipe.aug)), aug_options=aug_options,
         sampler=choice.sampler, sampler_options=choice.sampler_options,
         select_on=args.select_on,
-        optim=cli.optim_config(args, defaults), run=cli.run_config(args, defaults["seed"]),
+        optim=cli.optim_config(args, recipe), run=cli.run_config(args, recipe.seed),
         drop_last=choice.drop_last, eval_posthoc_tau=args.posthoc_tau, eval_tau_norm=args.tau_norm,
         **cli.semi_self_fields(args))
     return config, choice.label

@@ -20,7 +20,7 @@ from typing import Tuple
 
 import numpy as np
 
-from datasets import DATASETS
+from datasets import DATASETS, DatasetEntry
 
 from .base import DataOptions, DatasetError, ImageSource, LongTailData
 from .longtail import balanced_validation_indices, class_counts, leftover_indices, select_indices
@@ -95,7 +95,6 @@ def profile_rank(digits: np.ndarray) -> np.ndarray:
     return (np.asarray(digits, dtype=np.int64) - 1) % 10
 
 
-@DATASETS.register("svhn")
 def svhn_lt(options: DataOptions) -> LongTailData:
     """SVHN-LT: up to 1000 training images per digit, digit 0 last; rho = 100 keeps 2,478."""
     train = read_svhn_split(options.data_root, "train", options.download)
@@ -122,3 +121,6 @@ def svhn_lt(options: DataOptions) -> LongTailData:
         unlabeled=train.subset(pool) if len(pool) else None,
         train_indices=selected,
     )
+
+
+DATASETS.register("svhn")(DatasetEntry(svhn_lt, "cifar", "resnet32"))

@@ -7,11 +7,14 @@ parts ``training_step`` returns.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Type
 
 import torch
 import torch.nn as nn
 
+from methods.options import MethodOptions
+from utils.config import ConfigError, Recipe
 from utils.registry import Registry
 
 METHODS = Registry("method")
@@ -22,8 +25,9 @@ StepOutput = Dict[str, Any]  # {'loss': scalar tensor, 'logits': (B, C) or None,
 class Method(nn.Module):
     """Base class: plain supervised prediction with the wrapped network.
 
-    Subclasses set ``name`` (the registry key) and implement ``training_step``. ``init_kwargs``
-    records the constructor's keyword arguments so a checkpoint can rebuild the method.
+    Subclasses set ``name`` (the registry key) and ``Options`` (their hyper-parameters, see
+    methods/options.py) and implement ``training_step``. The constructor takes the options as
+    keyword arguments; ``init_kwargs`` gives them back, so a checkpoint can rebuild the method.
     """
 
     name = "method"
@@ -35,16 +39,21 @@ class Method(nn.Module):
     # The summary key (utils.metrics.summarize) whose improvement on the selection split
     # (--select_on) makes an epoch the run's best.pth.
     selection_metric = "top1"
+    Options: Type[MethodOptions] = MethodOptions
 
-    def __init__(self, model: nn.Module, class_counts: Sequence[int]):
+    def __init__(self, model: nn.Module, class_counts: Sequence[int], **options: Any):
         super().__init__()
+        self.options = self.Options(**options)  # validated here, whoever builds the method
         self.model = model
         self.register_buffer("class_counts", torch.as_tensor(list(class_counts), dtype=torch.long))
-        self.init_kwargs: Dict[str, Any] = {}
         # What the step calls: the model itself, or its DataParallel / DDP wrapper. Kept outside
         # the module tree so the state dict holds the unwrapped weights only.
         object.__setattr__(self, "_network", None)
         object.__setattr__(self, "_eval_network", None)  # what predict() calls, see wrap()
+
+    @property
+    def init_kwargs(self) -> Dict[str, Any]:
+        return self.options.as_kwargs()
 
     @property
     def num_classes(self) -> int:
@@ -109,25 +118,58 @@ class Method(nn.Module):
 
 
 # ---- command line ------------------------------------------------------------------------------
+@dataclass(frozen=True)
 class MethodChoice:
-    """What a method's command-line module decides from the parsed flags.
+    """What a method's command line decides from the parsed flags."""
 
-    ``defaults`` fills the optimisation flags the user left out (lr, weight_decay, epochs,
-    warmup_epochs, cos, schedule, lr_gamma, batch_size, aug, seed), so an omitted flag means what
-    it meant in the paper whose method this is.
+    method: str  # METHODS name
+    options: MethodOptions  # the method's hyper-parameters, validated
+    label: str  # readable part of the run folder's name
+    recipe: Recipe  # what the optimisation flags the user left out mean
+    head: str = "linear"
+    head_scale: Optional[float] = None
+    sampler: Optional[str] = None
+    sampler_options: Dict[str, Any] = field(default_factory=dict)
+    drop_last: bool = False
+    aug_options: Dict[str, Any] = field(default_factory=dict)
+
+
+class MethodCommandLine:
+    """The command line of the methods main.py exposes: one instance per method module,
+    registered in ``METHOD_CLIS``.
+
+    ``names`` are its --method values; its flags are its ``Options``' flags (plus any
+    ``add_extra_arguments`` declares), in one argument group; ``recipe`` fills the optimisation
+    flags left out; ``choose`` turns parsed flags into a ``MethodChoice``.
     """
 
-    def __init__(self, method: str, method_options: Dict[str, Any], label: str, defaults: Dict[str, Any],
-                 head: str = "linear", head_scale: Optional[float] = None, sampler: Optional[str] = None,
-                 sampler_options: Optional[Dict[str, Any]] = None, drop_last: bool = False,
-                 aug_options: Optional[Dict[str, Any]] = None):
-        self.method, self.method_options, self.label, self.defaults = method, method_options, label, defaults
-        self.head, self.head_scale, self.sampler = head, head_scale, sampler
-        self.sampler_options = sampler_options or {}
-        self.drop_last = drop_last
-        self.aug_options = aug_options or {}
+    names: Tuple[str, ...] = ()
+    title = ""  # the --help group
+    Options: Type[MethodOptions] = MethodOptions
+    recipe: Recipe
+    # The re-balancing flags (--loss_type, --train_rule, --sampler) it reads; main.py refuses
+    # them for the other methods rather than ignore them.
+    erm_flags: Tuple[str, ...] = ()
+
+    def claims(self, args) -> bool:
+        return args.method in self.names
+
+    def add_arguments(self, parser) -> None:
+        group = parser.add_argument_group(self.title)
+        self.Options.add_arguments(group)
+        self.add_extra_arguments(group)
+
+    def add_extra_arguments(self, group) -> None:
+        """Flags the method reads that are not its own options (loss or sampler settings)."""
+
+    def choose(self, args) -> MethodChoice:
+        raise NotImplementedError
+
+    def refuse_cosine_head(self, args, why: str) -> None:
+        """For methods that train a linear classifier: --use_norm / --head_scale are errors."""
+        if args.use_norm or args.head_scale is not None:
+            raise ConfigError(f"--method {self.names[0]} {why}: drop --use_norm / --head_scale")
 
 
-# Command-line modules of the methods main.py exposes. Each entry is an object (usually a module)
-# with `names` (its --method values), `add_arguments(parser)` and `choose(args) -> MethodChoice`.
+# Command-line modules of the methods main.py exposes, name -> MethodCommandLine.
 METHOD_CLIS = Registry("method command line")

@@ -24,6 +24,8 @@ neither has this module: the only frequency-dependent part is the logit adjustme
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -33,10 +35,12 @@ from torch import Tensor
 
 from losses import LOSSES
 from losses.supcon import centroid_loss, class_averaged_supcon
-from methods.base import METHOD_CLIS, METHODS, Method, MethodChoice
+from methods.base import METHOD_CLIS, METHODS, Method, MethodChoice, MethodCommandLine
+from methods.options import MethodOptions, derived, option
 from models.heads import NormedLinear
 from utils.dist import gather_no_grad, gather_with_grad
 from utils.kmeans import INITS as KMEANS_INITS
+from utils.config import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, ConfigError, Recipe, add_bool_flag
 from utils.kmeans import batched_kmeans
 
 REFRESH_MODES = ("step", "epoch")
@@ -138,6 +142,27 @@ class ClassQueues(nn.Module):
         return ordered[mask], labels[mask]
 
 
+@dataclass(frozen=True)
+class BCCLOptions(MethodOptions):
+    feat_dim: int = option(128, "--feat_dim", valid=POSITIVE_INT, help="projection dimension (2048 on ImageNet-LT)")
+    temperature: float = option(0.1, "--temp", valid=POSITIVE, help="contrastive temperature (0.07 on ImageNet-LT)")
+    alpha: float = option(1.0, "--alpha", valid=NON_NEGATIVE, help="weight of the supervised contrastive loss")
+    beta: float = option(1.0, "--beta", valid=NON_NEGATIVE, help="weight of the logit-adjusted CE")
+    ceta: float = option(0.1, "--ceta", valid=NON_NEGATIVE, help="weight of the centroid loss")
+    queue_size: int = option(100, "--queue_size", valid=POSITIVE_INT, help="queued embeddings per class")
+    num_centroids: int = option(5, "--centroid", valid=POSITIVE_INT, help="k-means centroids per class")
+    warmup_epochs: int = derived(10, valid=NON_NEGATIVE_INT)  # --warmup_epochs: no centroid loss before it
+    kmeans_every: int = option(10, "--kmeans_every", valid=POSITIVE_INT,
+                               help="re-cluster in epochs e %% N == 0 after warm-up")
+    kmeans_refresh: str = option("step", "--kmeans_refresh", choices=REFRESH_MODES,
+                                 help="re-cluster at every step of those epochs (reference) or once at their start")
+    kmeans_init: str = option("random", "--kmeans_init", choices=KMEANS_INITS,
+                              help="k-means initial centroids: uniform queue points (reference) or k-means++")
+    queue_dtype: str = option("float32", "--queue_dtype", choices=tuple(QUEUE_DTYPES),
+                              help="storage of the queues (float16 halves their memory on iNaturalist)")
+    seed: int = derived(42, valid=SEED)  # --seed: seeds the k-means initialisations
+
+
 @METHODS.register("bccl")
 class BCCL(Method):
     """BCCL around a ``Classifier``: a projection head, the three losses, class queues, centroids.
@@ -148,33 +173,16 @@ class BCCL(Method):
 
     name = "bccl"
     num_views = 2
+    Options = BCCLOptions
 
-    def __init__(self, model: nn.Module, class_counts: Sequence[int], feat_dim: int = 128,
-                 temperature: float = 0.1, alpha: float = 1.0, beta: float = 1.0, ceta: float = 0.1,
-                 queue_size: int = 100, num_centroids: int = 5, warmup_epochs: int = 10,
-                 kmeans_every: int = 10, kmeans_refresh: str = "step", kmeans_init: str = "random",
-                 queue_dtype: str = "float32", seed: int = 42):
-        super().__init__(model, class_counts)
-        if kmeans_refresh not in REFRESH_MODES:
-            raise ValueError(f"kmeans_refresh must be one of {REFRESH_MODES}, got '{kmeans_refresh}'")
-        if kmeans_init not in KMEANS_INITS:
-            raise ValueError(f"kmeans_init must be one of {KMEANS_INITS}, got '{kmeans_init}'")
-        if queue_dtype not in QUEUE_DTYPES:
-            raise ValueError(f"queue_dtype must be one of {tuple(QUEUE_DTYPES)}, got '{queue_dtype}'")
-        for flag, value in (("--feat_dim", feat_dim), ("--queue_size", queue_size), ("--centroid", num_centroids),
-                            ("--kmeans_every", kmeans_every)):
-            if value < 1:
-                raise ValueError(f"{flag} must be at least 1, got {value}")
-        if temperature <= 0:
-            raise ValueError(f"--temp must be positive, got {temperature}")
-        self.init_kwargs = dict(feat_dim=feat_dim, temperature=temperature, alpha=alpha, beta=beta, ceta=ceta,
-                                queue_size=queue_size, num_centroids=num_centroids, warmup_epochs=warmup_epochs,
-                                kmeans_every=kmeans_every, kmeans_refresh=kmeans_refresh,
-                                kmeans_init=kmeans_init, queue_dtype=queue_dtype, seed=seed)
-        self.temperature, self.alpha, self.beta, self.ceta = temperature, alpha, beta, ceta
-        self.warmup_epochs, self.kmeans_every, self.kmeans_refresh = warmup_epochs, kmeans_every, kmeans_refresh
-        self.kmeans_init = kmeans_init
-        self.seed = seed
+    def __init__(self, model: nn.Module, class_counts: Sequence[int], **options):
+        super().__init__(model, class_counts, **options)
+        o = self.options
+        self.temperature, self.alpha, self.beta, self.ceta = o.temperature, o.alpha, o.beta, o.ceta
+        self.warmup_epochs, self.kmeans_every, self.kmeans_refresh = o.warmup_epochs, o.kmeans_every, o.kmeans_refresh
+        self.kmeans_init = o.kmeans_init
+        self.seed = o.seed
+        feat_dim = o.feat_dim
         if isinstance(model.head, NormedLinear):
             # BCCL's cosine classifier starts with class vectors of norm up to 5, not 1 (see
             # NormedLinear.reset_parameters): that sets its early effective learning rate.
@@ -183,8 +191,8 @@ class BCCL(Method):
         self.projector = ProjectionHead(model.feat_dim, hidden, feat_dim)
         # Logit adjustment with tau = 1 (Menon et al., ICLR 2021), as BCCL's LogitAdjust.
         self.ce_loss = LOSSES.build("logit_adjust", class_counts=list(class_counts), tau=1.0)
-        self.queues = ClassQueues(self.num_classes, queue_size, feat_dim, QUEUE_DTYPES[queue_dtype])
-        self.register_buffer("centroids", torch.zeros(self.num_classes, num_centroids, feat_dim))  # C x K x D
+        self.queues = ClassQueues(self.num_classes, o.queue_size, feat_dim, QUEUE_DTYPES[o.queue_dtype])
+        self.register_buffer("centroids", torch.zeros(self.num_classes, o.num_centroids, feat_dim))  # C x K x D
         # k-means runs so far: seeds the next run's initialisation, so a resumed run draws the same.
         self.register_buffer("kmeans_runs", torch.zeros((), dtype=torch.long))
         # Shares the model and projector modules; kept out of the module tree so the state dict
@@ -257,79 +265,49 @@ VIEWS = {
 }
 # RandAugment of the rand views: BCL's n = 2 (BCCL's test.py agrees; its myparser.py says 20).
 RANDAUG_DEFAULTS = {"randaug_n": 2, "randaug_m": 10}
-# The BCCL recipe (docs/bccl.md#schedule-and-defaults); the step schedule applies only with --cos False.
-DEFAULTS = dict(lr=0.15, weight_decay=5e-4, epochs=200, warmup_epochs=10, cos=True, schedule=(160, 180),
-                lr_gamma=0.1, batch_size=128, aug=VIEWS["sim-sim"]["cifar"], seed=42)
 HEAD_SCALE = 1 / 0.03  # NormedLinear logits = cos / 0.03 in BCCL
 
 
-def add_arguments(parser) -> None:
-    from utils.config import NON_NEGATIVE, POSITIVE, POSITIVE_INT, add_bool_flag
-
-    group = parser.add_argument_group("BCCL (--method bccl, the default)")
-    group.add_argument("--temp", type=POSITIVE, default=0.1, help="contrastive temperature (0.07 on ImageNet-LT)")
-    group.add_argument("--alpha", type=NON_NEGATIVE, default=1.0, help="weight of the supervised contrastive loss")
-    group.add_argument("--beta", type=NON_NEGATIVE, default=1.0, help="weight of the logit-adjusted CE")
-    group.add_argument("--ceta", type=NON_NEGATIVE, default=0.1, help="weight of the centroid loss")
-    group.add_argument("--feat_dim", type=POSITIVE_INT, default=128, help="projection dimension (2048 on ImageNet-LT)")
-    group.add_argument("--queue_size", type=POSITIVE_INT, default=100, help="queued embeddings per class")
-    group.add_argument("--centroid", type=POSITIVE_INT, default=5, help="k-means centroids per class")
-    group.add_argument("--cl_views", default="sim-sim", choices=sorted(VIEWS),
-                       help="augmentation of view 1 (CE + contrast) and view 2 (contrast); --aug overrides")
-    add_bool_flag(group, "--randaug", default=True,
-                  help="allow the RandAugment views (kept from BCCL's flags: False rejects sim-rand/rand-rand)")
-    group.add_argument("--kmeans_every", type=POSITIVE_INT, default=10,
-                       help="re-cluster in epochs e %% N == 0 after warm-up")
-    group.add_argument("--kmeans_refresh", default="step", choices=REFRESH_MODES,
-                       help="re-cluster at every step of those epochs (reference) or once at their start")
-    group.add_argument("--kmeans_init", default="random", choices=KMEANS_INITS,
-                       help="k-means initial centroids: uniform queue points (reference) or k-means++")
-    group.add_argument("--queue_dtype", default="float32", choices=sorted(QUEUE_DTYPES),
-                       help="storage of the queues (float16 halves their memory on iNaturalist)")
-
-
-def _image_style(dataset: str) -> str:
-    from datasets import SMALL_IMAGE_DATASETS
-
-    return "cifar" if dataset in SMALL_IMAGE_DATASETS else "imagenet"
-
-
-def choose(args) -> MethodChoice:
-    """The BCCL run the flags describe (the BCCL README's spellings)."""
-    from utils.config import ConfigError
-
-    normed = True if args.use_norm is None else args.use_norm
-    if not normed and args.head_scale is not None:
-        raise ConfigError("--head_scale applies to the cosine classifier only: add --use_norm True")
-    recipes = tuple(args.aug) if args.aug else VIEWS[args.cl_views][_image_style(args.dataset)]
-    uses_randaug = "randaug" in recipes
-    if uses_randaug and not args.randaug:
-        raise ConfigError(f"--cl_views {args.cl_views} / --aug {' '.join(recipes)} use RandAugment but "
-                          "--randaug False forbids it: drop --randaug False or use --cl_views sim-sim")
-    if not uses_randaug and (args.randaug_n is not None or args.randaug_m is not None):
-        raise ConfigError(f"--randaug_n/--randaug_m set RandAugment, which the views {', '.join(recipes)} "
-                          "do not use: add --cl_views sim-rand or rand-rand")
-    warmup = args.warmup_epochs if args.warmup_epochs is not None else DEFAULTS["warmup_epochs"]
-    seed = args.seed if args.seed is not None else DEFAULTS["seed"]
-    options = dict(feat_dim=args.feat_dim, temperature=args.temp, alpha=args.alpha, beta=args.beta,
-                   ceta=args.ceta, queue_size=args.queue_size, num_centroids=args.centroid,
-                   warmup_epochs=warmup, kmeans_every=args.kmeans_every, kmeans_refresh=args.kmeans_refresh,
-                   kmeans_init=args.kmeans_init, queue_dtype=args.queue_dtype, seed=seed)
-    label = "bccl" if args.cl_views == "sim-sim" or args.aug else f"bccl_{args.cl_views}"
-    return MethodChoice("bccl", options, label, {**DEFAULTS, "aug": recipes},
-                        head="normed" if normed else "linear",
-                        head_scale=(HEAD_SCALE if args.head_scale is None else args.head_scale) if normed else None,
-                        drop_last=True, aug_options=dict(RANDAUG_DEFAULTS) if uses_randaug else {})
-
-
-class _CommandLine:
+class BCCLCommandLine(MethodCommandLine):
     names = ("bccl",)
-    add_arguments = staticmethod(add_arguments)
-    choose = staticmethod(choose)
+    title = "BCCL (--method bccl, the default)"
+    Options = BCCLOptions
+    # The BCCL recipe (docs/bccl.md#schedule-and-defaults); the step schedule applies only with
+    # --cos False; on ImageNet-style data the views are the 'imagenet' column of VIEWS.
+    recipe = Recipe(lr=0.15, weight_decay=5e-4, epochs=200, warmup_epochs=10, cos=True, schedule=(160, 180),
+                    lr_gamma=0.1, batch_size=128, aug=VIEWS["sim-sim"]["cifar"], seed=42)
 
-    @staticmethod
-    def claims(args) -> bool:
-        return args.method == "bccl"
+    def add_extra_arguments(self, group) -> None:
+        group.add_argument("--cl_views", default="sim-sim", choices=sorted(VIEWS),
+                           help="augmentation of view 1 (CE + contrast) and view 2 (contrast); --aug overrides "
+                                "(default: sim-sim)")
+        add_bool_flag(group, "--randaug", default=True,
+                      help="allow the RandAugment views (kept from BCCL's flags: False rejects sim-rand/rand-rand)")
+
+    def choose(self, args) -> MethodChoice:
+        """The BCCL run the flags describe (the BCCL README's spellings)."""
+        from datasets import DATASETS
+        from utils.cli import pick
+
+        normed = True if args.use_norm is None else args.use_norm
+        if not normed and args.head_scale is not None:
+            raise ConfigError("--head_scale applies to the cosine classifier only: add --use_norm True")
+        style = DATASETS.get(args.dataset).image_style
+        recipes = tuple(args.aug) if args.aug else VIEWS[args.cl_views][style]
+        uses_randaug = "randaug" in recipes
+        if uses_randaug and not args.randaug:
+            raise ConfigError(f"--cl_views {args.cl_views} / --aug {' '.join(recipes)} use RandAugment but "
+                              "--randaug False forbids it: drop --randaug False or use --cl_views sim-sim")
+        if not uses_randaug and (args.randaug_n is not None or args.randaug_m is not None):
+            raise ConfigError(f"--randaug_n/--randaug_m set RandAugment, which the views {', '.join(recipes)} "
+                              "do not use: add --cl_views sim-rand or rand-rand")
+        options = BCCLOptions.from_args(args, warmup_epochs=pick(args.warmup_epochs, self.recipe.warmup_epochs),
+                                        seed=pick(args.seed, self.recipe.seed))
+        label = "bccl" if args.cl_views == "sim-sim" or args.aug else f"bccl_{args.cl_views}"
+        head_scale = (HEAD_SCALE if args.head_scale is None else args.head_scale) if normed else None
+        return MethodChoice("bccl", options, label, dataclasses.replace(self.recipe, aug=recipes),
+                            head="normed" if normed else "linear", head_scale=head_scale, drop_last=True,
+                            aug_options=dict(RANDAUG_DEFAULTS) if uses_randaug else {})
 
 
-METHOD_CLIS.register("bccl")(_CommandLine)
+METHOD_CLIS.register("bccl")(BCCLCommandLine())

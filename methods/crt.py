@@ -16,13 +16,31 @@ behaviour.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from methods.base import METHOD_CLIS, METHODS, MethodChoice
-from methods.erm import ERM
+from methods.base import METHOD_CLIS, METHODS, MethodChoice, MethodCommandLine
+from methods.erm import ERM, ERMOptions, sampler_options
+from methods.options import option
+from utils.config import ConfigError, Recipe
+
+
+@dataclass(frozen=True)
+class CRTOptions(ERMOptions):
+    """ERM's options (cross-entropy, no re-weighting: the sampler re-balances) and one more."""
+
+    update_bn: bool = option(False, "--crt_update_bn",
+                             help="let the frozen backbone's BatchNorm statistics follow the re-sampled "
+                                  "batches (the reference's behaviour)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.train_rule != "none":
+            raise ConfigError(f"cRT re-balances by sampling, not by re-weighting: train_rule must be 'none', "
+                              f"got '{self.train_rule}'")
 
 
 @METHODS.register("crt")
@@ -30,12 +48,11 @@ class ClassifierRetraining(ERM):
     """Cross-entropy on a frozen backbone; only ``model.head`` is optimised."""
 
     name = "crt"
+    Options = CRTOptions
 
-    def __init__(self, model: nn.Module, class_counts: Sequence[int], loss: str = "ce",
-                 loss_options: Optional[dict] = None, update_bn: bool = False):
-        super().__init__(model, class_counts, loss=loss, loss_options=loss_options)
-        self.init_kwargs = dict(loss=loss, loss_options=dict(loss_options or {}), update_bn=update_bn)
-        self.update_bn = update_bn
+    def __init__(self, model: nn.Module, class_counts: Sequence[int], **options):
+        super().__init__(model, class_counts, **options)
+        self.update_bn = self.options.update_bn
         for param in model.backbone.parameters():
             param.requires_grad_(False)
         object.__setattr__(self, "_features", model.backbone)
@@ -69,20 +86,6 @@ class ClassifierRetraining(ERM):
 
 
 # ---- command line ------------------------------------------------------------------------------
-# cls_crt.yaml (ImageNet-LT): batch 512, 10 epochs, lr 0.2, wd 5e-4, cosine (iNat: 30 epochs, wd 1e-4).
-DEFAULTS = dict(lr=0.2, weight_decay=5e-4, epochs=10, warmup_epochs=0, cos=True, schedule=(160, 180),
-                lr_gamma=0.1, batch_size=512, aug=("standard",), seed=0)
-
-
-def add_arguments(parser) -> None:
-    from utils.config import add_bool_flag
-
-    group = parser.add_argument_group("classifier re-training (--method crt)")
-    add_bool_flag(group, "--crt_update_bn", default=False,
-                  help="let the frozen backbone's BatchNorm statistics follow the re-sampled batches "
-                       "(the reference's behaviour)")
-
-
 def _same_place(out_dir: Optional[str], pretrained: str) -> bool:
     if out_dir is None:
         return False
@@ -91,34 +94,28 @@ def _same_place(out_dir: Optional[str], pretrained: str) -> bool:
     return os.path.abspath(out_dir) == source_dir
 
 
-def choose(args) -> MethodChoice:
-    from utils.config import ConfigError
-
-    if args.pretrained_model is None:
-        raise ConfigError("--method crt re-trains the classifier of a trained backbone: give the run "
-                          "folder or checkpoint with --pretrained_model")
-    if _same_place(args.out_dir, args.pretrained_model):
-        raise ConfigError(f"--out_dir {args.out_dir} is the folder of --pretrained_model: cRT writes "
-                          "its own run and must not overwrite the run it reads")
-    if args.use_norm or args.head_scale is not None:
-        raise ConfigError("--method crt re-trains a linear classifier: drop --use_norm / --head_scale")
-    sampler = args.sampler or "class_aware"
-    sampler_options = {"class_aware": {"samples_per_class": args.samples_per_class},
-                       "effective_number": {"beta": args.cb_beta}}.get(sampler, {})
-    # The reference caps an epoch at floor(N / batch) steps: drop the last partial batch.
-    return MethodChoice("crt", {"update_bn": args.crt_update_bn}, "crt", DEFAULTS, sampler=sampler,
-                        sampler_options=sampler_options, drop_last=True)
-
-
-class _CommandLine:
+class CRTCommandLine(MethodCommandLine):
     names = ("crt",)
-    erm_flags = ("sampler",)  # the re-balancing flags it reads
-    add_arguments = staticmethod(add_arguments)
-    choose = staticmethod(choose)
+    title = "classifier re-training (--method crt)"
+    Options = CRTOptions
+    # cls_crt.yaml (ImageNet-LT): batch 512, 10 epochs, lr 0.2, wd 5e-4, cosine (iNat: 30 epochs, wd 1e-4).
+    recipe = Recipe(lr=0.2, weight_decay=5e-4, epochs=10, warmup_epochs=0, cos=True, schedule=(160, 180),
+                    lr_gamma=0.1, batch_size=512, aug=("standard",), seed=0)
+    erm_flags = ("sampler",)
 
-    @staticmethod
-    def claims(args) -> bool:
-        return args.method in _CommandLine.names
+    def choose(self, args) -> MethodChoice:
+        if args.pretrained_model is None:
+            raise ConfigError("--method crt re-trains the classifier of a trained backbone: give the run "
+                              "folder or checkpoint with --pretrained_model")
+        if _same_place(args.out_dir, args.pretrained_model):
+            raise ConfigError(f"--out_dir {args.out_dir} is the folder of --pretrained_model: cRT writes "
+                              "its own run and must not overwrite the run it reads")
+        self.refuse_cosine_head(args, "re-trains a linear classifier")
+        sampler = args.sampler or "class_aware"
+        # The reference caps an epoch at floor(N / batch) steps: drop the last partial batch.
+        options = CRTOptions(cb_beta=args.cb_beta, update_bn=args.crt_update_bn)
+        return MethodChoice("crt", options, "crt", self.recipe, sampler=sampler,
+                            sampler_options=sampler_options(args, sampler), drop_last=True)
 
 
-METHOD_CLIS.register("crt")(_CommandLine)
+METHOD_CLIS.register("crt")(CRTCommandLine())

@@ -20,6 +20,8 @@ the selection split improves (the same S the engine saves as best.pth, see ``on_
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -29,13 +31,12 @@ from torch import Tensor
 
 from datasets.longtail import minority_classes
 from methods.base import METHODS, Method, StepOutput
+from methods.options import MethodOptions, derived, option
 from models import build_model
 from models.heads import normalize_rows_
 from utils import dist
-from utils.config import ConfigError
+from utils.config import FINITE, NON_NEGATIVE, POSITIVE, PROBABILITY, SELECTION_SPLITS, ConfigError, Recipe
 from utils.metrics import improves
-
-SELECTION_SPLITS = ("val", "test")
 
 
 # ---- pure pieces (tested against hand-computed values) -------------------------------------------
@@ -105,6 +106,22 @@ def flip_averaged_logits(network: nn.Module, images: Tensor) -> Tensor:
     return (plain + flipped) / 2
 
 
+@dataclass(frozen=True)
+class LCSLOptions(MethodOptions):
+    """The flags of the paper's config.py, and what train_LCSL.py decides from others."""
+
+    arch: str = derived("resnet32")  # --arch: the teacher is built as this architecture
+    alpha: float = option(1.0, "--alpha", valid=NON_NEGATIVE, help="weight of the self-labeling loss")
+    beta: float = option(1.0, "--beta", valid=NON_NEGATIVE, help="weight of the mixup loss")
+    tau: float = option(1.0, "--tau", valid=POSITIVE, help="temperature of the teacher's softmax")
+    threshold: float = option(0.5, "--lambda_init", valid=PROBABILITY,
+                              help="confidence (a softmax probability) a teacher label needs to count")
+    fc_norm: bool = option(True, "--fc_norm", flag=FINITE, flag_default=1.9, convert=lambda value: value > 0,
+                           help="> 0: L2-normalise the teacher's classifier rows each epoch (only the sign matters)")
+    select_on: str = derived("val", choices=SELECTION_SPLITS)  # --select_on
+    mixup_alpha: float = derived(1.0, valid=NON_NEGATIVE)  # hard-coded in the reference
+
+
 @METHODS.register("lcsl")
 class LCSL(Method):
     """Student + teacher; see the module docstring for the loss and the teacher's rules.
@@ -127,23 +144,15 @@ class LCSL(Method):
     # The teacher is replaced when this improves on the selection split (reference
     # train_LCSL.py), so best.pth, chosen by the same number and rule, is the teacher's student.
     selection_metric = "mean_per_class"
+    Options = LCSLOptions
 
-    def __init__(self, model: nn.Module, class_counts: Sequence[int], arch: str = "resnet32",
-                 alpha: float = 1.0, beta: float = 1.0, tau: float = 1.0, threshold: float = 0.5,
-                 fc_norm: bool = True, select_on: str = "val", mixup_alpha: float = 1.0):
-        super().__init__(model, class_counts)
-        if select_on not in SELECTION_SPLITS:
-            raise ValueError(f"select_on must be one of {SELECTION_SPLITS}, got '{select_on}'")
-        if not tau > 0:
-            raise ValueError(f"tau (--tau) must be positive, got {tau}")
-        if alpha < 0 or beta < 0 or mixup_alpha < 0:
-            raise ValueError(f"alpha, beta and mixup_alpha must be >= 0, got {alpha}, {beta}, {mixup_alpha}")
-        self.init_kwargs = dict(arch=arch, alpha=alpha, beta=beta, tau=tau, threshold=threshold,
-                                fc_norm=fc_norm, select_on=select_on, mixup_alpha=mixup_alpha)
-        self.alpha, self.beta, self.tau, self.threshold = alpha, beta, tau, threshold
-        self.fc_norm, self.select_on, self.mixup_alpha = fc_norm, select_on, mixup_alpha
+    def __init__(self, model: nn.Module, class_counts: Sequence[int], **options):
+        super().__init__(model, class_counts, **options)
+        o = self.options
+        self.alpha, self.beta, self.tau, self.threshold = o.alpha, o.beta, o.tau, o.threshold
+        self.fc_norm, self.select_on, self.mixup_alpha = o.fc_norm, o.select_on, o.mixup_alpha
 
-        self.teacher = build_model(arch, self.num_classes, head="linear")
+        self.teacher = build_model(o.arch, self.num_classes, head="linear")
         self._check_same_architecture()
         self.teacher.requires_grad_(False)
         self.teacher.eval()
@@ -275,3 +284,120 @@ class LCSL(Method):
         return {"method/teacher_epoch": epoch + 1, "method/teacher_score": score,
                 "method/teacher_rule": f"student copied into the teacher when its mean per-class "
                                        f"accuracy on the {self.select_on} split improved"}
+
+
+# ---- command line (train_LCSL.py) --------------------------------------------------------------
+# LCSL config.py / train_LCSL.py (docs/lcsl.md#schedule-and-defaults): SGD, warm-up 10 then cosine;
+# the augmentation is --data_aug's (DATA_AUG).
+RECIPE = Recipe(lr=0.01, weight_decay=5e-3, epochs=300, warmup_epochs=10, cos=True, schedule=(), lr_gamma=0.1,
+                batch_size=64, aug=("standard",), seed=0)
+# The reference's --dataset spellings.
+DATASET_ALIASES = {"imagenet": "imagenet_lt", "inaturalist": "inat2018"}
+# Balanced validation images per class on CIFAR-style data, from the images the LT subset left.
+# The head class keeps all its images (none left), so it is absent from the split.
+DEFAULT_VAL_PER_CLASS = 20
+# --data_aug -> recipe per image style (docs/lcsl.md#augmentation): on CIFAR the reference gives every
+# value other than 'none' AutoAugment + Cutout, 'sim_aug' included.
+DATA_AUG = {"none": {"cifar": "standard", "imagenet": "standard"},
+            "autoaug": {"cifar": "autoaug", "imagenet": "randaug"},
+            "sim_aug": {"cifar": "autoaug", "imagenet": "simclr"}}
+
+
+def dataset_name(value: str) -> str:
+    return DATASET_ALIASES.get(value, value)
+
+
+class LCSLCommandLine:
+    """train_LCSL.py's flags (the paper's config.py spellings) and the TrainConfig they describe."""
+
+    Options = LCSLOptions
+    recipe = RECIPE
+
+    def add_arguments(self, parser) -> None:
+        from datasets import DATASETS
+        from utils.cli import limit
+        from utils.config import POSITIVE_INT, TrainConfig
+
+        parser.add_argument("--dataset", default="cifar100", type=dataset_name, choices=DATASETS.names(),
+                            help="dataset ('imagenet' and 'inaturalist' are accepted for imagenet_lt and inat2018)")
+        parser.set_defaults(val_per_class=None)  # resolved per dataset in build_config
+        group = parser.add_argument_group("LCSL (the flags of the paper's config.py)")
+        LCSLOptions.add_arguments(group)
+        group.add_argument("--data_aug", type=str.lower, default=None, choices=sorted(DATA_AUG),
+                           help="none: crop + flip; autoaug: AutoAugment + Cutout (CIFAR) / RandAugment "
+                                "(ImageNet-style); sim_aug: SimCLR views with blur (ImageNet-style), "
+                                "AutoAugment + Cutout on CIFAR as in the reference (default: none)")
+        group.add_argument("--start_epoch", type=POSITIVE_INT, default=1,
+                           help="> 1 continues the run's last.pth (--out_dir, or the newest matching run "
+                                "under --root_log); it must be the epoch after the last finished one")
+        group.add_argument("--tau_norm", type=limit(TrainConfig, "eval_tau_norm"), default=1.9,
+                           help="tau of the tau-normalised classifier in the final report (default: 1.9)")
+        group.add_argument("--image_size", type=POSITIVE_INT, default=None,
+                           help="accepted for the paper's commands and unused, as there: the dataset sets the size")
+        group.add_argument("--optimizer", default="sgd", choices=["sgd"],
+                           help="accepted for the paper's commands; SGD is the only optimiser, as there")
+
+    @staticmethod
+    def training_recipe(args, style: str) -> Tuple[str, Dict[str, Any]]:
+        """The augmentation recipe and its options from --data_aug (or the toolkit's --aug)."""
+        from datasets.augment import recipe_options
+
+        if args.aug:
+            if args.data_aug is not None:
+                raise ConfigError("--aug and --data_aug both choose the training augmentation: pass one")
+            if len(args.aug) != 1:
+                raise ConfigError(f"LCSL trains on one view, but --aug lists {len(args.aug)} recipes")
+            recipe, options = args.aug[0], {}
+        else:
+            recipe = DATA_AUG[args.data_aug or "none"][style]
+            # LCSL's ImageNet sim_aug adds Gaussian blur to the SimCLR view (docs/lcsl.md#augmentation).
+            options = {"blur": True} if recipe == "simclr" else {}
+        for key in ("randaug_n", "randaug_m", "color_jitter"):
+            value = getattr(args, key, None)
+            if value is not None:
+                if key not in recipe_options(recipe):
+                    raise ConfigError(f"--{key} is an option of other recipes than '{recipe}', the one this "
+                                      "run trains with (--data_aug, or --aug)")
+                options[key] = value
+        return recipe, options
+
+    @staticmethod
+    def default_selection(args, val_per_class: int) -> str:
+        """Select on a validation split wherever the data have one: the images --val_per_class cuts
+        from the CIFAR leftovers, or a list dataset's own validation list (ImageNet-LT and Places-LT
+        always have one; iNaturalist's validation list is its test set)."""
+        from datasets import dataset_entry
+
+        entry = dataset_entry(args.dataset)
+        if entry.small_images:
+            return "val" if val_per_class > 0 else "test"
+        return "val" if entry.ships_val_list or args.val_list else "test"
+
+    def build_config(self, args):
+        """The frozen TrainConfig and a label for the run folder name."""
+        from datasets import dataset_entry
+        from utils import cli
+        from utils.config import TrainConfig
+
+        if args.use_norm or args.head_scale is not None:
+            raise ConfigError("LCSL trains a linear classifier (its teacher normalisation and the final "
+                              "tau-normalisation act on the weight norms): drop --use_norm / --head_scale")
+        entry = dataset_entry(args.dataset)
+        arch = cli.architecture(args)
+        val_per_class = cli.pick(args.val_per_class, DEFAULT_VAL_PER_CLASS if entry.small_images else 0)
+        select_on = cli.pick(args.select_on, self.default_selection(args, val_per_class))
+        if select_on == "val" and entry.small_images and val_per_class < 1:
+            raise ConfigError("--select_on val needs a validation split: --val_per_class N (N >= 1) cuts one "
+                              "from the unused training images; or pass --select_on test, as the paper's code")
+        recipe, aug_options = self.training_recipe(args, entry.image_style)
+        options = LCSLOptions.from_args(args, arch=arch, select_on=select_on)
+        config = TrainConfig(
+            script="train_LCSL.py", dataset=args.dataset,
+            data=dataclasses.replace(cli.data_options(args, "first"), val_per_class=val_per_class),
+            arch=arch, head="linear", head_scale=None, method="lcsl", method_options=options.as_kwargs(),
+            batch_size=cli.pick(args.batch_size, RECIPE.batch_size), train_aug=(recipe,),
+            aug_options=aug_options, sampler=None, sampler_options={}, select_on=select_on,
+            optim=cli.optim_config(args, RECIPE), run=cli.run_config(args, RECIPE.seed),
+            **cli.semi_self_fields(args))
+        label = f"lcsl_{args.data_aug or ('none' if not args.aug else recipe)}_sel{select_on}"
+        return config, label

@@ -24,6 +24,7 @@ Stage 2: ``--pretrained_model RUN`` loads ``model.backbone`` (the query encoder'
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Sequence, Tuple
 
 import torch
@@ -31,8 +32,10 @@ import torch.distributed as torch_dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from methods.base import METHOD_CLIS, METHODS, Method, MethodChoice
+from methods.base import METHOD_CLIS, METHODS, Method, MethodChoice, MethodCommandLine
+from methods.options import MethodOptions, option
 from utils import dist
+from utils.config import BELOW_ONE, POSITIVE, POSITIVE_INT, Recipe
 
 
 def projection_head(in_dim: int, out_dim: int, mlp: bool) -> nn.Module:
@@ -78,6 +81,18 @@ class _KeyEncoder(nn.Module):
         return F.normalize(self.projector(self.backbone(images)), dim=1)
 
 
+@dataclass(frozen=True)
+class MoCoOptions(MethodOptions):
+    dim: int = option(128, "--moco_dim", "--moco-dim", valid=POSITIVE_INT, help="embedding dimension")
+    queue_size: int = option(65536, "--moco_k", "--moco-k", valid=POSITIVE_INT,
+                             help="queue size K (negatives); e.g. 4096 on CIFAR")
+    momentum: float = option(0.999, "--moco_m", "--moco-m", valid=BELOW_ONE, help="momentum of the key encoder")
+    temperature: float = option(0.2, "--moco_t", "--moco-t", valid=POSITIVE, help="softmax temperature (MoCo v2: 0.2)")
+    mlp: bool = option(True, "--mlp", help="MLP projection head (MoCo v2)")
+    bn_splits: int = option(4, "--moco_bn_splits", valid=POSITIVE_INT,
+                            help="one device only: BatchNorm groups that stand in for devices in shuffle BN")
+
+
 @METHODS.register("moco")
 class MoCo(Method):
     """MoCo v2 on two ``moco_v2`` views of each image (view 1: queries, view 2: keys)."""
@@ -85,19 +100,14 @@ class MoCo(Method):
     name = "moco"
     self_supervised = True
     num_views = 2
+    Options = MoCoOptions
 
-    def __init__(self, model: nn.Module, class_counts: Sequence[int], dim: int = 128, queue_size: int = 65536,
-                 momentum: float = 0.999, temperature: float = 0.2, mlp: bool = True, bn_splits: int = 4):
-        super().__init__(model, class_counts)
-        if dim < 1 or queue_size < 1 or bn_splits < 1:
-            raise ValueError(f"--moco_dim, --moco_k and --moco_bn_splits must be >= 1, got {dim}, {queue_size}, "
-                             f"{bn_splits}")
-        if not 0.0 <= momentum < 1.0 or not temperature > 0:
-            raise ValueError(f"--moco_m must lie in [0, 1) and --moco_t be positive, got {momentum}, {temperature}")
-        self.init_kwargs = dict(dim=dim, queue_size=queue_size, momentum=momentum, temperature=temperature,
-                                mlp=mlp, bn_splits=bn_splits)
-        self.momentum, self.temperature, self.bn_splits = momentum, temperature, bn_splits
-        self.projector = projection_head(model.feat_dim, dim, mlp)
+    def __init__(self, model: nn.Module, class_counts: Sequence[int], **options):
+        super().__init__(model, class_counts, **options)
+        dim, queue_size = self.options.dim, self.options.queue_size
+        self.momentum, self.temperature, self.bn_splits = (self.options.momentum, self.options.temperature,
+                                                           self.options.bn_splits)
+        self.projector = projection_head(model.feat_dim, dim, self.options.mlp)
         self.key_encoder = _KeyEncoder(model.backbone, self.projector)
         # One key per row, unit length: the negatives of Eq. 1.  queue: K x dim
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim), dim=1))
@@ -207,48 +217,19 @@ class MoCo(Method):
 
 
 # ---- command line ------------------------------------------------------------------------------
-# pretrain_moco.py's recipe: lr 0.015 for batch 128, wd 1e-4, 200 epochs, cosine without warm-up.
-DEFAULTS = dict(lr=0.015, weight_decay=1e-4, epochs=200, warmup_epochs=0, cos=True, schedule=(120, 160),
-                lr_gamma=0.1, batch_size=128, aug=("moco_v2",), seed=0)
-
-
-def add_arguments(parser) -> None:
-    from utils.config import BELOW_ONE, POSITIVE, POSITIVE_INT, add_bool_flag
-
-    group = parser.add_argument_group("MoCo v2 pre-training (--method moco)")
-    group.add_argument("--moco_k", "--moco-k", dest="moco_k", type=POSITIVE_INT, default=65536,
-                       help="queue size K (negatives); e.g. 4096 on CIFAR")
-    group.add_argument("--moco_m", "--moco-m", dest="moco_m", type=BELOW_ONE, default=0.999,
-                       help="momentum of the key encoder")
-    group.add_argument("--moco_t", "--moco-t", dest="moco_t", type=POSITIVE, default=0.2,
-                       help="softmax temperature (MoCo v2: 0.2)")
-    group.add_argument("--moco_dim", "--moco-dim", dest="moco_dim", type=POSITIVE_INT, default=128,
-                       help="embedding dimension")
-    add_bool_flag(group, "--mlp", default=True, help="MLP projection head (MoCo v2)")
-    group.add_argument("--moco_bn_splits", type=POSITIVE_INT, default=4,
-                       help="one device only: BatchNorm groups that stand in for devices in shuffle BN")
-
-
-def choose(args) -> MethodChoice:
-    from utils.config import ConfigError
-
-    if args.use_norm or args.head_scale is not None:
-        raise ConfigError("--method moco trains a linear probe head: drop --use_norm / --head_scale "
-                          "(give them to the stage-2 run that loads this backbone)")
-    options = dict(dim=args.moco_dim, queue_size=args.moco_k, momentum=args.moco_m, temperature=args.moco_t,
-                   mlp=args.mlp, bn_splits=args.moco_bn_splits)
-    # Full batches keep the shuffle-BN groups equal and the DDP gathers the same size on every rank.
-    return MethodChoice("moco", options, "moco", DEFAULTS, drop_last=True)
-
-
-class _CommandLine:
+class MoCoCommandLine(MethodCommandLine):
     names = ("moco",)
-    add_arguments = staticmethod(add_arguments)
-    choose = staticmethod(choose)
+    title = "MoCo v2 pre-training (--method moco)"
+    Options = MoCoOptions
+    # pretrain_moco.py's recipe: lr 0.015 for batch 128, wd 1e-4, 200 epochs, cosine without warm-up.
+    recipe = Recipe(lr=0.015, weight_decay=1e-4, epochs=200, warmup_epochs=0, cos=True, schedule=(120, 160),
+                    lr_gamma=0.1, batch_size=128, aug=("moco_v2",), seed=0)
 
-    @staticmethod
-    def claims(args) -> bool:
-        return args.method in _CommandLine.names
+    def choose(self, args) -> MethodChoice:
+        self.refuse_cosine_head(args, "trains a linear probe head (give --use_norm / --head_scale to the "
+                                      "stage-2 run that loads this backbone)")
+        # Full batches keep the shuffle-BN groups equal and the DDP gathers the same size on every rank.
+        return MethodChoice("moco", MoCoOptions.from_args(args), "moco", self.recipe, drop_last=True)
 
 
-METHOD_CLIS.register("moco")(_CommandLine)
+METHOD_CLIS.register("moco")(MoCoCommandLine())

@@ -21,7 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from methods.base import METHOD_CLIS, METHODS, Method, MethodChoice
+from methods.base import METHOD_CLIS, METHODS, Method, MethodChoice, MethodCommandLine
+from methods.erm import RECIPE as ERM_RECIPE
+from methods.options import MethodOptions
 from models import init_linear_like_backbone
 from utils import dist
 
@@ -123,29 +125,19 @@ class RotationPretraining(Method):
 
 
 # ---- command line ------------------------------------------------------------------------------
-def add_arguments(parser) -> None:
-    """Rotation pre-training has no flags of its own; it takes the supervised CIFAR recipe."""
+class RotationCommandLine(MethodCommandLine):
+    """Rotation pre-training has no flags of its own."""
 
-
-def choose(args) -> MethodChoice:
-    from methods.erm import DEFAULTS
-    from utils.config import ConfigError
-
-    if args.use_norm or args.head_scale is not None:
-        raise ConfigError("--method rotation trains linear heads: drop --use_norm / --head_scale "
-                          "(give them to the stage-2 run that loads this backbone)")
-    # The paper's pretrain_rot.py trains with the supervised recipe (docs/baselines.md#the-ldam-drw-recipe).
-    return MethodChoice("rotation", {}, "rotation", DEFAULTS)
-
-
-class _CommandLine:
     names = ("rotation",)
-    add_arguments = staticmethod(add_arguments)
-    choose = staticmethod(choose)
+    title = "rotation pre-training (--method rotation)"
+    # The paper's pretrain_rot.py trains with the supervised CIFAR recipe
+    # (docs/baselines.md#the-ldam-drw-recipe).
+    recipe = ERM_RECIPE
 
-    @staticmethod
-    def claims(args) -> bool:
-        return args.method in _CommandLine.names
+    def choose(self, args) -> MethodChoice:
+        self.refuse_cosine_head(args, "trains linear heads (give --use_norm / --head_scale to the stage-2 "
+                                      "run that loads this backbone)")
+        return MethodChoice("rotation", MethodOptions(), "rotation", self.recipe)
 
 
-METHOD_CLIS.register("rotation")(_CommandLine)
+METHOD_CLIS.register("rotation")(RotationCommandLine())

@@ -21,6 +21,7 @@ from models import build_model
 from models.heads import tau_normalize_head
 from utils.checkpoint import load_checkpoint
 from utils.config import ConfigError
+from utils.run import resume_at_start_epoch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "sample_data", "cifar10_sample")
@@ -247,7 +248,7 @@ def test_readme_command_parses_to_the_papers_recipe():
     optim = config.optim
     assert (optim.lr, optim.weight_decay, optim.epochs, optim.warmup_epochs, optim.cosine) == (0.01, 5e-3, 300, 10, True)
     assert config.method_options == dict(arch="resnet32", alpha=1.0, beta=1.0, tau=1.0, threshold=0.5,
-                                         fc_norm=True, select_on="val")
+                                         fc_norm=True, select_on="val", mixup_alpha=1.0)
     assert config.data.lt_selection == "first" and config.data.val_per_class == 20
     assert config.train_aug == ("standard",) and config.run.seed == 0 and config.run.gpu == "0"
     imagenet, _ = script.build_config(parse("--dataset", "imagenet", "--data_aug", "sim_aug"))
@@ -275,8 +276,8 @@ def test_contradictions_name_the_flag(argv, fragment):
 def test_start_epoch_needs_the_matching_checkpoint(tmp_path):
     config, label = script.build_config(parse("--out_dir", str(tmp_path / "none")))
     with pytest.raises(ConfigError, match="--start_epoch 5"):
-        script.resolve_resume(config, label, start_epoch=5)
-    assert script.resolve_resume(config, label, start_epoch=1) is None
+        resume_at_start_epoch(config, label, start_epoch=5)
+    assert resume_at_start_epoch(config, label, start_epoch=1) is None
 
 
 def test_best_checkpoint_and_teacher_follow_mean_per_class_accuracy_on_an_unbalanced_split():
@@ -387,11 +388,11 @@ def test_resume_restores_the_teacher(smoke_run, small_sample, tmp_path, monkeypa
     monkeypatch.setattr(LCSL, "on_epoch_start", spy)
     args = parse(*smoke_args(small_sample, run, "--epochs", "3", "--limit_batches", "1", "--start_epoch", "3"))
     config, label = script.build_config(args)
-    resume = script.resolve_resume(config, label, args.start_epoch)
+    resume = resume_at_start_epoch(config, label, args.start_epoch)
     assert resume == os.path.join(run, "last.pth")
     run_training(dataclasses.replace(config, run=dataclasses.replace(config.run, resume=resume)), label)
     assert seen["epoch"] == 2 and seen["best"] == payload["state_dict"]["best_score"].item()
     assert seen["teacher_epoch"] == int(payload["state_dict"]["teacher_epoch"]) and seen["labels"]
     assert all(torch.equal(seen["teacher"][k], v) for k, v in saved.items())
     with pytest.raises(ConfigError, match="pass --start_epoch 4"):
-        script.resolve_resume(config, label, start_epoch=3)
+        resume_at_start_epoch(config, label, start_epoch=3)

@@ -1,8 +1,9 @@
 """Flags shared by the entry scripts, with the papers' spellings kept as aliases.
 
-Defaults that differ between papers (lr, weight decay, schedule) are ``None`` here and filled
-from the entry script's per-method defaults, so an explicit flag always wins and an omitted one
-means what it meant in the paper's own repository.
+Defaults that differ between papers (lr, weight decay, schedule, batch size, augmentation, seed)
+are ``None`` here and filled from the method's ``Recipe``, so an explicit flag always wins, an
+omitted one means what it meant in the paper's own repository, and ``--help`` lists the value
+each method will use.
 """
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ import argparse
 import os
 import sys
 import traceback
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List
 
 from datasets import DATASETS, DataOptions, DatasetError
 from datasets.longtail import IMB_TYPES, SELECTIONS
 from utils.checkpoint import CheckpointError, add_trust_argument
-from utils.config import (AMP_CHOICES, FRACTION, NON_NEGATIVE_INT, SEED, ConfigError, Number, OptimConfig, RunConfig,
-                          TrainConfig, add_bool_flag)
+from utils.config import (AMP_CHOICES, AUG_BACKENDS, FRACTION, NON_NEGATIVE_INT, SEED, SELECTION_SPLITS, ConfigError,
+                          Number, OptimConfig, Recipe, RunConfig, TrainConfig, add_bool_flag, str2bool)
 
 
 def limit(config_class: type, name: str) -> Number:
@@ -45,38 +46,63 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str) ->
                        help="DataLoader workers for the PIL pipeline (default: up to 4, at most the CPU count)")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, default_arch: Optional[str]) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     # Imported here, as in add_aug_arguments: both pull in torchvision (seconds), which a script
     # that only uses run_guarded (test.py, gen_pseudolabels.py) must not pay before a refusal.
     from models import MODELS
 
     group = parser.add_argument_group("model")
-    group.add_argument("--arch", default=default_arch, choices=MODELS.names(), help="backbone")
+    defaults = ", ".join(f"{name} {DATASETS.get(name).default_arch}" for name in DATASETS.names()
+                         if DATASETS.get(name).default_arch)
+    group.add_argument("--arch", default=None, choices=MODELS.names(),
+                       help=f"backbone (default: the dataset's: {defaults}; others need --arch)")
     add_bool_flag(group, "--use_norm", "--use-norm", default=None,
                   help="cosine (normalised) classifier; default depends on the method")
     group.add_argument("--head_scale", type=limit(TrainConfig, "head_scale"), default=None,
                        help="scale of the cosine classifier")
 
 
-def add_optim_arguments(parser: argparse.ArgumentParser) -> None:
+def recipe_default(recipes: Dict[str, Recipe], key: str) -> str:
+    """The ``--help`` text of a flag whose default is the method's recipe: its value per method."""
+    methods_by_value: Dict[str, List[str]] = {}
+    for name, recipe in recipes.items():
+        value = getattr(recipe, key)
+        shown = " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        methods_by_value.setdefault(shown or "none", []).append(name)
+    if len(methods_by_value) == 1:
+        return f"default: {next(iter(methods_by_value))}"
+    return "default: " + "; ".join(f"{value} ({', '.join(names)})" for value, names in methods_by_value.items())
+
+
+def add_optim_arguments(parser: argparse.ArgumentParser, recipes: Dict[str, Recipe]) -> None:
+    """The optimisation flags; one left out takes the value of the method's recipe (``recipes``:
+    the recipe of each method the script offers, listed in ``--help``)."""
     group = parser.add_argument_group("optimisation")
-    group.add_argument("--epochs", type=limit(OptimConfig, "epochs"), default=None)
+
+    def described(key: str, what: str) -> str:
+        return f"{what} ({recipe_default(recipes, key)})"
+
+    group.add_argument("--epochs", type=limit(OptimConfig, "epochs"), default=None, help=described("epochs", "epochs"))
     group.add_argument("-b", "--batch_size", "--batch-size", dest="batch_size", type=limit(TrainConfig, "batch_size"),
-                       default=None, help="global batch size")
-    group.add_argument("--lr", "--learning-rate", dest="lr", type=limit(OptimConfig, "lr"), default=None)
-    group.add_argument("--momentum", type=limit(OptimConfig, "momentum"), default=0.9)
+                       default=None, help=described("batch_size", "global batch size"))
+    group.add_argument("--lr", "--learning-rate", dest="lr", type=limit(OptimConfig, "lr"), default=None,
+                       help=described("lr", "learning rate of the global batch"))
+    group.add_argument("--momentum", type=limit(OptimConfig, "momentum"), default=0.9, help="SGD momentum (default: 0.9)")
     group.add_argument("--wd", "--weight_decay", "--weight-decay", dest="weight_decay",
-                       type=limit(OptimConfig, "weight_decay"), default=None)
-    add_bool_flag(group, "--cos", default=None, help="cosine schedule after warm-up (else step decays)")
+                       type=limit(OptimConfig, "weight_decay"), default=None,
+                       help=described("weight_decay", "weight decay"))
+    group.add_argument("--cos", type=str2bool, nargs="?", const=True, default=None, metavar="BOOL",
+                       help=described("cos", "cosine schedule after warm-up, else step decays at --schedule"))
     group.add_argument("--schedule", type=NON_NEGATIVE_INT, nargs="+", default=None,
-                       help="step-decay epochs (0-based)")
-    group.add_argument("--lr_gamma", type=limit(OptimConfig, "gamma"), default=None, help="step-decay factor")
+                       help=described("schedule", "step-decay epochs (0-based)"))
+    group.add_argument("--lr_gamma", type=limit(OptimConfig, "gamma"), default=None,
+                       help=described("lr_gamma", "step-decay factor"))
     group.add_argument("--warmup_epochs", type=limit(OptimConfig, "warmup_epochs"), default=None,
-                       help="linear warm-up epochs")
+                       help=described("warmup_epochs", "linear warm-up epochs"))
     add_bool_flag(group, "--nesterov", default=False, help="Nesterov momentum")
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+def add_run_arguments(parser: argparse.ArgumentParser, recipes: Dict[str, Recipe]) -> None:
     group = parser.add_argument_group("run")
     group.add_argument("--root_log", default="log", help="parent folder of run folders")
     group.add_argument("--out_dir", default=None, help="run folder (default: a name under --root_log)")
@@ -87,7 +113,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_bool_flag(group, "--overwrite", default=False,
                   help="DISCARDS the run already in --out_dir: deletes its checkpoints, results, log and "
                        "curves before starting (without it, a folder holding a run is never written into)")
-    group.add_argument("--seed", type=limit(RunConfig, "seed"), default=None)
+    group.add_argument("--seed", type=limit(RunConfig, "seed"), default=None,
+                       help=f"seed ({recipe_default(recipes, 'seed')})")
     add_bool_flag(group, "--deterministic", default=False, help="deterministic algorithms")
     group.add_argument("--gpu", default=None, help="GPU id, or ids like 0,1,2,3 for DataParallel")
     group.add_argument("--amp", default="auto", choices=AMP_CHOICES,
@@ -110,7 +137,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_bool_flag(group, "--tta_flip", default=False, help="also report flip test-time augmentation")
     add_bool_flag(group, "--tb_save", default=True,
                   help="kept for command compatibility: tensorboardX curves are always written")
-    group.add_argument("--select_on", default=None, choices=["val", "test"],
+    group.add_argument("--select_on", default=None, choices=SELECTION_SPLITS,
                        help="split that chooses best.pth (default: val when --val_per_class > 0)")
     add_trust_argument(group)  # --trust_checkpoint, for --resume and --pretrained_model
 
@@ -133,22 +160,37 @@ def semi_self_fields(args: argparse.Namespace) -> Dict[str, Any]:
                 imb_factor_unlabel=args.imb_factor_unlabel, unlabel_size_factor=args.unlabel_size_factor)
 
 
-def add_aug_arguments(parser: argparse.ArgumentParser) -> None:
+def add_aug_arguments(parser: argparse.ArgumentParser, recipes: Dict[str, Recipe]) -> None:
     from datasets.augment import TRANSFORMS
     from datasets.augment.pil import RANDAUG_MAX_MAGNITUDE
 
     group = parser.add_argument_group("augmentation")
     group.add_argument("--aug", nargs="+", default=None, choices=TRANSFORMS.names(),
-                       help="training recipe (one per view)")
+                       help=f"training recipe, one per view ({recipe_default(recipes, 'aug')})")
     group.add_argument("--randaug_n", type=NON_NEGATIVE_INT, default=None, help="RandAugment operations per image")
     group.add_argument("--randaug_m", type=Number(int, 0, RANDAUG_MAX_MAGNITUDE), default=None,
                        help=f"RandAugment magnitude (0-{RANDAUG_MAX_MAGNITUDE}, timm's scale)")
-    group.add_argument("--aug_backend", default="auto", choices=["auto", "tensor", "pil"],
+    group.add_argument("--aug_backend", default="auto", choices=AUG_BACKENDS,
                        help="tensor: the data lives on the training device and is augmented in batches; "
                             "pil: the papers' per-image DataLoader pipeline; auto: tensor for in-memory "
                             "(CIFAR-style) data, pil for image files")
     add_bool_flag(group, "--color_jitter", default=None,
                   help="colour jitter in the ImageNet-style 'standard' recipe (the iNat recipe has none)")
+
+
+def architecture(args: argparse.Namespace) -> str:
+    """--arch, or the backbone the papers train on --dataset."""
+    arch = args.arch or DATASETS.get(args.dataset).default_arch
+    if arch is None:
+        raise ConfigError(f"--dataset {args.dataset} has no standard backbone: pass --arch "
+                          f"({', '.join(sorted(_model_names()))})")
+    return arch
+
+
+def _model_names():
+    from models import MODELS
+
+    return MODELS.names()
 
 
 def pick(value, default):
@@ -163,14 +205,14 @@ def data_options(args: argparse.Namespace, default_selection: str) -> DataOption
                        download=args.download)
 
 
-def optim_config(args: argparse.Namespace, defaults: Dict[str, Any]) -> OptimConfig:
-    return OptimConfig(lr=pick(args.lr, defaults["lr"]), momentum=args.momentum,
-                       weight_decay=pick(args.weight_decay, defaults["weight_decay"]),
-                       epochs=pick(args.epochs, defaults["epochs"]),
-                       warmup_epochs=pick(args.warmup_epochs, defaults["warmup_epochs"]),
-                       cosine=pick(args.cos, defaults["cos"]),
-                       milestones=tuple(pick(args.schedule, defaults["schedule"])),
-                       gamma=pick(args.lr_gamma, defaults["lr_gamma"]), nesterov=args.nesterov)
+def optim_config(args: argparse.Namespace, recipe: Recipe) -> OptimConfig:
+    """The optimiser and schedule: the flags given, the method's recipe for those left out."""
+    return OptimConfig(lr=pick(args.lr, recipe.lr), momentum=args.momentum,
+                       weight_decay=pick(args.weight_decay, recipe.weight_decay),
+                       epochs=pick(args.epochs, recipe.epochs),
+                       warmup_epochs=pick(args.warmup_epochs, recipe.warmup_epochs),
+                       cosine=pick(args.cos, recipe.cos), milestones=tuple(pick(args.schedule, recipe.schedule)),
+                       gamma=pick(args.lr_gamma, recipe.lr_gamma), nesterov=args.nesterov)
 
 
 def run_config(args: argparse.Namespace, default_seed: int) -> RunConfig:

@@ -180,8 +180,33 @@ class OptimConfig:
             NON_NEGATIVE_INT.check("--schedule", milestone)
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """What the optimisation flags mean when a command leaves them out: one paper's recipe.
+
+    Each method's command line declares one (methods.base.MethodCommandLine.recipe), so an
+    omitted --lr means the lr of the paper whose method this is, and ``--help`` lists them.
+    """
+
+    lr: float
+    weight_decay: float
+    epochs: int
+    warmup_epochs: int
+    cos: bool
+    schedule: Tuple[int, ...]  # step-decay epochs, used when cos is False
+    lr_gamma: float
+    batch_size: int
+    aug: Tuple[str, ...]  # training augmentation recipe per view
+    seed: int
+
+
 # --amp: autocast precision; auto picks the device's native one (utils.engine.resolve_amp).
 AMP_CHOICES = ("auto", "none", "bf16", "fp16")
+# --aug_backend: batched tensor augmentation on the device, the per-image PIL pipeline, or tensor
+# for in-memory data and PIL for image files.
+AUG_BACKENDS = ("auto", "tensor", "pil")
+# --select_on: the split whose improvement chooses best.pth (and LCSL's teacher).
+SELECTION_SPLITS = ("val", "test")
 
 
 @dataclass(frozen=True)
@@ -221,8 +246,8 @@ class RunConfig:
         check_limits(self)
         if self.amp not in AMP_CHOICES:
             raise ConfigError(f"--amp must be one of {', '.join(AMP_CHOICES)}, got '{self.amp}'")
-        if self.aug_backend not in ("auto", "tensor", "pil"):
-            raise ConfigError(f"--aug_backend must be auto, tensor or pil, got '{self.aug_backend}'")
+        if self.aug_backend not in AUG_BACKENDS:
+            raise ConfigError(f"--aug_backend must be one of {', '.join(AUG_BACKENDS)}, got '{self.aug_backend}'")
         if self.overwrite and self.resume:
             raise ConfigError("--overwrite deletes the run in --out_dir and --resume continues it: pass one of them")
 
@@ -264,8 +289,8 @@ class TrainConfig:
 
     def __post_init__(self):
         check_limits(self)
-        if self.select_on not in (None, "val", "test"):
-            raise ConfigError(f"--select_on must be val or test, got '{self.select_on}'")
+        if self.select_on is not None and self.select_on not in SELECTION_SPLITS:
+            raise ConfigError(f"--select_on must be one of {', '.join(SELECTION_SPLITS)}, got '{self.select_on}'")
         if self.unlabeled is None and self.imb_factor_unlabel is not None:
             raise ConfigError("--imb_factor_unlabel needs --unlabeled FILE (a pseudo-label file)")
 
@@ -301,13 +326,13 @@ def check_training_data(config: TrainConfig, data: Any, labeled_counts: Sequence
     priors divide by (or take the log of) its count. And an epoch needs a step: a method that
     drops the last incomplete batch (BCCL, cRT, MoCo) would otherwise train on nothing.
     """
-    from datasets import SMALL_IMAGE_DATASETS
+    from datasets import dataset_entry
     from datasets.longtail import smallest_imb_factor
 
     empty = [c for c, n in enumerate(labeled_counts) if n < 1]
     if empty:
         which = _name_classes(empty, data.class_names)
-        if config.dataset in SMALL_IMAGE_DATASETS:  # the datasets whose tail --imb_factor cuts
+        if dataset_entry(config.dataset).small_images:  # the datasets whose tail --imb_factor cuts
             smallest = smallest_imb_factor(max(labeled_counts), len(labeled_counts), config.data.imb_type)
             raise ConfigError(f"--imb_factor {config.data.imb_factor:g} leaves {which} with 0 training images "
                               f"(every class needs at least 1): use --imb_factor >= {smallest:g}")

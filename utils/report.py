@@ -12,7 +12,7 @@ import os
 import time
 from typing import Any, Dict, Optional, Sequence
 
-from datasets import SMALL_IMAGE_DATASETS
+from datasets import dataset_entry
 from utils import dist
 from utils.checkpoint import git_commit, load_checkpoint
 from utils.evaluation import Variant, evaluate_variants, flag_variants
@@ -35,7 +35,7 @@ def labelled_records(run: Run, records: Dict[str, Any]) -> Dict[str, Any]:
     results: Dict[str, Any] = {
         "dataset": data.name, "method": config.method, "arch": config.arch, "seed": config.run.seed,
         # --imb_factor only shapes the datasets whose long tail is cut here (CIFAR, SVHN).
-        "imb_factor": config.data.imb_factor if config.dataset in SMALL_IMAGE_DATASETS else None,
+        "imb_factor": config.data.imb_factor if dataset_entry(config.dataset).small_images else None,
         "imb_factor_unlabel": (config.imb_factor_unlabel or config.data.imb_factor) if config.unlabeled else None,
         "train_counts": list(data.train_counts), "labeled_counts": list(run.labeled_counts),
         "git_commit": git_commit(),

@@ -31,7 +31,7 @@ from datasets.samplers import build_sampler
 from methods import Method, build_method
 from models import build_model
 from utils import dist
-from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint_path
 from utils.config import ConfigError, TrainConfig, check_training_data
 from utils.dist import DeviceContext
 from utils.engine import DeviceInputs, NonFiniteLossError, resolve_amp
@@ -288,6 +288,27 @@ def find_resume(config: TrainConfig, label: str) -> Optional[str]:
     plan = plan_run_folder(auto, run_label(config, label))
     last = os.path.join(plan.run_dir, "last.pth") if plan.run_dir else None
     return last if last and plan.action in ("continue", "finished") and os.path.isfile(last) else None
+
+
+def resume_at_start_epoch(config: TrainConfig, label: str, start_epoch: int) -> Optional[str]:
+    """The checkpoint file to continue from (None: a fresh run), for commands that resume the
+    LCSL reference's way: ``--start_epoch N > 1`` means --resume auto, must find a checkpoint,
+    and must name the epoch after the last finished one."""
+    path = config.run.resume
+    if path == "auto" and start_epoch == 1:
+        return path  # build_run continues, restarts or skips this configuration's run
+    if path == "auto" or (path is None and start_epoch > 1):
+        path = find_resume(config, label)
+    if start_epoch > 1:
+        if path is None:
+            where = config.run.out_dir or f"the runs under --root_log {config.run.root_log} named like this one"
+            raise ConfigError(f"--start_epoch {start_epoch} continues a run, but there is no last.pth in "
+                              f"{where}: pass the run with --out_dir or --resume PATH")
+        finished = int(load_checkpoint(path, prefer="last.pth")["epoch"])
+        if finished + 1 != start_epoch:
+            raise ConfigError(f"--start_epoch {start_epoch}: {path} holds {finished} finished epochs, so "
+                              f"training continues at epoch {finished + 1}; pass --start_epoch {finished + 1}")
+    return resolve_checkpoint_path(path, prefer="last.pth") if path else None
 
 
 def _on_main(ctx: DeviceContext, work: Callable[[], Any]) -> Any:

@@ -1,0 +1,153 @@
+"""A method's options are declared once (methods/options.py): every flag reaches the field it
+declares, every refusal names the flag, --help shows the value a run uses, and a checkpoint's
+recorded options rebuild the same method. Dataset facts come from the registry entry."""
+import dataclasses
+import re
+
+import pytest
+
+import main as main_script
+import train_LCSL as lcsl_script
+from datasets import DATASETS, DataOptions, build_dataset, dataset_entry
+from methods import METHOD_CLIS, METHODS, build_method
+from methods.bccl import BCCLOptions
+from methods.erm import ERMOptions
+from methods.lcsl import LCSLOptions
+from methods.moco import MoCoOptions
+from methods.options import MethodOptions, destination
+from models import MODELS, build_model
+from utils import cli
+from utils.config import ConfigError, Number
+
+# The extra flags a method's command needs to be accepted at all.
+REQUIRED = {"crt": ["--pretrained_model", "some_run"]}
+
+
+def another_value(spec: dataclasses.Field):
+    """A valid value of the field's flag other than its default (as command-line text)."""
+    meta, default = spec.metadata, spec.default
+    if meta["convert"] is not None:  # LCSL's --fc_norm: a number whose sign matters
+        return "-1", False
+    if isinstance(default, bool):
+        return str(not default), not default
+    if meta["choices"] is not None:
+        other = next(c for c in meta["choices"] if c != default)
+        return str(other), other
+    number: Number = meta["valid"]
+    value = default + 1 if number.kind is int else default / 2
+    assert number.accepts(value)
+    return str(value), value
+
+
+def flagged_fields(options_class):
+    """The fields whose flags the class declares (cRT's inherited ERM flags belong to ERM's group)."""
+    return options_class.flagged()
+
+
+def command_lines():
+    return [(name, METHOD_CLIS.get(name)) for name in METHOD_CLIS.names()]
+
+
+@pytest.mark.parametrize("name,command_line", command_lines(), ids=[n for n, _ in command_lines()])
+def test_every_main_flag_reaches_its_field(name, command_line):
+    method = command_line.names[0]
+    for spec in flagged_fields(command_line.Options):
+        text, value = another_value(spec)
+        flag = spec.metadata["flags"][0]
+        args = main_script.get_args_parser().parse_args(["--method", method, *REQUIRED.get(name, []), flag, text])
+        config, _ = main_script.build_config(args)
+        assert config.method_options[spec.name] == value, flag
+        untouched = main_script.build_config(main_script.get_args_parser().parse_args(
+            ["--method", method, *REQUIRED.get(name, [])]))[0]
+        assert untouched.method_options[spec.name] == spec.default, flag
+
+
+def test_every_lcsl_flag_reaches_its_field():
+    for spec in flagged_fields(LCSLOptions):
+        text, value = another_value(spec)
+        flag = spec.metadata["flags"][0]
+        config, _ = lcsl_script.build_config(lcsl_script.get_args_parser().parse_args([flag, text]))
+        assert config.method_options[spec.name] == value, flag
+
+
+@pytest.mark.parametrize("options,flag", [
+    (lambda: BCCLOptions(temperature=0.0), "--temp must be a number > 0, got 0.0"),
+    (lambda: BCCLOptions(num_centroids=0), "--centroid must be an integer >= 1, got 0"),
+    (lambda: BCCLOptions(kmeans_init="kmeans"), "--kmeans_init must be one of random, kmeans++, got 'kmeans'"),
+    (lambda: MoCoOptions(queue_size=0), "--moco_k must be an integer >= 1, got 0"),
+    (lambda: MoCoOptions(momentum=1.0), "--moco_m must be a number in [0, 1), got 1.0"),
+    (lambda: MoCoOptions(mlp=1), "--mlp must be True or False, got 1"),
+    (lambda: ERMOptions(train_rule="resample"), "train_rule must be one of none, reweight, drw, got 'resample'"),
+    (lambda: ERMOptions(cb_beta=1.0), "--cb_beta must be a number in [0, 1), got 1.0"),
+    (lambda: LCSLOptions(threshold=1.5), "--lambda_init must be a number in [0, 1], got 1.5"),
+    (lambda: LCSLOptions(select_on="train"), "select_on must be one of val, test, got 'train'"),
+])
+def test_bad_values_are_refused_naming_the_flag(options, flag):
+    with pytest.raises(ConfigError) as refused:
+        options()
+    assert str(refused.value) == flag
+
+
+def test_a_method_built_in_code_is_validated_like_a_flag():
+    model = build_model("resnet32", 3, head="normed")
+    with pytest.raises(ConfigError, match="--temp must be a number > 0"):
+        build_method("bccl", model, [5, 3, 1], temperature=-1.0)
+    with pytest.raises(TypeError, match="bogus"):
+        build_method("bccl", model, [5, 3, 1], bogus=1)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_recorded_options_rebuild_the_same_method(name):
+    head = "normed" if name == "bccl" else "linear"
+    method = build_method(name, build_model("resnet32", 3, head=head), [5, 3, 1])
+    kwargs = method.init_kwargs
+    assert kwargs == dataclasses.asdict(method.Options())  # every field, at its declared default
+    again = build_method(name, build_model("resnet32", 3, head=head), [5, 3, 1], **kwargs)
+    assert again.options == method.options and isinstance(again.options, MethodOptions)
+
+
+def test_help_shows_the_defaults_a_run_uses():
+    parser = main_script.get_args_parser()
+    actions = {flag: action for action in parser._actions for flag in action.option_strings}
+    for name, command_line in command_lines():
+        for spec in flagged_fields(command_line.Options):
+            action = actions[spec.metadata["flags"][0]]
+            assert action.default == spec.default and action.help.endswith(f"(default: {spec.default})")
+        config, _ = main_script.build_config(main_script.get_args_parser().parse_args(
+            ["--method", command_line.names[0], *REQUIRED.get(name, [])]))
+        recipe = command_line.recipe
+        assert (config.optim.lr, config.optim.weight_decay, config.batch_size, config.run.seed) == \
+            (recipe.lr, recipe.weight_decay, recipe.batch_size, recipe.seed)
+        for flag, value in (("--lr", recipe.lr), ("--wd", recipe.weight_decay), ("--epochs", recipe.epochs)):
+            assert re.search(rf"[:;] {re.escape(str(value))} \([^)]*\b{name}\b", actions[flag].help), flag
+    lcsl_help = " ".join(lcsl_script.get_args_parser().format_help().split())
+    assert "learning rate of the global batch (default: 0.01)" in lcsl_help
+    assert "--fc_norm FC_NORM > 0: L2-normalise the teacher's classifier rows each epoch (only the sign " \
+           "matters) (default: 1.9)" in lcsl_help
+
+
+def test_destination_is_the_first_flag():
+    assert destination("--moco-k") == "moco_k" and destination("--temp") == "temp"
+
+
+# ---- dataset facts ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_every_dataset_declares_its_facts(name):
+    entry = dataset_entry(name)
+    assert entry.image_style in ("cifar", "imagenet")
+    assert entry.default_arch is None or entry.default_arch in MODELS.names()
+    assert entry.small_images == (entry.image_style == "cifar")
+
+
+def test_the_built_data_agrees_with_its_entry():
+    data = build_dataset("cifar10_sample", DataOptions(imb_factor=0.1))  # the bundled sample
+    assert data.style == dataset_entry("cifar10_sample").image_style == "cifar"
+
+
+def test_the_backbone_comes_from_the_dataset_unless_given():
+    parse = main_script.get_args_parser().parse_args
+    assert cli.architecture(parse(["--dataset", "imagenet_lt"])) == "resnext50"
+    assert cli.architecture(parse(["--dataset", "cifar100"])) == "resnet32"
+    assert cli.architecture(parse(["--dataset", "imagenet_lt", "--arch", "resnet50"])) == "resnet50"
+    with pytest.raises(ConfigError, match="--dataset places_lt has no standard backbone: pass --arch"):
+        cli.architecture(parse(["--dataset", "places_lt"]))
