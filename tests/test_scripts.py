@@ -17,8 +17,9 @@ import main as main_script
 import train_LCSL as lcsl_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# device_check.sh is no paper-table row; test_device_check_smoke_mode runs it for real.
-SCRIPTS = sorted(s for s in glob.glob(os.path.join(ROOT, "scripts", "*.sh")) if not s.endswith("device_check.sh"))
+# device_check.sh and quickstart.sh are no paper-table rows; their own tests run them for real.
+SCRIPTS = sorted(s for s in glob.glob(os.path.join(ROOT, "scripts", "*.sh"))
+                 if not s.endswith(("device_check.sh", "quickstart.sh")))
 
 
 def recorded_commands(script, tmp_path):
@@ -143,3 +144,21 @@ def test_device_check_needs_an_output_folder():
     result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "device_check.sh")], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "OUT_DIR" in result.stderr
+
+
+@pytest.mark.slow  # two real main.py processes
+def test_quickstart_trains_both_methods_and_prints_their_table(tmp_path):
+    out = tmp_path / "quickstart"
+    command = ["bash", os.path.join(ROOT, "scripts", "quickstart.sh"), str(out), "--epochs", "1", "--limit_batches", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| cifar10_sample | 100 |")]
+    assert [row.split(" | ")[2] for row in rows] == ["balanced_softmax", "ce"]
+    assert all("best on val" in row for row in rows)
+    for method in ("ce", "balanced_softmax"):
+        assert json.load(open(out / method / "results.json"))["label"] == method
+        assert json.load(open(out / method / "config.json"))["method_options"]["loss"] == method
+    # A second call finds both runs finished and prints the same table without training.
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and [line for line in again.stdout.splitlines() if line in rows] == rows
+    assert "finished" in (out / "ce.out").read_text()
