@@ -50,7 +50,7 @@ PROTOCOL = {"imb_factor": 0.01, "imb_type": "exp", "lt_selection": "shuffle", "l
 # torchvision, numpy and pillow (torchvision depends on those two). All are pure Python.
 PACKAGES = {"tensorboardX": "tensorboardX>=2.6", "google.protobuf": "protobuf>=3.20", "packaging": "packaging",
             "tqdm": "tqdm>=4.60", "pytest": "pytest>=7.0", "pluggy": "pluggy", "iniconfig": "iniconfig",
-            "pygments": "pygments"}
+            "pygments": "pygments", "xdist": "pytest-xdist>=3.0", "execnet": "execnet"}
 REPOSITORY_LIMIT_MB = 60.0
 TRAIN_IMAGES, TEST_IMAGES, NUM_CLASSES = 50000, 10000, 10
 

@@ -84,7 +84,8 @@ if [[ ${ready:-1} == 0 ]]; then
 fi
 
 status=0
-step cuda_tests "$TESTS_TIMEOUT_S" "$PY" -m pytest tests/test_cuda.py -m cuda -rA -p no:cacheprovider \
+# -n 0: the CUDA tests share one GPU, so they run in one process, not pytest.ini's one per core.
+step cuda_tests "$TESTS_TIMEOUT_S" "$PY" -m pytest tests/test_cuda.py -m cuda -n 0 -rA -p no:cacheprovider \
   --junitxml "$OUT/cuda_tests.xml" || status=1
 
 step bench 200 "$PY" scripts/bench_throughput.py --device "$DEVICE" --method ce bccl lcsl "${BENCH[@]}" \
