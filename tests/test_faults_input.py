@@ -119,6 +119,13 @@ def test_configs_built_in_code_are_checked_too():
         OptimConfig(momentum=1.0)
     with pytest.raises(ConfigError, match="--schedule"):
         OptimConfig(milestones=(-1,))
+    # A step schedule out of order, or decaying inside the warm-up, is refused before training
+    # (utils.schedule would refuse it at the first epoch, with a run folder already made).
+    with pytest.raises(ConfigError, match="^--schedule must list increasing epochs, got 180 160: use --schedule 160 180$"):
+        OptimConfig(milestones=(180, 160))
+    with pytest.raises(ConfigError, match="--schedule 2 decays the lr inside the 5 warm-up epochs"):
+        OptimConfig(milestones=(2,), warmup_epochs=5)
+    assert OptimConfig(milestones=(180, 160), cosine=True).cosine  # unused by the cosine schedule
     with pytest.raises(ConfigError, match="--log_interval must be an integer >= 1, got 0"):
         RunConfig(log_interval=0)
     config, _ = main_script.build_config(main_script.get_args_parser().parse_args(["--method", "ce"]))
@@ -287,12 +294,14 @@ def test_make_table_out_in_a_missing_folder_is_refused(tmp_path, capsys):
 # ---- the real processes (a few; importing the entry scripts costs seconds) -------------------------
 def run_script(*argv, cwd):
     return subprocess.run([sys.executable, os.path.join(ROOT, argv[0]), *argv[1:]], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
 
 
 def test_main_process_refuses_bad_values_without_a_run_folder(tmp_path):
     for argv, fragment in ((["--log_interval", "0"], "argument --log_interval: expected an integer >= 1, got '0'"),
-                           (["--imb_factor", "0.001"], "leaves class 9 (truck) with 0 training images")):
+                           (["--imb_factor", "0.001"], "leaves class 9 (truck) with 0 training images"),
+                           (["--amp", "fp16"], "--amp fp16 needs a CUDA device (its loss scaling runs there), "
+                                               "but this run trains on the cpu: use --amp bf16, none or auto")):
         result = run_script("main.py", "--dataset", "cifar10_sample", "--method", "ce", "--epochs", "1",
                             "--workers", "0", *argv, cwd=tmp_path)
         assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr[-2000:]

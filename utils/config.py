@@ -178,6 +178,16 @@ class OptimConfig:
         check_limits(self)
         for milestone in self.milestones:
             NON_NEGATIVE_INT.check("--schedule", milestone)
+        if self.cosine:
+            return  # the step decays are unused (utils.schedule.warmup_cosine_lr)
+        # What utils.schedule.warmup_step_lr requires, refused here, before any run folder exists.
+        if list(self.milestones) != sorted(set(self.milestones)):
+            raise ConfigError(f"--schedule must list increasing epochs, got {' '.join(map(str, self.milestones))}: "
+                              f"use --schedule {' '.join(map(str, sorted(set(self.milestones))))}")
+        if self.milestones and self.milestones[0] < self.warmup_epochs:
+            raise ConfigError(f"--schedule {' '.join(map(str, self.milestones))} decays the lr inside the "
+                              f"{self.warmup_epochs} warm-up epochs (--warmup_epochs): start the schedule at "
+                              f"epoch {self.warmup_epochs} or later, or lower --warmup_epochs")
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,10 @@ def build_run(config: TrainConfig, label: str):
         # module, so the other replicas would run on the wrong device.
         raise ConfigError("--compile does not work with DataParallel (--gpu listing several GPUs): "
                           "drop --compile, or train on several GPUs with torchrun (DDP)")
+    if config.run.amp == "fp16" and ctx.device.type != "cuda":
+        # fp16 needs loss scaling against underflowing gradients, and GradScaler scales on CUDA only.
+        raise ConfigError(f"--amp fp16 needs a CUDA device (its loss scaling runs there), but this run trains "
+                          f"on the {ctx.device.type}: use --amp bf16, none or auto")
     # Model initialisation must agree across DDP ranks (DDP also broadcasts it); augmentation is
     # re-seeded per rank and epoch by fit.
     seed_everything(config.run.seed, config.run.deterministic)
