@@ -414,3 +414,15 @@ def test_ddp_resume_reproduces_the_uninterrupted_run(ddp_resume_runs, name):
     differing = [key for key in straight if not torch.equal(straight[key], resumed[key])]
     assert not differing, f"{len(differing)} of {len(straight)} tensors differ, e.g. {differing[:3]}"
     assert runs["top1"][0] == runs["top1"][1]
+
+
+def test_an_unbalanced_validation_split_names_its_short_classes():
+    from datasets import DataOptions, build_dataset
+    from utils.run import validation_shortfall
+
+    # The bundled sample at ratio 100 keeps all 500 airplanes for training and leaves 201 cars.
+    data = build_dataset("cifar10_sample", DataOptions(imb_factor=0.01, val_per_class=300))
+    assert validation_shortfall(data, 300) == "class 0 (airplane): 0, class 1 (automobile): 201"
+    balanced = build_dataset("cifar10_sample", DataOptions(imb_factor=0.01, val_per_class=20))
+    assert validation_shortfall(balanced, 20) == "class 0 (airplane): 0"
+    assert validation_shortfall(build_dataset("cifar10_sample", DataOptions(imb_factor=1.0, val_per_class=0)), 0) == ""

@@ -183,6 +183,23 @@ def _log_start(logger, run_dir: str, notes: List[str], plan: RunPlan, config: Tr
     logger.info(f"{data.name}: {len(data.train)} training images in {data.num_classes} classes "
                 f"(head {max(data.train_counts)}, tail {min(data.train_counts)}), {len(data.test)} test"
                 + (f", {len(data.val)} validation" if data.val is not None else ""))
+    short = validation_shortfall(data, config.data.val_per_class)
+    if short:
+        logger.info(f"validation split: {config.data.val_per_class} images per class where the images the "
+                        f"training subset left allow it; fewer for {short}, so its top-1 weighs classes "
+                        "unequally (the mean per-class accuracy does not)")
+
+
+def validation_shortfall(data, per_class: int) -> str:
+    """The classes of a --val_per_class split that got fewer than ``per_class`` images, with their
+    counts ('class 0 (airplane): 0, ...'); '' when the split is balanced or there is none."""
+    if data.val is None or per_class < 1:
+        return ""
+    counts = np.bincount(data.val.targets, minlength=data.num_classes)
+    names = list(data.class_names) + [""] * data.num_classes
+    short = [f"class {c}{f' ({names[c]})' if names[c] else ''}: {counts[c]}"
+             for c in range(data.num_classes) if counts[c] < per_class]
+    return ", ".join(short[:5]) + (f" and {len(short) - 5} more" if len(short) > 5 else "")
 
 
 def place_on_device(method: Method, config: TrainConfig, ctx: DeviceContext) -> None:
