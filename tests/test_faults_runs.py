@@ -138,6 +138,32 @@ def test_a_lock_dies_with_its_process(cifar10_root, tmp_path):
 
 
 @pytest.mark.slow
+def test_sigterm_closes_the_run_and_names_the_way_to_continue(cifar10_root, tmp_path):
+    """A scheduler's or a shutting-down machine's SIGTERM: the log says where the run stopped,
+    the folder is released, stderr has one line, and --resume auto continues the run."""
+    run = str(tmp_path / "run")
+    command = [sys.executable, "main.py", *argv(cifar10_root.root, "--out_dir", run, "--epochs", "500")]
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = os.path.join(run, "log.txt")
+    deadline = time.time() + 240
+    while time.time() < deadline and not (os.path.isfile(os.path.join(run, "last.pth"))
+                                          and "epoch 2:" in open(log).read()):
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err[-2000:]
+    assert err.strip().splitlines() == ["main.py: terminated (SIGTERM); continue with --resume auto (or the run's "
+                                        "last.pth)"]
+    assert "training interrupted (SIGTERM): last.pth holds the last finished epoch; continue with --resume auto" \
+        in open(log).read()
+    finished = load_checkpoint(os.path.join(run, "last.pth"))["epoch"]
+    assert 2 <= finished < 500
+    resumed = train(cifar10_root.root, "--out_dir", run, "--epochs", str(finished + 1), "--resume", "auto")
+    assert resumed["last"]["epoch"] == finished + 1
+
+
+@pytest.mark.slow
 def test_two_runs_started_on_one_folder_leave_one_run(cifar10_root, tmp_path):
     run = str(tmp_path / "run")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

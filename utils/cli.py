@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import traceback
 from typing import Any, Callable, Dict, List
@@ -225,19 +226,37 @@ def run_config(args: argparse.Namespace, default_seed: int) -> RunConfig:
                      progress=args.progress, tta_flip=args.tta_flip, overwrite=args.overwrite)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler, torchrun or a machine shutting down) as an exception, so the run
+    closes its log and releases its folder as after Ctrl-C, and says how to continue."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated("SIGTERM")
+
+
 def run_guarded(prog: str, body: Callable[[], Any]) -> int:
-    """Runs an entry script's body; expected failures become one line on stderr and exit 2."""
+    """Runs an entry script's body; expected failures become one line on stderr and exit 2,
+    Ctrl-C and SIGTERM one line naming --resume auto (exit 130 and 143)."""
     from utils.engine import NonFiniteLossError
 
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread (a caller embedding the toolkit): leave signals alone
+        previous = None
     try:
         body()
     except (ConfigError, DatasetError, CheckpointError, NonFiniteLossError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; continue with --resume auto (or the run's last.pth)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:
+        how = "terminated (SIGTERM)" if isinstance(error, Terminated) else "interrupted"
+        print(f"{prog}: {how}; continue with --resume auto (or the run's last.pth)", file=sys.stderr)
+        return 143 if isinstance(error, Terminated) else 130
     except Exception:  # an unexpected bug: keep the traceback, it is needed to fix it
         traceback.print_exc()
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0

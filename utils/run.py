@@ -64,6 +64,9 @@ class Run:
     def __exit__(self, kind, error, trace) -> None:
         if isinstance(error, NonFiniteLossError):
             self.logger.info(f"training stopped: {error}", echo=False)  # run_guarded prints it on stderr
+        elif isinstance(error, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (utils.cli.Terminated)
+            self.logger.info(f"training interrupted ({error or 'Ctrl-C'}): last.pth holds the last finished epoch; "
+                             "continue with --resume auto", echo=False)
         self.close()
 
     def close(self) -> None:
