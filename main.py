@@ -35,7 +35,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                              f"is given, else {DEFAULT_METHOD})")
     recipes = {name: METHOD_CLIS.get(name).recipe for name in METHOD_CLIS.names()}
     cli.add_data_arguments(parser, default_dataset="cifar10")
-    cli.add_model_arguments(parser)
+    cli.add_model_arguments(parser, head_default="True for bccl, ldam and ldam_drw (--loss_type LDAM), False "
+                                                  "for the others")
     cli.add_optim_arguments(parser, recipes)
     cli.add_aug_arguments(parser, recipes)
     cli.add_run_arguments(parser, recipes)

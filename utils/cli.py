@@ -47,7 +47,8 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str) ->
                        help="DataLoader workers for the PIL pipeline (default: up to 4, at most the CPU count)")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, head_default: str) -> None:
+    """``head_default`` tells --help which classifier each method uses when --use_norm is left out."""
     # Imported here, as in add_aug_arguments: both pull in torchvision (seconds), which a script
     # that only uses run_guarded (test.py, gen_pseudolabels.py) must not pay before a refusal.
     from models import MODELS
@@ -57,10 +58,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                          if DATASETS.get(name).default_arch)
     group.add_argument("--arch", default=None, choices=MODELS.names(),
                        help=f"backbone (default: the dataset's: {defaults}; others need --arch)")
-    add_bool_flag(group, "--use_norm", "--use-norm", default=None,
-                  help="cosine (normalised) classifier; default depends on the method")
+    group.add_argument("--use_norm", "--use-norm", type=str2bool, nargs="?", const=True, default=None,
+                       metavar="BOOL", help=f"cosine (normalised) classifier (default: {head_default})")
     group.add_argument("--head_scale", type=limit(TrainConfig, "head_scale"), default=None,
-                       help="scale of the cosine classifier")
+                       help="scale of the cosine classifier (default: 1/0.03 for BCCL, 1 for LDAM's own "
+                            "scaled margin loss, 30 for the other losses)")
 
 
 def recipe_default(recipes: Dict[str, Recipe], key: str) -> str:
