@@ -1,13 +1,16 @@
 """Collect results.json files into Markdown tables (mean ± std over seeds).
 
-    python scripts/make_table.py log/*/ [--paper] [--plot per_class.png] [--out table.md]
+    python scripts/make_table.py log/*/ [--paper] [--gains] [--plot per_class.png] [--out table.md]
     python scripts/make_table.py runs/parity --by run.aug_backend run.amp
 
 Runs are grouped by dataset, imbalance ratio, method label and architecture, and by any
 ``--by`` fields of the run's config.json (dotted paths, e.g. ``run.aug_backend``); seeds of the same
 group are averaged. Last-epoch numbers and selected-checkpoint numbers are kept in separate
 columns, each named after its selection rule, so a test-set-selected number is never mistaken
-for a clean one. ``--paper`` adds the numbers the papers report next to ours.
+for a clean one. ``--paper`` adds the numbers the papers report next to ours; ``--gains`` adds
+each row's gain over the CE row of the same dataset, ratio and architecture, as the mean ± std
+of the per-seed differences (seeds paired), beside the gain the papers report. The plot shades
+one standard deviation over seeds around each row's per-class accuracy.
 
 A results.json that cannot be read (invalid JSON, not a results file, missing keys) is skipped
 with a warning naming it, and run folders without one (config.json or last.pth only: still
@@ -313,6 +316,61 @@ def build_table(results: List[Dict[str, Any]], paper: bool, by: Sequence[str] = 
     return "\n".join(lines)
 
 
+def signed(text: str) -> str:
+    """'+5.03 ± 0.40' for a mean ± std string that starts with a non-negative number."""
+    return text if text.startswith("-") else "+" + text
+
+
+BASELINE = "ce"  # the row every gain is measured against, as in the three papers' tables
+
+
+def paired_gains(members: List[Dict[str, Any]], baseline: List[Dict[str, Any]],
+                 value) -> Tuple[List[float], int]:
+    """Per-seed differences ``value(run) - value(CE run of the same seed)`` over the seeds both
+    rows have (a seed's CE run and method run share the data subset, the initial draw and the
+    augmentation stream, so pairing removes most of the seed noise); and how many seeds of the
+    method had no CE partner."""
+    by_seed = {m.get("seed"): value(m) for m in baseline}
+    gains, unpaired = [], 0
+    for member in members:
+        partner, own = by_seed.get(member.get("seed")), value(member)
+        if partner is None or own is None:
+            unpaired += 1
+        else:
+            gains.append(own - partner)
+    return gains, unpaired
+
+
+def build_gains_table(results: List[Dict[str, Any]], by: Sequence[str] = ()) -> str:
+    """Each row's gain over CE (same dataset, ratio, architecture and --by fields) with its
+    std over paired seeds, beside the gain the papers report."""
+    groups = split_recipes(results)
+    baselines = {key[:2] + key[3:-1]: members for key, members in groups.items()
+                 if key[2] == BASELINE and key[-1] == ""}
+    header = ["dataset", "ratio", "method", "arch"] + list(by) + ["paired seeds"]
+    header += [f"gain last {m}" for m in METRICS] + ["gain selected top1", "selection", "paper gain"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, members in sorted(groups.items()):
+        dataset, ratio, label, arch = key[:4]
+        baseline = baselines.get(key[:2] + key[3:-1])
+        if label == BASELINE or baseline is None:
+            continue
+        cells = []
+        values = [lambda m, metric=metric: m.get("last", {}).get(metric) for metric in METRICS]
+        for value in values + [lambda m: selected_entry(m)[1].get("top1")]:
+            gains, _ = paired_gains(members, baseline, value)
+            cells.append(signed(mean_std(gains)) if gains else "n/a")
+        pairs = len(paired_gains(members, baseline, lambda m: 0.0)[0])
+        rules = {selected_entry(m)[0] for m in members + baseline}
+        ours, theirs = (PAPER_TOP1.get((row, dataset, ratio)) for row in (paper_row(label), BASELINE))
+        paper = "" if ours is None or theirs is None else f"{ours - theirs:+.2f}"
+        row = [dataset, str(ratio), label + key[-1], arch] + list(key[4:-1]) + [f"{pairs} of {len(members)}"]
+        lines.append("| " + " | ".join(row + cells + ["/".join(sorted(rules)), paper]) + " |")
+    if len(lines) == 2:
+        return "No gains: no row shares its dataset, ratio and architecture with a CE row."
+    return "\n".join(lines)
+
+
 def plot_per_class(results: List[Dict[str, Any]], path: str) -> None:
     import matplotlib
 
@@ -337,7 +395,13 @@ def plot_per_class(results: List[Dict[str, Any]], path: str) -> None:
         with warnings.catch_warnings():  # a class no seed scored (all None) is a gap in the line
             warnings.simplefilter("ignore", RuntimeWarning)
             accuracy = np.nanmean(per_class, 0)
-        axis.plot(counts, accuracy, marker="o", ms=3, label=f"{label} ({dataset} r{ratio}{extra})")
+        line, = axis.plot(counts, accuracy, marker="o", ms=3,
+                          label=f"{label} ({dataset} r{ratio}{extra}, {len(usable)} seed{'s' * (len(usable) > 1)})")
+        if len(usable) > 1:  # the spread over seeds: one standard deviation either side
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                spread = np.nanstd(per_class, 0, ddof=1)
+            axis.fill_between(counts, accuracy - spread, accuracy + spread, color=line.get_color(), alpha=0.2)
     axis.set_xscale("log")
     axis.set_xlabel("training images of the class")
     axis.set_ylabel("last-epoch test accuracy (%)")
@@ -353,6 +417,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run folders, folders of runs, or results.json files")
     parser.add_argument("--paper", action="store_true", help="add the papers' reported top-1")
+    parser.add_argument("--gains", action="store_true",
+                        help="add a table of each row's gain over CE (paired by seed: mean ± std) beside the "
+                             "papers' gain")
     parser.add_argument("--plot", type=output_file, default=None,
                         help="PNG of per-class accuracy against training count")
     parser.add_argument("--out", type=output_file, default=None,
@@ -374,6 +441,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               file=sys.stderr)
         return 2
     table = build_table(results, args.paper, args.by)
+    if args.gains:
+        table += "\n\nGain over CE (same dataset, ratio and architecture; differences paired by seed):\n\n"
+        table += build_gains_table(results, args.by)
     if unfinished:
         table += "\n\n" + unfinished_note(unfinished)
     print(table)

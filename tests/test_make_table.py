@@ -9,9 +9,9 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import make_table  # noqa: E402
 
 
-def fake_result(folder, label, top1, val=None, train_time_s=None, hardware=None):
+def fake_result(folder, label, top1, val=None, train_time_s=None, hardware=None, seed=0):
     os.makedirs(folder, exist_ok=True)
-    result = {"dataset": "cifar10", "imb_factor": 0.01, "label": label, "arch": "resnet32",
+    result = {"dataset": "cifar10", "imb_factor": 0.01, "label": label, "arch": "resnet32", "seed": seed,
               "train_counts": [50, 5], "method": "erm", "device": "cpu", "train_time_s": train_time_s,
               "hardware": hardware,
               "last": {"top1": top1, "many": None, "medium": top1 + 1, "few": top1 - 1, "per_class": [top1, None]},
@@ -40,6 +40,7 @@ def test_table_averages_seeds_and_labels_rules(tmp_path):
 
 def test_cli_writes_plot_and_errors_cleanly(tmp_path):
     fake_result(str(tmp_path / "a"), "ce", 60.0)
+    fake_result(str(tmp_path / "b"), "ce", 62.0, seed=1)  # two seeds: the plot shades their spread
     plot = str(tmp_path / "p.png")
     ok = subprocess.run([sys.executable, "scripts/make_table.py", str(tmp_path), "--plot", plot], cwd=ROOT,
                         capture_output=True, text=True, timeout=120)
@@ -47,6 +48,24 @@ def test_cli_writes_plot_and_errors_cleanly(tmp_path):
     bad = subprocess.run([sys.executable, "scripts/make_table.py", str(tmp_path / "missing")], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "missing" in bad.stderr
+
+
+def test_gains_pair_seeds_and_sit_beside_the_papers_gain(tmp_path):
+    for seed, (ce, ldam) in enumerate(((60.0, 65.0), (62.0, 66.0), (64.0, 70.0))):
+        fake_result(str(tmp_path / f"ce{seed}"), "ce", ce, val=ce, seed=seed)
+        fake_result(str(tmp_path / f"ldam{seed}"), "ldam_drw", ldam, val=ldam + 1, seed=seed)
+    fake_result(str(tmp_path / "ldam9"), "ldam_drw", 90.0, val=90.0, seed=9)  # no CE run of seed 9
+    fake_result(str(tmp_path / "bccl_other_arch"), "bccl", 80.0, seed=0)
+    results = [json.load(open(p)) for p in make_table.find_results([str(tmp_path)])]
+    next(r for r in results if r["label"] == "bccl")["arch"] = "resnet50"  # no CE row on it: no gain row
+    table = make_table.build_gains_table(results)
+    rows = [line for line in table.splitlines()[2:]]
+    # Paired differences 5, 4, 6: mean 5, sample std 1; few and medium move with top-1 here
+    # (fake_result sets them to top1 -/+ 1); selected: best on val = top1 + 1 against CE's top1.
+    # The paper's gain: 77.03 - 70.36 (Cao et al., Table 2).
+    assert rows == ["| cifar10 | 100 | ldam_drw | resnet32 | 3 of 4 | +5.00 ± 1.00 | n/a | +5.00 ± 1.00 | "
+                    "+5.00 ± 1.00 | +6.00 ± 1.00 | best on val | +6.67 |"]
+    assert make_table.build_gains_table(results[:1]).startswith("No gains")
 
 
 def test_by_splits_groups_on_config_fields(tmp_path):
