@@ -86,4 +86,4 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     arguments = get_args_parser().parse_args()
-    sys.exit(cli.run_guarded("train_LCSL.py", lambda: main(arguments)))
+    sys.exit(cli.run_guarded("train_LCSL.py", lambda: main(arguments), trains=True))

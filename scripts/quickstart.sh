@@ -10,22 +10,27 @@
 #
 # Run it again and it prints the table of the finished runs (--resume auto) without training.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-
 OUT=${1:-runs/quickstart}
+[[ $OUT == /* ]] || OUT="$PWD/$OUT"  # relative to where it was called from, not the repository
+cd "$(dirname "$0")/.."
 EXTRA=("${@:2}")
-# 20 epochs at lr 0.05 (cosine after one warm-up epoch) converge further on 1,240 images than
+# 20 epochs at lr 0.05 (cosine after one warm-up epoch) converge further on its 1,236 images than
 # the 200-epoch CIFAR recipe's first 20 epochs would.
 COMMON=(--dataset cifar10_sample --imb_factor 0.01 --arch resnet32 --epochs 20 --lr 0.05 --warmup_epochs 1
         --cos True --val_per_class 20 --seed 0 --workers 0 --progress False --resume auto)
 # The two runs share the cores: one thread each trains faster together than two threads each.
-THREADS=$(( $(nproc) / 2 > 1 ? $(nproc) / 2 : 1 ))
+CORES=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)
+THREADS=$(( CORES / 2 > 1 ? CORES / 2 : 1 ))
 
 mkdir -p "$OUT"
 pids=()
+# Background jobs of a script ignore Ctrl-C, so stop them when the script is stopped: otherwise
+# they would go on training, holding their run folders.
+trap 'kill -TERM ${pids[@]+"${pids[@]}"} 2>/dev/null; wait; exit 130' INT TERM
 for method in ce balanced_softmax; do
+  # ${EXTRA[@]+...}: an empty array under `set -u` is an error in bash before 4.4 (macOS).
   OMP_NUM_THREADS=$THREADS python main.py --method "$method" "${COMMON[@]}" --out_dir "$OUT/$method" \
-    "${EXTRA[@]}" > "$OUT/$method.out" 2>&1 &
+    ${EXTRA[@]+"${EXTRA[@]}"} > "$OUT/$method.out" 2>&1 &
   pids+=($!)
 done
 echo "training ce and balanced_softmax on the bundled sample (about 2 minutes; logs in $OUT/*.out)"

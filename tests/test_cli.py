@@ -1,6 +1,8 @@
 """Command-line parsing: the papers' spellings, real booleans, and contradictions as errors."""
+import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -69,3 +71,19 @@ def test_unknown_flag_is_one_line_exit_2():
     result = subprocess.run([sys.executable, "main.py", "--no_such_flag", "1"], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "--no_such_flag" in result.stderr
+
+
+def test_ctrl_c_and_sigterm_are_one_line_and_the_handler_is_restored(capsys):
+    import signal as signals
+
+    from utils.cli import run_guarded
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    before = signals.getsignal(signals.SIGTERM)
+    assert run_guarded("main.py", interrupted, trains=True) == 130
+    assert capsys.readouterr().err == "main.py: interrupted; continue with --resume auto (or the run's last.pth)\n"
+    assert run_guarded("test.py", lambda: os.kill(os.getpid(), signals.SIGTERM) or time.sleep(30)) == 143
+    assert capsys.readouterr().err == "test.py: terminated (SIGTERM)\n"  # nothing to resume in test.py
+    assert signals.getsignal(signals.SIGTERM) is before

@@ -151,3 +151,19 @@ def test_the_backbone_comes_from_the_dataset_unless_given():
     assert cli.architecture(parse(["--dataset", "imagenet_lt", "--arch", "resnet50"])) == "resnet50"
     with pytest.raises(ConfigError, match="--dataset places_lt has no standard backbone: pass --arch"):
         cli.architecture(parse(["--dataset", "places_lt"]))
+
+
+def test_a_run_saved_before_an_option_was_declared_still_matches_its_command():
+    """config.json of an older version lacks the options added since (LCSL's mixup_alpha, cRT's
+    inherited ERM fields): --resume must still accept it, and still refuse a changed option."""
+    from utils.run_folder import config_differences
+
+    lcsl, _ = lcsl_script.build_config(lcsl_script.get_args_parser().parse_args([]))
+    saved = lcsl.to_dict()
+    del saved["method_options"]["mixup_alpha"]
+    assert config_differences(lcsl, saved) == []
+    saved["method_options"]["alpha"] = 0.0
+    assert config_differences(lcsl, saved) == [("method_options.alpha", 0.0, 1.0)]
+    crt, _ = main_script.build_config(main_script.get_args_parser().parse_args(["--method", "crt", *REQUIRED["crt"]]))
+    old_crt = {**crt.to_dict(), "method_options": {"update_bn": False}}
+    assert config_differences(crt, old_crt) == []

@@ -234,18 +234,23 @@ class Terminated(KeyboardInterrupt):
 
 
 def _raise_terminated(signum, frame) -> None:
+    # A second SIGTERM (a scheduler repeating it) must not interrupt the clean-up of the first.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated("SIGTERM")
 
 
-def run_guarded(prog: str, body: Callable[[], Any]) -> int:
+def run_guarded(prog: str, body: Callable[[], Any], trains: bool = False) -> int:
     """Runs an entry script's body; expected failures become one line on stderr and exit 2,
-    Ctrl-C and SIGTERM one line naming --resume auto (exit 130 and 143)."""
+    Ctrl-C and SIGTERM one line (exit 130 and 143) that, for a training script (``trains``),
+    names --resume auto."""
     from utils.engine import NonFiniteLossError
 
+    installed = False
     try:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        installed = True
     except ValueError:  # not the main thread (a caller embedding the toolkit): leave signals alone
-        previous = None
+        pass
     try:
         body()
     except (ConfigError, DatasetError, CheckpointError, NonFiniteLossError) as error:
@@ -253,12 +258,13 @@ def run_guarded(prog: str, body: Callable[[], Any]) -> int:
         return 2
     except KeyboardInterrupt as error:
         how = "terminated (SIGTERM)" if isinstance(error, Terminated) else "interrupted"
-        print(f"{prog}: {how}; continue with --resume auto (or the run's last.pth)", file=sys.stderr)
+        hint = "; continue with --resume auto (or the run's last.pth)" if trains else ""
+        print(f"{prog}: {how}{hint}", file=sys.stderr)
         return 143 if isinstance(error, Terminated) else 130
     except Exception:  # an unexpected bug: keep the traceback, it is needed to fix it
         traceback.print_exc()
         return 1
     finally:
-        if previous is not None:
+        if installed:
             signal.signal(signal.SIGTERM, previous)
     return 0

@@ -65,7 +65,7 @@ class Run:
         if isinstance(error, NonFiniteLossError):
             self.logger.info(f"training stopped: {error}", echo=False)  # run_guarded prints it on stderr
         elif isinstance(error, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (utils.cli.Terminated)
-            self.logger.info(f"training interrupted ({error or 'Ctrl-C'}): last.pth holds the last finished epoch; "
+            self.logger.info(f"training interrupted ({str(error) or 'Ctrl-C'}): last.pth holds the last finished epoch; "
                              "continue with --resume auto", echo=False)
         self.close()
 

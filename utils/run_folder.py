@@ -150,9 +150,11 @@ RESUMABLE_CHANGES = {
 
 
 def _flatten(values: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    # Compared field by field, so a field a newer version added (absent from an older run's
+    # config.json, e.g. an option a method now declares with the value it always used) matches.
     flat = {}
     for key, value in values.items():
-        if isinstance(value, dict) and key in ("run", "data", "optim"):
+        if isinstance(value, dict) and key in ("run", "data", "optim", "method_options"):
             flat.update(_flatten(value, key))
         else:
             flat[(prefix, key)] = value
