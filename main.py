@@ -36,7 +36,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     recipes = {name: METHOD_CLIS.get(name).recipe for name in METHOD_CLIS.names()}
     cli.add_data_arguments(parser, default_dataset="cifar10")
     cli.add_model_arguments(parser, head_default="True for bccl, ldam and ldam_drw (--loss_type LDAM), False "
-                                                  "for the others")
+                                                  "for the others",
+                            scale_default="1/0.03 for BCCL, 1 for LDAM (its loss scales the logits), 30 for "
+                                          "the other losses")
     cli.add_optim_arguments(parser, recipes)
     cli.add_aug_arguments(parser, recipes)
     cli.add_run_arguments(parser, recipes)

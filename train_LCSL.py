@@ -40,7 +40,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 conflict_handler="resolve")
     recipes = {"lcsl": COMMAND_LINE.recipe}
     cli.add_data_arguments(parser, default_dataset="cifar100")
-    cli.add_model_arguments(parser, head_default="False, the only classifier LCSL trains")
+    cli.add_model_arguments(parser, head_default="False, the only classifier LCSL trains",
+                            scale_default="none, LCSL refuses it")
     cli.add_optim_arguments(parser, recipes)
     cli.add_aug_arguments(parser, recipes)
     cli.add_run_arguments(parser, recipes)

@@ -56,7 +56,11 @@ from . import svhn_lt  # noqa: E402,F401  (registers "svhn"; it imports DATASETS
 
 def dataset_entry(name: str) -> DatasetEntry:
     """The registered facts of dataset ``name`` (KeyError listing the names if unknown)."""
-    return DATASETS.get(name)
+    entry = DATASETS.get(name)
+    if not isinstance(entry, DatasetEntry):  # a bare factory: the scripts could not pick recipes
+        raise TypeError(f"dataset '{name}' is registered as a bare factory; register "
+                        "DatasetEntry(factory, image_style, default_arch) instead")
+    return entry
 
 
 def build_dataset(name: str, options: DataOptions) -> LongTailData:

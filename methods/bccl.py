@@ -286,13 +286,13 @@ class BCCLCommandLine(MethodCommandLine):
 
     def choose(self, args) -> MethodChoice:
         """The BCCL run the flags describe (the BCCL README's spellings)."""
-        from datasets import DATASETS
+        from datasets import dataset_entry
         from utils.cli import pick
 
         normed = True if args.use_norm is None else args.use_norm
         if not normed and args.head_scale is not None:
             raise ConfigError("--head_scale applies to the cosine classifier only: add --use_norm True")
-        style = DATASETS.get(args.dataset).image_style
+        style = dataset_entry(args.dataset).image_style
         recipes = tuple(args.aug) if args.aug else VIEWS[args.cl_views][style]
         uses_randaug = "randaug" in recipes
         if uses_randaug and not args.randaug:

@@ -341,19 +341,43 @@ def paired_gains(members: List[Dict[str, Any]], baseline: List[Dict[str, Any]],
     return gains, unpaired
 
 
+# Recipe fields a gain's two rows must share: the same images and the same training length.
+SHARED_FOR_GAINS = ("data.", "optim.epochs")
+
+
+def _shared_recipe(members: List[Dict[str, Any]]) -> Optional[Tuple]:
+    recipe = next((dict(m["recipe"]) for m in members if m.get("recipe")), None)
+    if recipe is None:
+        return None
+    return tuple(sorted((k, v) for k, v in recipe.items() if k.startswith(SHARED_FOR_GAINS)))
+
+
 def build_gains_table(results: List[Dict[str, Any]], by: Sequence[str] = ()) -> str:
-    """Each row's gain over CE (same dataset, ratio, architecture and --by fields) with its
-    std over paired seeds, beside the gain the papers report."""
+    """Each row's gain over the CE row of the same dataset, ratio, architecture, --by fields,
+    images and epochs, with its std over paired seeds, beside the gain the papers report."""
     groups = split_recipes(results)
-    baselines = {key[:2] + key[3:-1]: members for key, members in groups.items()
-                 if key[2] == BASELINE and key[-1] == ""}
     header = ["dataset", "ratio", "method", "arch"] + list(by) + ["paired seeds"]
     header += [f"gain last {m}" for m in METRICS] + ["gain selected top1", "selection", "paper gain"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    notes = []
     for key, members in sorted(groups.items()):
         dataset, ratio, label, arch = key[:4]
-        baseline = baselines.get(key[:2] + key[3:-1])
-        if label == BASELINE or baseline is None:
+        if label == BASELINE:
+            continue
+        shared = _shared_recipe(members)
+        same_place = [group for other, group in groups.items()
+                      if other[2] == BASELINE and other[:2] + other[3:-1] == key[:2] + key[3:-1]]
+        candidates = [group for group in same_place if shared is None or _shared_recipe(group) in (None, shared)]
+        if len(candidates) != 1:
+            if same_place:  # CE runs exist here, but none (or no single one) is comparable
+                why = "several CE rows qualify" if candidates else "no CE row with the same images and epochs"
+                notes.append(f"- {label}{key[-1]} ({dataset} r{ratio}, {arch}): no gain, {why}")
+            continue
+        baseline = candidates[0]
+        seeds = [m.get("seed") for m in baseline]
+        if len(set(seeds)) < len(seeds):
+            notes.append(f"- {label}{key[-1]} ({dataset} r{ratio}, {arch}): no gain, the CE row has two runs "
+                         "of one seed")
             continue
         cells = []
         values = [lambda m, metric=metric: m.get("last", {}).get(metric) for metric in METRICS]
@@ -367,8 +391,10 @@ def build_gains_table(results: List[Dict[str, Any]], by: Sequence[str] = ()) -> 
         row = [dataset, str(ratio), label + key[-1], arch] + list(key[4:-1]) + [f"{pairs} of {len(members)}"]
         lines.append("| " + " | ".join(row + cells + ["/".join(sorted(rules)), paper]) + " |")
     if len(lines) == 2:
-        return "No gains: no row shares its dataset, ratio and architecture with a CE row."
-    return "\n".join(lines)
+        table = "No gains: no row shares its dataset, ratio, architecture, images and epochs with a CE row."
+    else:
+        table = "\n".join(lines)
+    return table + ("\n\n" + "\n".join(notes) if notes else "")
 
 
 def plot_per_class(results: List[Dict[str, Any]], path: str) -> None:

@@ -68,6 +68,25 @@ def test_gains_pair_seeds_and_sit_beside_the_papers_gain(tmp_path):
     assert make_table.build_gains_table(results[:1]).startswith("No gains")
 
 
+def test_gains_compare_only_runs_of_the_same_images_and_epochs(tmp_path):
+    def run(name, label, top1, epochs, seed=0):
+        fake_result(str(tmp_path / name), label, top1, seed=seed)
+        with open(tmp_path / name / "config.json", "w") as stream:
+            json.dump({"optim": {"epochs": epochs}, "data": {"imb_factor": 0.01}, "method": label}, stream)
+
+    run("ce200", "ce", 60.0, 200)
+    run("ldam200", "ldam_drw", 66.0, 200)
+    run("bccl30", "bccl", 70.0, 30)  # a short run: no CE of 30 epochs to compare with
+    results = [make_table.load_result(p) for p in make_table.find_results([str(tmp_path)])]
+    table = make_table.build_gains_table(results)
+    assert "| ldam_drw | resnet32 | 1 of 1 | +6.00 |" in table
+    assert table.endswith("- bccl (cifar10 r100, resnet32): no gain, no CE row with the same images and epochs")
+    run("ce200_again", "ce", 61.0, 200)  # a second CE run of seed 0: which one to pair is ambiguous
+    results = [make_table.load_result(p) for p in make_table.find_results([str(tmp_path)])]
+    assert "- ldam_drw (cifar10 r100, resnet32): no gain, the CE row has two runs of one seed" in \
+        make_table.build_gains_table(results)
+
+
 def test_by_splits_groups_on_config_fields(tmp_path):
     for name, backend, top1 in (("p0", "pil", 60.0), ("p1", "pil", 64.0), ("t0", "tensor", 61.0)):
         fake_result(str(tmp_path / name), "ce", top1)

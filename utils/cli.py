@@ -14,7 +14,7 @@ import sys
 import traceback
 from typing import Any, Callable, Dict, List
 
-from datasets import DATASETS, DataOptions, DatasetError
+from datasets import DATASETS, DataOptions, DatasetError, dataset_entry
 from datasets.longtail import IMB_TYPES, SELECTIONS
 from utils.checkpoint import CheckpointError, add_trust_argument
 from utils.config import (AMP_CHOICES, AUG_BACKENDS, FRACTION, NON_NEGATIVE_INT, SEED, SELECTION_SPLITS, ConfigError,
@@ -47,22 +47,22 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str) ->
                        help="DataLoader workers for the PIL pipeline (default: up to 4, at most the CPU count)")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, head_default: str) -> None:
-    """``head_default`` tells --help which classifier each method uses when --use_norm is left out."""
+def add_model_arguments(parser: argparse.ArgumentParser, head_default: str, scale_default: str) -> None:
+    """``head_default`` and ``scale_default`` tell --help which classifier, and which cosine
+    scale, each method uses when --use_norm / --head_scale are left out."""
     # Imported here, as in add_aug_arguments: both pull in torchvision (seconds), which a script
     # that only uses run_guarded (test.py, gen_pseudolabels.py) must not pay before a refusal.
     from models import MODELS
 
     group = parser.add_argument_group("model")
-    defaults = ", ".join(f"{name} {DATASETS.get(name).default_arch}" for name in DATASETS.names()
-                         if DATASETS.get(name).default_arch)
+    defaults = ", ".join(f"{name} {dataset_entry(name).default_arch}" for name in DATASETS.names()
+                         if dataset_entry(name).default_arch)
     group.add_argument("--arch", default=None, choices=MODELS.names(),
                        help=f"backbone (default: the dataset's: {defaults}; others need --arch)")
     group.add_argument("--use_norm", "--use-norm", type=str2bool, nargs="?", const=True, default=None,
                        metavar="BOOL", help=f"cosine (normalised) classifier (default: {head_default})")
     group.add_argument("--head_scale", type=limit(TrainConfig, "head_scale"), default=None,
-                       help="scale of the cosine classifier (default: 1/0.03 for BCCL, 1 for LDAM's own "
-                            "scaled margin loss, 30 for the other losses)")
+                       help=f"scale of the cosine classifier (default: {scale_default})")
 
 
 def recipe_default(recipes: Dict[str, Recipe], key: str) -> str:
@@ -169,7 +169,8 @@ def add_aug_arguments(parser: argparse.ArgumentParser, recipes: Dict[str, Recipe
 
     group = parser.add_argument_group("augmentation")
     group.add_argument("--aug", nargs="+", default=None, choices=TRANSFORMS.names(),
-                       help=f"training recipe, one per view ({recipe_default(recipes, 'aug')})")
+                       help=f"training recipe, one per view ({recipe_default(recipes, 'aug')}; BCCL's pair follows "
+                            "--cl_views and the dataset's image style)")
     group.add_argument("--randaug_n", type=NON_NEGATIVE_INT, default=None, help="RandAugment operations per image")
     group.add_argument("--randaug_m", type=Number(int, 0, RANDAUG_MAX_MAGNITUDE), default=None,
                        help=f"RandAugment magnitude (0-{RANDAUG_MAX_MAGNITUDE}, timm's scale)")
@@ -183,7 +184,7 @@ def add_aug_arguments(parser: argparse.ArgumentParser, recipes: Dict[str, Recipe
 
 def architecture(args: argparse.Namespace) -> str:
     """--arch, or the backbone the papers train on --dataset."""
-    arch = args.arch or DATASETS.get(args.dataset).default_arch
+    arch = args.arch or dataset_entry(args.dataset).default_arch
     if arch is None:
         raise ConfigError(f"--dataset {args.dataset} has no standard backbone: pass --arch "
                           f"({', '.join(sorted(_model_names()))})")
