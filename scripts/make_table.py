@@ -24,6 +24,7 @@ import glob
 import json
 import math
 import os
+import re
 import sys
 import warnings
 from collections import defaultdict
@@ -169,8 +170,30 @@ def load_result(path: str, by: Sequence[str] = ()) -> Dict[str, Any]:
             if by:
                 raise ResultError(f"its config.json (read for --by): {error}") from None
     result["by"] = tuple(str(config_field(config, field)) for field in by)
-    result["recipe"] = recipe_of(config) if isinstance(config, dict) and config else None
+    result["precision"] = result.get("precision") or logged_precision(os.path.dirname(path))
+    result["recipe"] = None
+    if isinstance(config, dict) and config:
+        # Seeds trained in different precisions are different rows, whatever their flags say.
+        precision = PRECISION_NAMES.get(result["precision"], result["precision"])
+        result["recipe"] = tuple(sorted(recipe_of(config) + (("precision", json.dumps(precision or "unrecorded")),)))
     return result
+
+
+PRECISION_NAMES = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}
+
+
+def logged_precision(folder: str) -> Optional[str]:
+    """The precision a run's log.txt names (``precision: bf16 (--amp auto)``), for results.json
+    files written before they recorded it; None when there is no such line."""
+    path = os.path.join(folder, "log.txt")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            found = re.search(r"; precision: (\w+) \(--amp ", line)
+            if found:
+                return found.group(1)
+    return None
 
 
 def load_results(paths: Sequence[str], by: Sequence[str] = ()) -> List[Dict[str, Any]]:
@@ -246,6 +269,14 @@ def group_key(result: Dict[str, Any]) -> Tuple:
             + tuple(result.get("by", ())))
 
 
+def hardware(result: Dict[str, Any]) -> str:
+    """Where a run trained and in which precision (when recorded): the same ``--amp auto`` is bf16
+    on a CPU with native bf16 and fp32 on one without."""
+    where = result.get("hardware") or result.get("device", "?")
+    precision = result.get("precision")
+    return f"{where}, {PRECISION_NAMES.get(precision, precision)}" if precision else where
+
+
 def selected_entry(result: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
     """Test numbers of the checkpoint the run selected, and the name of the rule that chose it."""
     if result.get("select_on", "val" if result.get("best_on_val") else "test") == "val":
@@ -311,7 +342,7 @@ def build_table(results: List[Dict[str, Any]], paper: bool, by: Sequence[str] = 
             value = PAPER_TOP1.get((paper_row(label), dataset, ratio))
             row.append("" if value is None else f"{value:.2f}")
         row += [train_time([m.get("train_time_s") for m in members]),
-                "/".join(sorted({m.get("hardware") or m.get("device", "?") for m in members}))]
+                "/".join(sorted({hardware(m) for m in members}))]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

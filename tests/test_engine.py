@@ -238,7 +238,7 @@ def test_bf16_channels_last_and_gpu_flag_without_cuda(cifar10_root, tmp_path, ca
     results = run_training(config_for(cifar10_root.root, run, "--epochs", "1", "--amp", "bf16", "--limit_batches", "2",
                                       "--channels_last", "--gpu", "0", "--tau_norm", "1.0",
                                       "--posthoc_tau", "1.0", "--tta_flip"), "ce")
-    assert np.isfinite(results["last"]["nll"])
+    assert np.isfinite(results["last"]["nll"]) and results["precision"] == "bf16"
     for key in ("last_flip_tta", "last_posthoc_la_tau1", "last_tau_norm1"):
         assert 0.0 <= results[key]["top1"] <= 100.0 and results[key]["rule"].startswith("last epoch")
     if not torch.cuda.is_available():
@@ -258,6 +258,9 @@ def test_selection_split_is_resolved_from_the_data(cifar10_root, tmp_path):
     expected = f"1 x {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else \
         f"({threads} thread{'s' * (threads != 1)})"
     assert results["hardware"].endswith(expected)
+    # --amp auto is recorded as what it became here: bf16 only where the device runs it natively.
+    from utils.engine import resolve_amp
+    assert results["precision"] == resolve_amp("auto", torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def test_test_interval_scores_the_test_set_only_when_needed(cifar10_root, tmp_path, monkeypatch):

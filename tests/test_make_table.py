@@ -142,3 +142,25 @@ def test_runs_with_other_recipes_are_never_averaged_as_seeds(tmp_path):
     # Without a difference in the recipe the row keeps its plain label.
     plain = make_table.build_table([r for r in results if r["last"]["top1"] != 20.0], paper=False)
     assert "| ce | resnet32 | 2 | 71.00 ± 1.41 |" in plain
+
+
+def test_seeds_trained_in_other_precisions_are_other_rows(tmp_path):
+    # The same flags (--amp auto) became bf16 on one CPU and fp32 on another: results.json records
+    # it (newer runs) or log.txt names it (older ones); a run with neither is 'unrecorded'.
+    for name, seed, top1 in (("bf16", 0, 70.0), ("fp32_log", 1, 66.0), ("unknown", 2, 68.0)):
+        fake_result(str(tmp_path / name), "ce", top1, seed=seed, hardware="AMD EPYC (1 thread)")
+        with open(tmp_path / name / "config.json", "w") as stream:
+            json.dump({"optim": {"epochs": 200}, "run": {"seed": seed, "amp": "auto"}}, stream)
+    record = tmp_path / "bf16" / "results.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "precision": "bf16"}))
+    (tmp_path / "fp32_log" / "log.txt").write_text(
+        "2026-12-06 23:36:56 device: cpu, AMD EPYC (1 thread) (world size 1); precision: none (--amp auto); "
+        "channels_last: True\n")
+    results = [make_table.load_result(p) for p in make_table.find_results([str(tmp_path)])]
+    assert sorted(str(r["precision"]) for r in results) == ["None", "bf16", "none"]
+    lines = make_table.build_table(results, paper=False).splitlines()
+    assert '| ce [precision="bf16"] | resnet32 | 1 | 70.00 |' in next(line for line in lines if "bf16" in line)
+    fp32 = next(line for line in lines if '[precision="fp32"]' in line)
+    assert "| 1 | 66.00 |" in fp32 and fp32.endswith("| AMD EPYC (1 thread), fp32 |")
+    unknown = next(line for line in lines if '[precision="unrecorded"]' in line)
+    assert unknown.endswith("| AMD EPYC (1 thread) |")

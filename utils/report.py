@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional, Sequence
 from datasets import dataset_entry
 from utils import dist
 from utils.checkpoint import git_commit, load_checkpoint
+from utils.engine import resolve_amp
 from utils.evaluation import Variant, evaluate_variants, flag_variants
 from utils.metrics import SELECTION_METRICS
 from utils.run import Run, selection_rule
@@ -97,7 +98,10 @@ def report(run: Run, records: Dict[str, Any], selected: Sequence[Variant] = ()) 
     results.update({
         "label": run.label, "run_dir": run.run_dir, "method_options": dict(config.method_options),
         "device": str(run.ctx.device) + (f" x{run.ctx.world_size}" if run.ctx.distributed else ""),
-        "hardware": dist.describe_hardware(run.ctx), "wall_time_s": time.time() - run.started,
+        "hardware": dist.describe_hardware(run.ctx),
+        # What --amp auto became on this device: a CPU without native bf16 trains in fp32, so the
+        # same command is a different recipe on another machine.
+        "precision": resolve_amp(config.run.amp, run.ctx.device), "wall_time_s": time.time() - run.started,
         "train_time_s": records.get("elapsed_s")})
     run.logger.write_json("results.json", results)
     run.logger.info(f"results written to {os.path.join(run.run_dir, 'results.json')}")

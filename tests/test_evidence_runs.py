@@ -1,0 +1,150 @@
+"""scripts/evidence_runs.py: a pinned commit's files, run folders packed into size-capped tar files
+and back, and finished records collected, never overwriting anything."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import evidence_runs  # noqa: E402
+
+
+def git(repo, *command):
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *command], cwd=repo, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path):
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    folder = tmp_path / "repo"
+    (folder / "scripts").mkdir(parents=True)
+    (folder / "scripts" / "job.sh").write_text("echo first\n")
+    git(folder, "init", "-q")
+    git(folder, "add", "-A")
+    git(folder, "commit", "-q", "-m", "first")
+    return folder
+
+
+def write(path, content):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb" if isinstance(content, bytes) else "w") as stream:
+        stream.write(content)
+
+
+def test_pin_and_tree_give_the_commits_files_and_refuse_a_foreign_folder(repo, tmp_path, capsys):
+    first = git(repo, "rev-parse", "HEAD")
+    archive = str(tmp_path / "pinned.tar.gz")
+    assert evidence_runs.main(["pin", "--commit", first[:7], "--repo", str(repo), "--out", archive]) == 0
+    assert evidence_runs.archive_commit(archive) == first
+    (repo / "scripts" / "job.sh").write_text("echo second\n")  # a later commit must not leak in
+    git(repo, "commit", "-q", "-am", "second")
+    tree = tmp_path / "tree"
+    assert evidence_runs.main(["tree", "--archive", archive, "--into", str(tree)]) == 0
+    assert (tree / "scripts" / "job.sh").read_text() == "echo first\n"
+    assert (tree / ".pinned_commit").read_text().strip() == first
+    assert evidence_runs.main(["tree", "--archive", archive, "--into", str(tree)]) == 0
+    assert "already holds commit " + first[:7] in capsys.readouterr().out
+    # Another pin replaces a tree this command extracted, never a folder it did not make.
+    second_archive = str(tmp_path / "second.tar.gz")
+    assert evidence_runs.main(["pin", "--commit", "HEAD", "--repo", str(repo), "--out", second_archive]) == 0
+    assert evidence_runs.main(["tree", "--archive", second_archive, "--into", str(tree)]) == 0
+    assert (tree / "scripts" / "job.sh").read_text() == "echo second\n"
+    foreign = tmp_path / "foreign"
+    write(str(foreign / "notes.txt"), "mine")
+    capsys.readouterr()
+    assert evidence_runs.main(["tree", "--archive", archive, "--into", str(foreign)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--into" in error and (foreign / "notes.txt").read_text() == "mine"
+    assert evidence_runs.main(["pin", "--commit", "nosuchrev", "--repo", str(repo), "--out", archive]) == 2
+    assert "--commit nosuchrev" in capsys.readouterr().err
+
+
+def make_runs(root):
+    """One finished run and three unfinished ones with 8,000-byte checkpoint files."""
+    finished = os.path.join(root, "ce_cifar10_seed0")
+    write(os.path.join(finished, "config.json"), json.dumps({"git_commit": "unknown", "lr": 0.1}))
+    write(os.path.join(finished, "results.json"), json.dumps({"git_commit": "unknown", "last": {"top1": 66.0}}))
+    write(os.path.join(finished, "last.pth"), b"w" * 1000)
+    write(os.path.join(finished, "tb", "events.out"), b"e" * 10)
+    write(os.path.join(finished, ".run.lock"), "pid")
+    for name, files in (("bccl_cifar10_seed0", 2), ("lcsl_cifar10_seed0", 2), ("big_cifar10_seed0", 5)):
+        folder = os.path.join(root, name)
+        write(os.path.join(folder, "config.json"), json.dumps({"git_commit": "0123abc"}))
+        write(os.path.join(folder, "log.txt"), "epoch 1\n")
+        for i in range(files):
+            write(os.path.join(folder, f"part{i}.pth"), bytes([i]) * 8000)
+
+
+def members(path):
+    with tarfile.open(path) as archive:
+        return sorted(archive.getnames())
+
+
+def test_pack_stamps_unknown_commits_and_splits_checkpoints_by_whole_runs(tmp_path, capsys):
+    root, out = str(tmp_path / "runs"), str(tmp_path / "out")
+    make_runs(root)
+    assert evidence_runs.main(["pack", root, out, "--commit", "abcdef0123456789", "--max_files", "3",
+                               "--max_mb", str(30000 / 2 ** 20)]) == 0
+    printed = capsys.readouterr().out
+    # Two 8,000-byte checkpoints make a 20,480-byte tar file, two runs' 40,960: against a 30,000-byte
+    # cap one run per file, two files beside the records; the five-file run fits none and is named.
+    assert sorted(os.listdir(out)) == ["runs_checkpoints_1.tar", "runs_checkpoints_2.tar", "runs_records.tar"]
+    assert "checkpoints left out (over 3 files of" in printed and printed.rstrip().endswith("big_cifar10_seed0")
+    assert members(os.path.join(out, "runs_records.tar")) == [
+        "bccl_cifar10_seed0/config.json", "bccl_cifar10_seed0/log.txt", "big_cifar10_seed0/config.json",
+        "big_cifar10_seed0/log.txt", "ce_cifar10_seed0/config.json", "ce_cifar10_seed0/results.json",
+        "ce_cifar10_seed0/tb/events.out", "lcsl_cifar10_seed0/config.json", "lcsl_cifar10_seed0/log.txt"]
+    assert members(os.path.join(out, "runs_checkpoints_1.tar")) == ["bccl_cifar10_seed0/part0.pth",
+                                                                    "bccl_cifar10_seed0/part1.pth"]
+    assert members(os.path.join(out, "runs_checkpoints_2.tar")) == ["lcsl_cifar10_seed0/part0.pth",
+                                                                    "lcsl_cifar10_seed0/part1.pth"]
+    assert [os.path.getsize(os.path.join(out, f"runs_checkpoints_{i}.tar")) for i in (1, 2)] == [20480, 20480]
+    # 'unknown' becomes the pin's short commit; a recorded commit is kept.
+    for name in ("config.json", "results.json"):
+        assert json.load(open(os.path.join(root, "ce_cifar10_seed0", name)))["git_commit"] == "abcdef0"
+    assert json.load(open(os.path.join(root, "bccl_cifar10_seed0", "config.json")))["git_commit"] == "0123abc"
+
+
+def test_restore_and_collect_never_overwrite(tmp_path, capsys):
+    root, out, back, results = (str(tmp_path / n) for n in ("runs", "out", "back", "results"))
+    make_runs(root)
+    assert evidence_runs.main(["pack", root, out]) == 0
+    archives = sorted(os.path.join(out, n) for n in os.listdir(out))
+    assert evidence_runs.main(["restore", *archives, "--into", back]) == 0
+    restored = open(os.path.join(back, "lcsl_cifar10_seed0", "part1.pth"), "rb").read()
+    assert restored == bytes([1]) * 8000
+    assert not os.path.exists(os.path.join(back, "ce_cifar10_seed0", "last.pth"))  # finished: records only
+    assert evidence_runs.main(["restore", *archives, "--into", back]) == 0  # the same files again: fine
+    changed = os.path.join(back, "bccl_cifar10_seed0", "log.txt")
+    write(changed, "epoch 1\nepoch 2\n")  # the run went on here
+    capsys.readouterr()
+    assert evidence_runs.main(["restore", *archives, "--into", back]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and changed in error and open(changed).read() == "epoch 1\nepoch 2\n"
+
+    assert evidence_runs.main(["collect", back, results]) == 0
+    assert sorted(os.listdir(results)) == ["ce_cifar10_seed0"]  # the only finished run
+    assert sorted(os.listdir(os.path.join(results, "ce_cifar10_seed0"))) == ["config.json", "results.json"]
+    assert evidence_runs.main(["collect", back, results]) == 0
+    assert "collected 0 finished runs" in capsys.readouterr().out
+    write(os.path.join(back, "ce_cifar10_seed0", "results.json"), "{}")
+    assert evidence_runs.main(["collect", back, results]) == 2
+    kept = json.load(open(os.path.join(results, "ce_cifar10_seed0", "results.json")))
+    assert kept["last"]["top1"] == 66.0 and "differ from the run folder's" in capsys.readouterr().err
+
+
+def test_restore_refuses_members_outside_the_folder(tmp_path, capsys):
+    evil = str(tmp_path / "evil.tar")
+    payload = tmp_path / "payload"
+    payload.write_text("x")
+    with tarfile.open(evil, "w") as archive:
+        archive.add(str(payload), arcname="../escaped.txt")
+    assert evidence_runs.main(["restore", evil, "--into", str(tmp_path / "into")]) == 2
+    assert not (tmp_path / "escaped.txt").exists() and "points outside" in capsys.readouterr().err
