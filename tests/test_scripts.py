@@ -10,6 +10,7 @@ import os
 import stat
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -17,9 +18,10 @@ import main as main_script
 import train_LCSL as lcsl_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# device_check.sh and quickstart.sh are no paper-table rows; their own tests run them for real.
+# device_check.sh, device_evidence.sh and quickstart.sh are no paper-table rows; their own tests
+# run them for real.
 SCRIPTS = sorted(s for s in glob.glob(os.path.join(ROOT, "scripts", "*.sh"))
-                 if not s.endswith(("device_check.sh", "quickstart.sh")))
+                 if not s.endswith(("device_check.sh", "device_evidence.sh", "quickstart.sh")))
 
 
 def recorded_commands(script, tmp_path):
@@ -138,6 +140,36 @@ def test_device_check_smoke_mode(tmp_path):
     assert methods["bccl"]["schedule_epochs"] == {"plain": 181, "refresh": 19}
     assert summary["ce_run"]["epochs"] == 1 and 0.0 <= summary["ce_run"]["top1_last"] <= 100.0
     assert (out / "ce_run" / "results.json").is_file() and (out / "summary.txt").read_text() in result.stdout
+
+
+@pytest.mark.slow
+def test_device_evidence_smoke_mode(tmp_path):
+    """scripts/device_evidence.sh --smoke: the pinned commit's evidence queue in two lanes on the
+    CPU (one step per epoch on the bundled sample), skipping a run already finished, and the run
+    folders packed with the pin's commit."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout: nothing to pin")
+    pinned = tmp_path / "pinned.tar.gz"
+    subprocess.run([sys.executable, "scripts/evidence_runs.py", "pin", "--commit", "HEAD", "--out", str(pinned)],
+                   cwd=ROOT, check=True, capture_output=True)
+    done = tmp_path / "done" / "ldam_drw_cifar10_seed0"  # finished elsewhere: not run again
+    done.mkdir(parents=True)
+    (done / "results.json").write_text("{}")
+    (done / "config.json").write_text("{}")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "PINNED": str(pinned), "CACHE": str(tmp_path / "cache"),
+           "DONE": str(tmp_path / "done")}
+    result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "device_evidence.sh"), "--smoke", str(out)],
+                            cwd=str(tmp_path), capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert sorted(os.listdir(out)) == ["lanes.log", "runs_records.tar", "summary.txt"]
+    with tarfile.open(out / "runs_records.tar") as archive:
+        names = archive.getnames()
+        record = json.load(archive.extractfile("ce_cifar10_seed0/results.json"))
+    assert {name.split("/")[0] for name in names} == {"ce_cifar10_seed0"}
+    assert record["git_commit"] == head.stdout.strip()[:7] and record["last"]["epoch"] == 2
+    assert "packed 1 finished runs (ce_cifar10_seed0)" in (out / "summary.txt").read_text()
 
 
 def test_device_check_needs_an_output_folder():
