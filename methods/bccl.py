@@ -178,10 +178,6 @@ class BCCL(Method):
     def __init__(self, model: nn.Module, class_counts: Sequence[int], **options):
         super().__init__(model, class_counts, **options)
         o = self.options
-        self.temperature, self.alpha, self.beta, self.ceta = o.temperature, o.alpha, o.beta, o.ceta
-        self.warmup_epochs, self.kmeans_every, self.kmeans_refresh = o.warmup_epochs, o.kmeans_every, o.kmeans_refresh
-        self.kmeans_init = o.kmeans_init
-        self.seed = o.seed
         feat_dim = o.feat_dim
         if isinstance(model.head, NormedLinear):
             # BCCL's cosine classifier starts with class vectors of norm up to 5, not 1 (see
@@ -208,28 +204,29 @@ class BCCL(Method):
         (reference main.py:286-289), plus the first epoch after the warm-up, so the centroid loss
         never runs against never-computed (zero) centroids when the warm-up is not a multiple
         of kmeans_every."""
-        return epoch >= self.warmup_epochs and (epoch % self.kmeans_every == 0 or epoch == self.warmup_epochs)
+        warmup = self.options.warmup_epochs
+        return epoch >= warmup and (epoch % self.options.kmeans_every == 0 or epoch == warmup)
 
     @torch.no_grad()
     def refresh_centroids(self) -> None:
         """K-means (K = --centroid) on every class's queue; a class with an empty queue keeps its
         previous centroids. Seeded by (seed, number of earlier runs), so every DDP rank, holding
         the same queues, computes the same centroids."""
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.kmeans_runs))
+        generator = torch.Generator().manual_seed(self.options.seed * 1_000_003 + int(self.kmeans_runs))
         features, valid = self.queues.features, self.queues.valid_mask()
         num_classes, size, dim = features.shape
         chunk = max(1, KMEANS_CHUNK_ELEMENTS // (size * dim))
         for start in range(0, num_classes, chunk):
             stop = min(start + chunk, num_classes)
             result = batched_kmeans(features[start:stop], valid[start:stop], self.centroids.shape[1],
-                                    generator=generator, init=self.kmeans_init)
+                                    generator=generator, init=self.options.kmeans_init)
             has_points = (result.num_points > 0).view(-1, 1, 1)
             block = self.centroids[start:stop]
             block.copy_(torch.where(has_points, result.centroids, block))
         self.kmeans_runs.add_(1)
 
     def on_epoch_start(self, epoch: int) -> None:
-        if self.kmeans_refresh == "epoch" and self.is_refresh_epoch(epoch):
+        if self.options.kmeans_refresh == "epoch" and self.is_refresh_epoch(epoch):
             self.refresh_centroids()
 
     # ---- training ----------------------------------------------------------------------------------
@@ -241,14 +238,14 @@ class BCCL(Method):
         # Contrast against the whole global batch; gradients flow back to this rank's slice.
         z_all = gather_with_grad(z)  # B x V x D
         labels_all = gather_no_grad(targets)  # B
-        scl = class_averaged_supcon(z_all, labels_all, self.temperature)
-        loss = self.alpha * scl + self.beta * ce
+        scl = class_averaged_supcon(z_all, labels_all, self.options.temperature)
+        loss = self.options.alpha * scl + self.options.beta * ce
         parts: Dict[str, Tensor] = {"loss/ce": ce.detach(), "loss/scl": scl.detach()}
-        if epoch >= self.warmup_epochs:
-            if self.kmeans_refresh == "step" and self.is_refresh_epoch(epoch):
+        if epoch >= self.options.warmup_epochs:
+            if self.options.kmeans_refresh == "step" and self.is_refresh_epoch(epoch):
                 self.refresh_centroids()  # from the queues before this batch, as in the reference
             cen = centroid_loss(z_all, labels_all, self.centroids)
-            loss = loss + self.ceta * cen
+            loss = loss + self.options.ceta * cen
             parts["loss/centroid"] = cen.detach()
         # Both views enter the queues, view-1 block first (the reference's labels.repeat(2) order).
         detached = z_all.detach().transpose(0, 1).reshape(-1, z_all.shape[2])  # (V*B) x D

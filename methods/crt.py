@@ -52,7 +52,6 @@ class ClassifierRetraining(ERM):
 
     def __init__(self, model: nn.Module, class_counts: Sequence[int], **options):
         super().__init__(model, class_counts, **options)
-        self.update_bn = self.options.update_bn
         for param in model.backbone.parameters():
             param.requires_grad_(False)
         object.__setattr__(self, "_features", model.backbone)
@@ -66,7 +65,7 @@ class ClassifierRetraining(ERM):
 
     def train(self, mode: bool = True) -> "ClassifierRetraining":
         super().train(mode)
-        if mode and not self.update_bn:
+        if mode and not self.options.update_bn:
             self.model.backbone.eval()
         return self
 
@@ -76,7 +75,7 @@ class ClassifierRetraining(ERM):
             features = self._features(images)
         logits = self.network(features)
         loss = self.criterion(logits, targets)
-        return {"loss": loss, "logits": logits, "parts": {f"loss/{self.loss_name}": loss.detach()}}
+        return {"loss": loss, "logits": logits, "parts": {f"loss/{self.options.loss}": loss.detach()}}
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:

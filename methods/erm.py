@@ -39,16 +39,14 @@ class ERM(Method):
 
     def __init__(self, model: nn.Module, class_counts: Sequence[int], **options):
         super().__init__(model, class_counts, **options)
-        self.loss_name, self.train_rule = self.options.loss, self.options.train_rule
-        self.drw_epoch, self.cb_beta = self.options.drw_epoch, self.options.cb_beta
-        self.criterion = LOSSES.build(self.loss_name, class_counts=list(class_counts), **self.options.loss_options)
+        self.criterion = LOSSES.build(self.options.loss, class_counts=list(class_counts), **self.options.loss_options)
 
     def class_weights(self, epoch: int) -> Optional[torch.Tensor]:
         counts = self.class_counts.tolist()
-        if self.train_rule == "reweight":
-            return effective_number_weights(counts, self.cb_beta)
-        if self.train_rule == "drw":
-            return drw_weights(counts, epoch, self.drw_epoch, self.cb_beta)
+        if self.options.train_rule == "reweight":
+            return effective_number_weights(counts, self.options.cb_beta)
+        if self.options.train_rule == "drw":
+            return drw_weights(counts, epoch, self.options.drw_epoch, self.options.cb_beta)
         return None
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -58,7 +56,7 @@ class ERM(Method):
     def training_step(self, images, targets, epoch, indices=None):
         logits = self.network(images)
         loss = self.criterion(logits, targets)
-        return {"loss": loss, "logits": logits, "parts": {f"loss/{self.loss_name}": loss.detach()}}
+        return {"loss": loss, "logits": logits, "parts": {f"loss/{self.options.loss}": loss.detach()}}
 
 
 # ---- command line ------------------------------------------------------------------------------

@@ -148,11 +148,7 @@ class LCSL(Method):
 
     def __init__(self, model: nn.Module, class_counts: Sequence[int], **options):
         super().__init__(model, class_counts, **options)
-        o = self.options
-        self.alpha, self.beta, self.tau, self.threshold = o.alpha, o.beta, o.tau, o.threshold
-        self.fc_norm, self.select_on, self.mixup_alpha = o.fc_norm, o.select_on, o.mixup_alpha
-
-        self.teacher = build_model(o.arch, self.num_classes, head="linear")
+        self.teacher = build_model(self.options.arch, self.num_classes, head="linear")
         self._check_same_architecture()
         self.teacher.requires_grad_(False)
         self.teacher.eval()
@@ -204,14 +200,15 @@ class LCSL(Method):
     # ---- training ---------------------------------------------------------------------------------
     def draw_mixup(self, batch_size: int, device: torch.device) -> Tuple[Tensor, Tensor]:
         """lambda and the pairing permutation of one batch (a method so tests can fix them)."""
-        return draw_mixup(batch_size, self.mixup_alpha, device)
+        return draw_mixup(batch_size, self.options.mixup_alpha, device)
 
     def training_step(self, images: Tensor, targets: Tensor, epoch: int,
                       indices: Optional[Tensor] = None) -> StepOutput:
         lam, perm = self.draw_mixup(targets.shape[0], images.device)
         mixed = mix_images(images, lam, perm)  # B x 3 x H x W; the only images S and T see
         if self._teacher_trained:
-            pseudo, mask = self_labels(self.teacher_logits(mixed), self.tau, self.threshold, self.minority)
+            pseudo, mask = self_labels(self.teacher_logits(mixed), self.options.tau, self.options.threshold,
+                                       self.minority)
             # index_add_ rather than bincount: no host synchronisation on CUDA.
             self.teacher_labels.index_add_(0, pseudo, torch.ones_like(mask))
             self.counted_labels.index_add_(0, pseudo, mask)
@@ -230,7 +227,7 @@ class LCSL(Method):
             # of the clean one at the stem). Only that side effect matters, so no graph is kept.
             self.network(images)
         logits = self.network(mixed)  # B x C, the one forward with a graph
-        loss, parts = lcsl_loss(logits, targets, perm, lam, pseudo, mask, self.alpha, self.beta)
+        loss, parts = lcsl_loss(logits, targets, perm, lam, pseudo, mask, self.options.alpha, self.options.beta)
         parts["sl/mask_rate"] = mask.mean()  # share of the batch whose teacher label counts
         return {"loss": loss, "logits": logits, "parts": parts}
 
@@ -241,7 +238,7 @@ class LCSL(Method):
         self._teacher_trained = int(self.teacher_epoch) > 0
         self.teacher_labels.zero_()
         self.counted_labels.zero_()
-        if self.fc_norm:
+        if self.options.fc_norm:
             normalize_rows_(self.teacher.head)
 
     @torch.no_grad()
@@ -270,11 +267,11 @@ class LCSL(Method):
         """
         if not evaluations:  # an epoch skipped by --eval_interval
             return {}
-        if self.select_on not in evaluations:
-            raise ConfigError(f"LCSL replaces its teacher by the {self.select_on} split, but this run "
+        if self.options.select_on not in evaluations:
+            raise ConfigError(f"LCSL replaces its teacher by the {self.options.select_on} split, but this run "
                               f"evaluates only {', '.join(sorted(evaluations))}: add --val_per_class N "
                               "or use --select_on test")
-        score = float(evaluations[self.select_on]["mean_per_class"])
+        score = float(evaluations[self.options.select_on]["mean_per_class"])
         if not improves(score, float(self.best_score)):
             return {}
         self.best_score.fill_(score)
@@ -283,7 +280,7 @@ class LCSL(Method):
         self._teacher_trained = True
         return {"method/teacher_epoch": epoch + 1, "method/teacher_score": score,
                 "method/teacher_rule": f"student copied into the teacher when its mean per-class "
-                                       f"accuracy on the {self.select_on} split improved"}
+                                       f"accuracy on the {self.options.select_on} split improved"}
 
 
 # ---- command line (train_LCSL.py) --------------------------------------------------------------

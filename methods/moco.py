@@ -105,8 +105,6 @@ class MoCo(Method):
     def __init__(self, model: nn.Module, class_counts: Sequence[int], **options):
         super().__init__(model, class_counts, **options)
         dim, queue_size = self.options.dim, self.options.queue_size
-        self.momentum, self.temperature, self.bn_splits = (self.options.momentum, self.options.temperature,
-                                                           self.options.bn_splits)
         self.projector = projection_head(model.feat_dim, dim, self.options.mlp)
         self.key_encoder = _KeyEncoder(model.backbone, self.projector)
         # One key per row, unit length: the negatives of Eq. 1.  queue: K x dim
@@ -135,7 +133,8 @@ class MoCo(Method):
         keys = dict(self.key_encoder.named_buffers())
         for prefix, module in (("backbone.", self.model.backbone), ("projector.", self.projector)):
             for name, param in module.named_parameters():
-                keys[prefix + name].mul_(self.momentum).add_(param.detach(), alpha=1.0 - self.momentum)
+                momentum = self.options.momentum
+                keys[prefix + name].mul_(momentum).add_(param.detach(), alpha=1.0 - momentum)
 
     @torch.no_grad()
     def copy_query_to_key(self) -> None:
@@ -172,7 +171,7 @@ class MoCo(Method):
         if mode == "dp":
             keys = self._keys(shuffled)
         else:
-            keys = torch.cat([self._keys(group) for group in shuffled.chunk(self.bn_splits)])
+            keys = torch.cat([self._keys(group) for group in shuffled.chunk(self.options.bn_splits)])
         return keys[torch.argsort(order)]
 
     def _keys_ddp(self, images: torch.Tensor) -> torch.Tensor:
@@ -186,9 +185,9 @@ class MoCo(Method):
         return keys[restore]
 
     def _queries(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        if self._mode() != "single" or self.bn_splits == 1:
+        if self._mode() != "single" or self.options.bn_splits == 1:
             return self.network(images)
-        parts = [self.network(group) for group in images.chunk(self.bn_splits)]
+        parts = [self.network(group) for group in images.chunk(self.options.bn_splits)]
         return torch.cat([q for q, _ in parts]), torch.cat([p for _, p in parts])
 
     # ---- training ---------------------------------------------------------------------------------
@@ -205,7 +204,7 @@ class MoCo(Method):
         positive = (q * k).sum(dim=1, keepdim=True)  # N x 1
         # The queue is cloned: it is overwritten below, and autograd keeps it for the backward.
         negative = q @ self.queue.clone().t()  # N x K
-        logits = torch.cat([positive, negative], dim=1) / self.temperature  # N x (1 + K)
+        logits = torch.cat([positive, negative], dim=1) / self.options.temperature  # N x (1 + K)
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         contrastive = F.cross_entropy(logits, labels)
         probe = F.cross_entropy(probe_logits, targets)

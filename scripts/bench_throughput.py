@@ -167,7 +167,7 @@ class Pipeline:
         if self.method_name == "lcsl":
             # As after LCSL's first evaluation: any score beats the initial -inf, so the student
             # becomes the teacher and labels every later batch.
-            method.on_epoch_end(0, {method.select_on: {"mean_per_class": 0.0}})
+            method.on_epoch_end(0, {method.options.select_on: {"mean_per_class": 0.0}})
             return "the student copied into the teacher, as after the first evaluation"
         if self.method_name == "bccl":
             # Full class queues, as after the first epoch: untimed steps until every class has
