@@ -21,18 +21,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-SMOKE=${SMOKE:-0}
-if [[ "${1:-}" == "--smoke" ]]; then
-  SMOKE=1
-  shift
-fi
-if [[ $# -ne 1 ]]; then
-  echo "usage: bash scripts/device_check.sh [--smoke] OUT_DIR" >&2
-  exit 2
-fi
-mkdir -p "$1" || exit 2
-OUT=$(cd "$1" && pwd)
-PY=${PYTHON:-$(command -v python3 || command -v python)}
+source scripts/lib/device_args.sh "$@"  # SMOKE, OUT, PY
 BUNDLE=.device
 CACHE=.device_cache
 BUDGET_S=${BUDGET_S:-470}

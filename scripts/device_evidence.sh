@@ -25,18 +25,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-SMOKE=${SMOKE:-0}
-if [[ "${1:-}" == "--smoke" ]]; then
-  SMOKE=1
-  shift
-fi
-if [[ $# -ne 1 ]]; then
-  echo "usage: bash scripts/device_evidence.sh [--smoke] OUT_DIR" >&2
-  exit 2
-fi
-mkdir -p "$1" || exit 2
-OUT=$(cd "$1" && pwd)
-PY=${PYTHON:-$(command -v python3 || command -v python)}
+source scripts/lib/device_args.sh "$@"  # SMOKE, OUT, PY
 CACHE=${CACHE:-$PWD/.device_cache}
 mkdir -p "$CACHE" || exit 2
 CACHE=$(cd "$CACHE" && pwd)
