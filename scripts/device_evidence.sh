@@ -15,10 +15,11 @@
 # already in results/cifar10_lt_r100 are skipped (their results.json is put in the lanes' folder
 # first), and the semi-supervised job is left out (the bundle holds the ratio-100 images only).
 # At BUDGET_S every lane gets SIGTERM: a run stops at its last finished epoch (last.pth).
-# OUT_DIR receives summary.txt, lanes.log, runs_records.tar and runs_checkpoints_N.tar.
+# OUT_DIR (new or empty) receives summary.txt, lanes.log, runs_records.tar and up to five
+# runs_checkpoints_N.tar (60 MB in all). Exit status 0 when the runs were packed and no job failed.
 # Knobs: LANES (default 6), BUDGET_S (whole script, default 540), JOBS (the queue's job names to
-# take, in queue order), EXTRA (extra flags for every run, default "--amp none" so the runs match
-# fp32 CPU runs; "" lets --amp auto pick bf16), DONE (folder of finished records to skip, default
+# take, in queue order), EXTRA (extra flags for every run; default none, so --amp auto trains in
+# bf16 on the GPU as on the CPU with native bf16 the committed seeds ran on), DONE (folder of finished records to skip, default
 # results/cifar10_lt_r100; none in smoke mode), PINNED (default .device/pinned.tar.gz), CACHE
 # (working folder, default .device_cache; a second call on the same machine continues the
 # unfinished runs of the first), PYTHON (default python3, else python).
@@ -26,6 +27,10 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 source scripts/lib/device_args.sh "$@"  # SMOKE, OUT, PY
+if [[ -e "$OUT/runs_records.tar" || -e "$OUT/lanes.log" ]]; then
+  echo "device_evidence.sh: $OUT holds an earlier call's output; give a new or empty OUT_DIR" >&2
+  exit 2
+fi
 CACHE=${CACHE:-$PWD/.device_cache}
 mkdir -p "$CACHE" || exit 2
 CACHE=$(cd "$CACHE" && pwd)
@@ -34,7 +39,8 @@ TREE=$CACHE/pinned
 LANES_DIR=$CACHE/evidence_runs
 START=$(date +%s)
 left() { echo $(( BUDGET_S - ($(date +%s) - START) )); }
-any_alive() { local pid; for pid in "$@"; do kill -0 "$pid" 2>/dev/null && return 0; done; return 1; }
+# Whether any lane's process group (the lane and its training run) still has a process.
+any_alive() { local pid; for pid in "$@"; do kill -0 -- "-$pid" 2>/dev/null && return 0; done; return 1; }
 
 # The queue's CIFAR-10-LT r100 jobs (evidence_cifar10.sh's JOBS, without the semi-supervised one).
 ALL_JOBS="lcsl_s0 lcsl_wd5e-4_s0 lcsl_alpha0_s0"
@@ -58,7 +64,7 @@ else
   LANES=${LANES:-6}
   JOBS=${JOBS:-$ALL_JOBS}
   DONE=${DONE-results/cifar10_lt_r100}
-  EXTRA=${EXTRA-"--amp none"}
+  EXTRA=${EXTRA-}
   RUN_FLAGS=(--data_root "$CACHE/data" --download False --workers 2)
 fi
 read -r -a EXTRA_FLAGS <<< "$EXTRA"
@@ -66,6 +72,10 @@ export PYTHONPATH="$CACHE/site${PYTHONPATH:+:$PYTHONPATH}"
 # The pinned tree has no git metadata; without a ceiling, git would find this repository's and the
 # runs would record its commit. With it they record 'unknown', which pack turns into the pin's.
 export GIT_CEILING_DIRECTORIES=$CACHE
+unset GIT_DIR GIT_WORK_TREE  # they would override the ceiling
+# The queue calls `python`; a machine may have only python3, or another python first on PATH.
+mkdir -p "$CACHE/bin" && ln -sf "$(command -v "$PY")" "$CACHE/bin/python" || exit 2
+export PATH="$CACHE/bin:$PATH"
 
 {
   echo "device evidence ($([[ $SMOKE == 1 ]] && echo smoke || echo full)): $LANES lanes, budget $BUDGET_S s"
@@ -105,8 +115,14 @@ export GIT_CEILING_DIRECTORIES=$CACHE
     [[ -f "$folder/.committed" ]] || cp -r "$folder" "$CACHE/evidence_out/"
   done
   "$PY" scripts/evidence_runs.py pack "$CACHE/evidence_out" "$OUT" --commit "$(cat "$TREE/.pinned_commit")" \
-    --max_files 6 --max_mb 15
-  cat "$OUT"/lane*.log > "$OUT/lanes.log" && rm -f "$OUT"/lane[0-9]*.log
+    --max_files 6 --max_mb 15 --max_total_mb 60
+  status=$?
+  cat "$OUT"/lane[0-9]*.log > "$OUT/lanes.log" && rm -f "$OUT"/lane[0-9]*.log
+  # A lane prints '<job> FAILED' when a run exits with an error; runs stopped at the deadline
+  # end with their lane, which prints nothing more.
+  failed=$(grep -c " FAILED$" "$OUT/lanes.log")
+  (( failed == 0 )) || { echo "$failed jobs failed (see lanes.log)"; status=1; }
   echo "$(( $(date +%s) - START )) s"
+  exit $status
 } 2>&1 | tee "$OUT/summary.txt"
 exit "${PIPESTATUS[0]}"

@@ -10,11 +10,14 @@ each finished run's record into ``results/``.
 The pinned code is a ``git archive`` of the commit, so a run there records ``git_commit:
 unknown`` (no git metadata); ``pack`` writes the archive's commit in its place in config.json and
 results.json, and in nothing else. ``pack`` splits the run folders over at most ``--max_files``
-tar files of at most ``--max_mb`` each (what a device machine sends back): one with every run's
-records (config, results, log, per-class statistics, tensorboard), the others with the
-checkpoints of runs that did not finish, so ``--resume auto`` continues them elsewhere. Finished
-runs travel without checkpoints. ``restore`` and ``collect`` never overwrite a file: an existing
-one with other content is named and left as it is.
+tar files of at most ``--max_mb`` each and ``--max_total_mb`` together (what a device machine
+sends back): one with every run's records (config, results, log, per-class statistics,
+tensorboard), the others with the checkpoints of runs that did not finish, so ``--resume auto``
+continues them elsewhere, and of finished self-supervised stage-1 runs, which the next stage
+starts from. Other finished runs travel without checkpoints. ``restore`` and ``collect`` never
+overwrite a file: ``restore`` places whole runs only (a run folder that exists here with other
+files is named and left as it is, so no folder mixes two moments of a run), ``collect`` names a
+record that differs and keeps it.
 
 Only the standard library is imported, so ``tree`` and ``pack`` run before anything is installed.
 """
@@ -27,7 +30,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from typing import Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PINNED = os.path.join(ROOT, ".device", "pinned.tar.gz")
@@ -36,6 +39,7 @@ STAMPED = ("config.json", "results.json")  # the files whose git_commit says whi
 # each epoch's numbers.
 RECORDS = ("config.json", "results.json", "per_class.csv", "log.txt")
 SKIPPED = (".run.lock",)  # the lock belongs to the process that held it
+SELF_SUPERVISED = ("rotation", "moco")  # stage-1 methods: a later run starts from their last.pth
 RESULTS_TAR = "runs_records.tar"
 CHECKPOINTS_TAR = "runs_checkpoints_{}.tar"
 
@@ -133,59 +137,82 @@ def folder_files(root: str, run: str) -> Iterable[Tuple[str, str]]:
             yield path, os.path.relpath(path, root)
 
 
+def needs_weights(root: str, run: str) -> bool:
+    """A run whose checkpoints travel: one that did not finish (to continue it), or a finished
+    self-supervised stage-1 run (rotation, MoCo), whose last.pth the next stage starts from."""
+    results = os.path.join(root, run, "results.json")
+    if not os.path.isfile(results):
+        return True
+    with open(results, encoding="utf-8") as stream:
+        return json.load(stream).get("method") in SELF_SUPERVISED
+
+
 def pack(args: argparse.Namespace) -> None:
     commit = args.commit[:7] if args.commit else None
     limit = int(args.max_mb * 2 ** 20)
+    budget = int(args.max_total_mb * 2 ** 20)
     os.makedirs(args.out_dir, exist_ok=True)
     records: List[Tuple[str, str]] = []
-    checkpoints: List[Tuple[str, List[Tuple[str, str]]]] = []  # unfinished run -> its .pth files
+    checkpoints: List[Tuple[str, List[Tuple[str, str]]]] = []  # run -> its .pth files
     finished = []
     for run in run_folders(args.root):
-        done = os.path.isfile(os.path.join(args.root, run, "results.json"))
-        finished += [run] if done else []
+        if os.path.isfile(os.path.join(args.root, run, "results.json")):
+            finished.append(run)
         if commit:
             for name in STAMPED:
                 path = os.path.join(args.root, run, name)
                 if os.path.isfile(path):
                     stamp_commit(path, commit)
+        travels = needs_weights(args.root, run)
         weights = []
         for path, name in folder_files(args.root, run):
             if name.endswith(".pth"):
-                weights += [] if done else [(path, name)]
+                weights += [(path, name)] if travels else []
             else:
                 records.append((path, name))
         if weights:
             checkpoints.append((run, weights))
     written = [write_tar(os.path.join(args.out_dir, RESULTS_TAR), records)]
-    if os.path.getsize(written[0]) > limit:
-        raise EvidenceError(f"{written[0]} is over {args.max_mb:g} MB: the run folders hold more than records")
+    total = os.path.getsize(written[0])
+    if total > min(limit, budget):
+        raise EvidenceError(f"{written[0]} is over {min(args.max_mb, args.max_total_mb):g} MB: the run folders "
+                            "hold more than records")
     # Whole runs per file, so each file restores complete runs; the runs that do not fit are named.
     bins: List[List[Tuple[str, str]]] = []
     left_out = []
     for run, weights in checkpoints:
-        target = next((b for b in bins if tar_bytes(b + weights) <= limit), None)
         size = tar_bytes(weights)
-        if target is None and size <= limit and len(bins) + 1 < args.max_files:
+        target = next((b for b in bins if tar_bytes(b + weights) <= limit
+                       and total - tar_bytes(b) + tar_bytes(b + weights) <= budget), None)
+        if target is None and size <= limit and total + size <= budget and len(bins) + 1 < args.max_files:
             target = []
             bins.append(target)
         if target is None:
             left_out.append(run)
         else:
+            total += tar_bytes(target + weights) - (tar_bytes(target) if target else 0)
             target.extend(weights)
     for number, members in enumerate(bins, start=1):
         written.append(write_tar(os.path.join(args.out_dir, CHECKPOINTS_TAR.format(number)), members))
-    unfinished = [run for run, _ in checkpoints]
+    carried = [run for run, _ in checkpoints if run not in left_out]
     print(f"packed {len(finished)} finished runs ({', '.join(finished) or 'none'}) and the checkpoints of "
-          f"{len(unfinished) - len(left_out)} unfinished ones into {', '.join(os.path.basename(p) for p in written)}"
-          + (f"; checkpoints left out (over {args.max_files} files of {args.max_mb:g} MB): {', '.join(left_out)}"
-             if left_out else ""))
+          f"{len(carried)} runs ({', '.join(carried) or 'none'}) into "
+          f"{', '.join(os.path.basename(p) for p in written)} ({total / 2 ** 20:.1f} MB)"
+          + (f"; checkpoints left out (over {args.max_files} files of {args.max_mb:g} MB, "
+             f"{args.max_total_mb:g} MB in all): {', '.join(left_out)}" if left_out else ""))
 
 
 def tar_bytes(members: List[Tuple[str, str]]) -> int:
-    """Size of the tar file write_tar makes of ``members``: a 512-byte header per file (names of
-    up to 100 characters), its data padded to 512, the end marker, all padded to 10,240."""
+    """Size of the tar file write_tar makes of ``members``: a 512-byte header per file, its data
+    padded to 512, the end marker, all padded to 10,240. A name over 100 bytes also takes
+    a GNU long-name header and its blocks."""
     block, record = tarfile.BLOCKSIZE, tarfile.RECORDSIZE
-    size = sum(block + -(-os.path.getsize(path) // block) * block for path, _ in members) + 2 * block
+    size = 2 * block
+    for path, name in members:
+        size += block + -(-os.path.getsize(path) // block) * block
+        encoded = len(name.encode("utf-8"))
+        if encoded > tarfile.LENGTH_NAME:
+            size += block + -(-(encoded + 1) // block) * block
     return -(-size // record) * record
 
 
@@ -216,23 +243,46 @@ def place(path: str, data: bytes, conflicts: List[str]) -> bool:
     return True
 
 
-def restore(args: argparse.Namespace) -> None:
-    conflicts: List[str] = []
-    written = 0
-    for archive_path in args.archives:
+def read_runs(archives: List[str]) -> Dict[str, Dict[str, bytes]]:
+    """run folder -> {path inside the folder: content}, over every archive (a run's records and
+    checkpoints travel in different files)."""
+    runs: Dict[str, Dict[str, bytes]] = {}
+    for archive_path in archives:
         with tarfile.open(archive_path) as archive:
             for member in archive.getmembers():
                 if not member.isfile():
                     continue
                 name = os.path.normpath(member.name)
-                if os.path.isabs(name) or name.startswith(".."):
-                    raise EvidenceError(f"{archive_path}: member {member.name!r} points outside the folder")
-                data = archive.extractfile(member).read()
-                written += place(os.path.join(args.into, name), data, conflicts)
-    print(f"restored {written} files into {args.into}")
-    if conflicts:
-        raise EvidenceError(f"{len(conflicts)} files exist with other content and were left as they are, e.g. "
-                            f"{conflicts[0]}: restore into another folder to compare")
+                if os.path.isabs(name) or name.startswith("..") or os.sep not in name:
+                    raise EvidenceError(f"{archive_path}: member {member.name!r} is not a file inside a run folder")
+                run, inside = name.split(os.sep, 1)
+                runs.setdefault(run, {})[inside] = archive.extractfile(member).read()
+    return runs
+
+
+def restore(args: argparse.Namespace) -> None:
+    """Whole runs or nothing: a run folder that exists here is left alone unless every file the
+    archives hold for it is already there with the same content (then there is nothing to do),
+    so a folder never mixes files of two moments of a run."""
+    restored, kept = [], []
+    for run, files in sorted(read_runs(args.archives).items()):
+        folder = os.path.join(args.into, run)
+        if os.path.exists(folder):
+            same = all(os.path.isfile(os.path.join(folder, name)) and
+                       same_content(os.path.join(folder, name), data) for name, data in files.items())
+            if not same:
+                kept.append(run)
+            continue
+        staging = folder + ".restoring"
+        shutil.rmtree(staging, ignore_errors=True)
+        for name, data in files.items():
+            place(os.path.join(staging, name), data, [])
+        os.replace(staging, folder)  # the run appears complete or not at all
+        restored.append(run)
+    print(f"restored {len(restored)} runs into {args.into}" + (f": {', '.join(restored)}" if restored else ""))
+    if kept:
+        raise EvidenceError(f"{len(kept)} runs exist here with other files and were left as they are "
+                            f"({', '.join(kept)}): restore into another folder to compare")
 
 
 def collect(args: argparse.Namespace) -> None:
@@ -272,6 +322,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     bag.add_argument("--commit", default=None, help="written as git_commit where a record says 'unknown'")
     bag.add_argument("--max_files", type=int, default=6, help="tar files at most (records + checkpoints)")
     bag.add_argument("--max_mb", type=float, default=15.0, help="size of one tar file at most")
+    bag.add_argument("--max_total_mb", type=float, default=60.0, help="size of all tar files together at most")
     back = commands.add_parser("restore", help="tar files -> run folders, never overwriting")
     back.add_argument("archives", nargs="+")
     back.add_argument("--into", required=True)

@@ -136,6 +136,8 @@ NOT_RECIPE = {"git_commit", "script", "eval_posthoc_tau", "eval_tau_norm", "pret
               "run.seed", "run.out_dir", "run.root_log", "run.resume", "run.gpu", "run.workers", "run.progress",
               "run.log_interval", "run.eval_interval", "run.test_interval", "run.compile", "run.overwrite",
               "run.deterministic", "run.tta_flip", "run.tb_save",
+              # --amp as typed: what it became (the precision, below) is what shapes training.
+              "run.amp",
               "data.data_root", "data.split_dir", "data.train_list", "data.val_list", "data.test_list",
               "data.download"}
 
@@ -170,7 +172,9 @@ def load_result(path: str, by: Sequence[str] = ()) -> Dict[str, Any]:
             if by:
                 raise ResultError(f"its config.json (read for --by): {error}") from None
     result["by"] = tuple(str(config_field(config, field)) for field in by)
-    result["precision"] = result.get("precision") or logged_precision(os.path.dirname(path))
+    asked = config_field(config, "run.amp") if isinstance(config, dict) else "?"
+    result["precision"] = (result.get("precision") or logged_precision(os.path.dirname(path))
+                           or (asked if asked in PRECISION_NAMES else None))  # --amp none/bf16/fp16 is itself
     result["recipe"] = None
     if isinstance(config, dict) and config:
         # Seeds trained in different precisions are different rows, whatever their flags say.

@@ -127,7 +127,8 @@ def test_restore_and_collect_never_overwrite(tmp_path, capsys):
     capsys.readouterr()
     assert evidence_runs.main(["restore", *archives, "--into", back]) == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and changed in error and open(changed).read() == "epoch 1\nepoch 2\n"
+    assert error.count("\n") == 1 and "(bccl_cifar10_seed0)" in error and open(changed).read() == "epoch 1\nepoch 2\n"
+    assert not os.path.exists(os.path.join(back, "bccl_cifar10_seed0.restoring"))
 
     assert evidence_runs.main(["collect", back, results]) == 0
     assert sorted(os.listdir(results)) == ["ce_cifar10_seed0"]  # the only finished run
@@ -147,4 +148,46 @@ def test_restore_refuses_members_outside_the_folder(tmp_path, capsys):
     with tarfile.open(evil, "w") as archive:
         archive.add(str(payload), arcname="../escaped.txt")
     assert evidence_runs.main(["restore", evil, "--into", str(tmp_path / "into")]) == 2
-    assert not (tmp_path / "escaped.txt").exists() and "points outside" in capsys.readouterr().err
+    assert not (tmp_path / "escaped.txt").exists() and "not a file inside a run folder" in capsys.readouterr().err
+
+
+def test_a_later_moment_of_a_run_never_mixes_with_an_earlier_one(tmp_path, capsys):
+    # Call 1 returns a run stopped at epoch 5; call 2 on the same machine finishes it. Restoring
+    # call 2 over call 1's folder would keep the old log beside the new results: the folder is
+    # left whole instead, and call 2's run restores into another folder.
+    early, late = tmp_path / "early", tmp_path / "late"
+    for root, epochs, done in ((early, 5, False), (late, 200, True)):
+        run = root / "runs" / "lcsl_cifar10_seed0"
+        write(str(run / "config.json"), "{}")
+        write(str(run / "log.txt"), f"{epochs} epochs\n")
+        write(str(run / "last.pth"), bytes([epochs]) * 100)
+        if done:
+            write(str(run / "results.json"), json.dumps({"method": "lcsl", "last": {"epoch": 200}}))
+        assert evidence_runs.main(["pack", str(root / "runs"), str(root / "out")]) == 0
+    here = str(tmp_path / "here")
+    assert evidence_runs.main(["restore", str(early / "out" / "runs_records.tar"),
+                               str(early / "out" / "runs_checkpoints_1.tar"), "--into", here]) == 0
+    assert evidence_runs.main(["restore", str(late / "out" / "runs_records.tar"), "--into", here]) == 2
+    run = os.path.join(here, "lcsl_cifar10_seed0")
+    assert sorted(os.listdir(run)) == ["config.json", "last.pth", "log.txt"] and open(
+        os.path.join(run, "log.txt")).read() == "5 epochs\n"
+    assert "(lcsl_cifar10_seed0)" in capsys.readouterr().err
+
+
+def test_finished_stage_one_runs_keep_their_weights_and_the_total_is_capped(tmp_path, capsys):
+    root, out = tmp_path / "runs", str(tmp_path / "out")
+    rotation = root / "rotation_cifar10_seed1"  # finished; ce_ssp_cifar10_seed1 starts from it
+    write(str(rotation / "config.json"), "{}")
+    write(str(rotation / "results.json"), json.dumps({"method": "rotation"}))
+    write(str(rotation / "last.pth"), b"r" * 8000)
+    for name in ("bccl_cifar10_seed1", "lcsl_cifar10_seed1"):  # unfinished, 20,480-byte tar each
+        write(str(root / name / "config.json"), "{}")
+        write(str(root / name / "last.pth"), b"w" * 18000)
+    # 15 MB per file but 50,000 bytes in all: the records (10,240 bytes) and one file with two
+    # runs' checkpoints (30,720) fit; the third run's would pass the total.
+    assert evidence_runs.main(["pack", str(root), out, "--max_total_mb", str(50000 / 2 ** 20)]) == 0
+    printed = capsys.readouterr().out
+    assert members(os.path.join(out, "runs_checkpoints_1.tar")) == ["bccl_cifar10_seed1/last.pth",
+                                                                    "rotation_cifar10_seed1/last.pth"]
+    assert "checkpoints left out" in printed and printed.rstrip().endswith("lcsl_cifar10_seed1")
+    assert sum(os.path.getsize(os.path.join(out, n)) for n in os.listdir(out)) <= 50000

@@ -164,3 +164,10 @@ def test_seeds_trained_in_other_precisions_are_other_rows(tmp_path):
     assert "| 1 | 66.00 |" in fp32 and fp32.endswith("| AMD EPYC (1 thread), fp32 |")
     unknown = next(line for line in lines if '[precision="unrecorded"]' in line)
     assert unknown.endswith("| AMD EPYC (1 thread) |")
+    # --amp none asked for fp32 outright: a seed of the fp32 row, though its flag differs.
+    fake_result(str(tmp_path / "none"), "ce", 64.0, seed=3, hardware="AMD EPYC (1 thread)")
+    with open(tmp_path / "none" / "config.json", "w") as stream:
+        json.dump({"optim": {"epochs": 200}, "run": {"seed": 3, "amp": "none"}}, stream)
+    results = [make_table.load_result(p) for p in make_table.find_results([str(tmp_path)])]
+    fp32 = next(line for line in make_table.build_table(results, paper=False).splitlines() if "fp32" in line)
+    assert "| 2 | 65.00 ± 1.41 |" in fp32
