@@ -1,0 +1,115 @@
+"""A run's per-class statistics over epochs, as Markdown tables (from ``<run>/per_class.csv``).
+
+    python scripts/per_class_stats.py runs/evidence/lcsl_cifar10_seed0 [more runs...]
+        [--stat lcsl/counted_labels lcsl/student_row_norm] [--epochs 1 50 100 160 200] [--share]
+
+Methods write one row per epoch and statistic (LCSL: the teacher's labels per class, all and
+those that counted, and the student's classifier row norms and biases). One table per run and
+statistic: a row per chosen epoch (default: the first, every quarter of the run and the last),
+a column per class, headed by the class index and, when the run's results.json gives them, its
+training count. ``--share`` shows each row as percentages of its sum (how far the teacher's
+labels reach the tail); the last column is the row's sum.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from typing import Dict, List, Optional, Sequence
+
+PER_CLASS_FILE = "per_class.csv"
+
+
+class StatsError(Exception):
+    """A missing or malformed file; the message names it."""
+
+
+def read_per_class(run: str) -> Dict[str, Dict[int, List[float]]]:
+    """statistic -> epoch -> per-class values."""
+    path = os.path.join(run, PER_CLASS_FILE)
+    if not os.path.isfile(path):
+        raise StatsError(f"{path} is missing: only methods with per-class statistics (LCSL) write it")
+    table: Dict[str, Dict[int, List[float]]] = {}
+    with open(path, newline="", encoding="utf-8") as stream:
+        rows = csv.reader(stream)
+        header = next(rows, None)
+        if not header or header[:2] != ["epoch", "statistic"]:
+            raise StatsError(f"{path}: not a per-class statistics file (header {header})")
+        for number, row in enumerate(rows, start=2):
+            try:
+                table.setdefault(row[1], {})[int(row[0])] = [float(v) for v in row[2:] if v != ""]
+            except (ValueError, IndexError):
+                raise StatsError(f"{path}:{number}: expected epoch, statistic, then numbers") from None
+    return table
+
+
+def train_counts(run: str) -> Optional[List[int]]:
+    path = os.path.join(run, "results.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as stream:
+        counts = json.load(stream).get("train_counts")
+    return [int(c) for c in counts] if counts else None
+
+
+def default_epochs(available: Sequence[int]) -> List[int]:
+    """The first epoch, each quarter of the run and the last, among those recorded."""
+    last = max(available)
+    wanted = [min(available)] + [round(last * q / 4) for q in (1, 2, 3)] + [last]
+    return sorted({min(available, key=lambda e: abs(e - w)) for w in wanted})
+
+
+def format_value(value: float) -> str:
+    return f"{value:.0f}" if abs(value) >= 100 or value == int(value) else f"{value:.3g}"
+
+
+def stat_table(values: Dict[int, List[float]], epochs: Sequence[int], counts: Optional[List[int]],
+               share: bool) -> str:
+    width = max(len(v) for v in values.values())
+    heads = [f"{c} ({counts[c]})" if counts and c < len(counts) else str(c) for c in range(width)]
+    lines = ["| epoch | " + " | ".join(heads) + " | sum |",
+             "|" + "---|" * (width + 2)]
+    for epoch in epochs:
+        if epoch not in values:
+            raise StatsError(f"epoch {epoch} is not recorded (recorded: {min(values)} to {max(values)})")
+        row = values[epoch]
+        total = sum(row)
+        cells = [f"{100 * v / total:.1f}" if share and total else format_value(v) for v in row]
+        lines.append(f"| {epoch} | " + " | ".join(cells) + f" | {format_value(total)} |")
+    return "\n".join(lines)
+
+
+def report(run: str, stats: Optional[Sequence[str]], epochs: Optional[Sequence[int]], share: bool) -> str:
+    table = read_per_class(run)
+    names = list(stats) if stats else sorted(table)
+    missing = [n for n in names if n not in table]
+    if missing:
+        raise StatsError(f"{run}: no statistic {', '.join(missing)} (recorded: {', '.join(sorted(table))})")
+    counts = train_counts(run)
+    parts = []
+    for name in names:
+        chosen = list(epochs) if epochs else default_epochs(sorted(table[name]))
+        parts.append(f"{run}: {name}" + (" (% of each epoch's sum)" if share else "") + "\n\n"
+                     + stat_table(table[name], chosen, counts, share))
+    return "\n\n".join(parts)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="run folders holding per_class.csv")
+    parser.add_argument("--stat", nargs="+", default=None, help="statistics to show (default: all recorded)")
+    parser.add_argument("--epochs", nargs="+", type=int, default=None, help="epochs to show (1-based)")
+    parser.add_argument("--share", action="store_true", help="each row as percentages of its sum")
+    args = parser.parse_args(argv)
+    try:
+        print("\n\n".join(report(run, args.stat, args.epochs, args.share) for run in args.runs))
+    except (StatsError, OSError, json.JSONDecodeError) as error:
+        print(f"per_class_stats.py: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""scripts/per_class_stats.py: per_class.csv (as the run logger writes it) as Markdown tables."""
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import per_class_stats  # noqa: E402
+
+from utils.logger import RunLogger  # noqa: E402
+
+
+def write_run(folder, epochs=8):
+    logger = RunLogger(str(folder), tensorboard=False)
+    for epoch in range(1, epochs + 1):
+        # Three classes; the teacher's counted labels move towards the tail as epochs pass.
+        logger.per_class({"lcsl/counted_labels": [0.0, 10.0 * epoch, 30.0],
+                          "lcsl/student_row_norm": [1.5, 1.25, 0.5 + epoch / 100]}, epoch)
+    logger.close()
+    with open(folder / "results.json", "w") as stream:
+        json.dump({"train_counts": [500, 50, 5]}, stream)
+
+
+def test_tables_pick_quarters_and_show_shares(tmp_path, capsys):
+    write_run(tmp_path)
+    assert per_class_stats.main([str(tmp_path), "--stat", "lcsl/counted_labels", "--share"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == "| epoch | 0 (500) | 1 (50) | 2 (5) | sum |"
+    rows = [line for line in lines if line.startswith("| ") and line[2].isdigit()]
+    # Epochs 1, 2, 4, 6 and 8 of 8 (first, quarters, last); epoch 2: 0, 20 and 30 of 50.
+    assert [row.split(" | ")[0] for row in rows] == ["| 1", "| 2", "| 4", "| 6", "| 8"]
+    assert rows[1] == "| 2 | 0.0 | 40.0 | 60.0 | 50 |"
+    assert rows[4] == "| 8 | 0.0 | 72.7 | 27.3 | 110 |"  # 80 and 30 of 110
+
+
+def test_plain_values_chosen_epochs_and_every_statistic(tmp_path, capsys):
+    write_run(tmp_path)
+    assert per_class_stats.main([str(tmp_path), "--epochs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path}: lcsl/counted_labels" in out and f"{tmp_path}: lcsl/student_row_norm" in out
+    assert "| 3 | 0 | 30 | 30 | 60 |" in out and "| 3 | 1.5 | 1.25 | 0.53 | 3.28 |" in out
+
+
+def test_errors_name_the_file_the_statistic_or_the_epoch(tmp_path, capsys):
+    assert per_class_stats.main([str(tmp_path)]) == 2
+    assert "per_class.csv is missing" in capsys.readouterr().err
+    write_run(tmp_path, epochs=2)
+    assert per_class_stats.main([str(tmp_path), "--stat", "bccl/none"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "no statistic bccl/none" in error and "lcsl/counted_labels" in error
+    assert per_class_stats.main([str(tmp_path), "--epochs", "9"]) == 2
+    assert "epoch 9 is not recorded (recorded: 1 to 2)" in capsys.readouterr().err
+    (tmp_path / "per_class.csv").write_text("epoch,statistic,class_0\n1,x,abc\n")
+    assert per_class_stats.main([str(tmp_path)]) == 2
+    assert "per_class.csv:2: expected epoch, statistic, then numbers" in capsys.readouterr().err
