@@ -113,6 +113,32 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(cifar10_root, tmp_path
     assert a["records"]["last"]["top1"] == b["records"]["last"]["top1"]
 
 
+@pytest.mark.parametrize("earlier", [{"fp16": 1}, None])
+def test_a_continuation_in_another_precision_is_recorded(cifar10_root, tmp_path, earlier):
+    # `--amp auto` is bf16 on a machine with native bf16 and fp32 on one without: a run continued
+    # on another machine changes precision. Simulated by rewriting epoch 1's count (fp16 is never
+    # what --amp auto gives on a CPU), or by removing it (a checkpoint from before the count).
+    run = str(tmp_path / "run")
+    first = run_training(config_for(cifar10_root.root, run, "--epochs", "1"), "ce")
+    here = first["precision"]
+    assert first["precision_epochs"] == {here: 1} and here in ("none", "bf16")
+    path = os.path.join(run, "last.pth")
+    checkpoint = torch.load(path, weights_only=False)
+    if earlier is None:
+        del checkpoint["records"]["precision_epochs"]
+    else:
+        checkpoint["records"]["precision_epochs"] = earlier
+    torch.save(checkpoint, path)
+    results = run_training(config_for(cifar10_root.root, run, "--resume", "auto"), "ce")
+    log = open(os.path.join(run, "log.txt")).read()
+    if earlier is None:
+        assert results["precision"] == here and results["precision_epochs"] == {"unrecorded": 1, here: 1}
+        assert "note: this run trained" not in log
+    else:
+        assert results["precision"] == "mixed" and results["precision_epochs"] == {"fp16": 1, here: 1}
+        assert f"note: this run trained 1 epoch(s) in fp16; --amp auto here is {here}" in log
+
+
 def test_resume_with_other_flags_is_refused(cifar10_root, tmp_path):
     run = str(tmp_path / "run")
     run_training(config_for(cifar10_root.root, run, "--epochs", "1"), "ce")

@@ -235,6 +235,18 @@ def fit(config: TrainConfig, method, data, ctx: DeviceContext, loaders: Dict[str
         start_epoch = int(resume["epoch"])
         logger.forget_per_class_after(start_epoch)  # rows of the epoch the kill interrupted
         logger.info(f"resumed from {resume['path']} after epoch {start_epoch}")
+    precision = resolve_amp(config.run.amp, ctx.device)
+    # Epochs trained per precision: `--amp auto` is bf16 on one machine and fp32 on another, so a
+    # run continued elsewhere can change precision halfway; results.json then says so.
+    trained_in = records.setdefault("precision_epochs", {})
+    unrecorded = start_epoch - sum(trained_in.values())  # a checkpoint from before this count
+    if unrecorded > 0:
+        trained_in["unrecorded"] = trained_in.get("unrecorded", 0) + unrecorded
+    earlier = sorted(set(trained_in) - {precision, "unrecorded"})
+    if earlier:
+        logger.info(f"note: this run trained {', '.join(f'{trained_in[p]} epoch(s) in {p}' for p in earlier)}; "
+                    f"--amp {config.run.amp} here is {precision}, so the rest trains in {precision} "
+                    "(results.json records the epochs of each)")
     selection_key = f"best_on_{config.select_on}"
     for epoch in range(start_epoch, optim.epochs):
         began = time.time()
@@ -272,6 +284,7 @@ def fit(config: TrainConfig, method, data, ctx: DeviceContext, loaders: Dict[str
         if "val" in evaluations:
             records["last_val"] = {**evaluations["val"], "epoch": epoch + 1}
         records["elapsed_s"] = records.get("elapsed_s", 0.0) + (time.time() - began)
+        trained_in[precision] = trained_in.get(precision, 0) + 1
         _log_epoch(logger, epoch, lr, train, evaluations)
         if improved:
             save_checkpoint("best.pth", epoch + 1, optimizer, scaler, records)

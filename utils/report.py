@@ -85,6 +85,15 @@ def evaluate_selected(run: Run, variants: Sequence[Variant]) -> Dict[str, Any]:
     return entries
 
 
+def trained_precision(records: Dict[str, Any], current: str) -> Dict[str, Any]:
+    """``precision``: the one the run trained in, or 'mixed'; ``precision_epochs``: epochs per
+    precision ('unrecorded' for epochs of a checkpoint from before the count)."""
+    epochs = dict(records.get("precision_epochs") or {current: 0})
+    known = set(epochs) - {"unrecorded"}
+    return {"precision": known.pop() if len(known) == 1 else ("mixed" if known else current),
+            "precision_epochs": epochs}
+
+
 def report(run: Run, records: Dict[str, Any], selected: Sequence[Variant] = ()) -> Dict[str, Any]:
     """Writes results.json (rank 0) and returns it: the labelled records, the flag-chosen variants
     of the last-epoch model (last_*) and the `selected` variants of best.pth (selected_*)."""
@@ -99,9 +108,9 @@ def report(run: Run, records: Dict[str, Any], selected: Sequence[Variant] = ()) 
         "label": run.label, "run_dir": run.run_dir, "method_options": dict(config.method_options),
         "device": str(run.ctx.device) + (f" x{run.ctx.world_size}" if run.ctx.distributed else ""),
         "hardware": dist.describe_hardware(run.ctx),
-        # What --amp auto became on this device: a CPU without native bf16 trains in fp32, so the
-        # same command is a different recipe on another machine.
-        "precision": resolve_amp(config.run.amp, run.ctx.device), "wall_time_s": time.time() - run.started,
+        # What --amp auto became: a CPU without native bf16 trains in fp32, so the same command
+        # is a different recipe on another machine ('mixed' when a continuation changed it).
+        **trained_precision(records, resolve_amp(config.run.amp, run.ctx.device)), "wall_time_s": time.time() - run.started,
         "train_time_s": records.get("elapsed_s")})
     run.logger.write_json("results.json", results)
     run.logger.info(f"results written to {os.path.join(run.run_dir, 'results.json')}")
