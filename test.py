@@ -37,8 +37,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="images per evaluation batch (default: the training run's evaluation batch)")
     parser.add_argument("--workers", "-j", type=NON_NEGATIVE_INT, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--amp", default=None, choices=AMP_CHOICES,
-                        help="autocast precision (default: the run's --amp; auto: native bf16/fp16 on GPUs, "
-                             "fp32 on CPUs without bf16)")
+                        help="autocast precision (default: the one the checkpoint's epoch trained in, which "
+                             "its results were scored in; auto: native bf16/fp16 on GPUs, bf16 on CPUs with "
+                             "native bf16, else fp32)")
     parser.add_argument("--tta_flip", action="store_true", help="average with the mirrored image")
     parser.add_argument("--tau_norm", type=NON_NEGATIVE, default=None, help="tau-normalise the classifier")
     parser.add_argument("--posthoc_tau", type=NON_NEGATIVE, default=None, help="post-hoc logit adjustment")
@@ -84,7 +85,7 @@ def main(args: argparse.Namespace) -> None:
     from datasets.rebuild import evaluation_set
     from methods import rebuild
     from utils import dist
-    from utils.engine import DeviceInputs
+    from utils.engine import DeviceInputs, resolve_amp
     from utils.evaluation import Variant, evaluate_variants
     from utils.run import selection_rule
 
@@ -94,7 +95,9 @@ def main(args: argparse.Namespace) -> None:
     # The run's own evaluation settings (the training log's numbers come from them); older
     # checkpoints without them get the defaults of their time.
     run = payload.get("config", {}).get("run", {})
-    amp = args.amp or run.get("amp", "auto")
+    # The precision the checkpoint's epoch trained and was scored in, not `--amp auto` resolved
+    # again here (bf16 on a machine with native bf16, fp32 on one without).
+    amp = args.amp or payload.get("records", {}).get("precision") or run.get("amp", "auto")
     channels_last = bool(run.get("channels_last", False))
     method.to(ctx.device)
     if channels_last:
@@ -109,6 +112,7 @@ def main(args: argparse.Namespace) -> None:
     inputs = DeviceInputs(data.mean, data.std, ctx.device, channels_last)
     if ctx.is_main:
         print(f"data: {data_root}" + (" (--data_root)" if args.data_root else " (recorded in the checkpoint)"))
+        print(f"precision: {resolve_amp(amp, ctx.device)}" + (" (--amp)" if args.amp else " (the run's)"))
     summary = evaluate_variants(method, [variant], loaders[args.split], inputs, ctx, data.train_counts, amp)[variant]
 
     if not ctx.is_main:

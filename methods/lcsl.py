@@ -312,12 +312,17 @@ class LCSLCommandLine:
 
     def add_arguments(self, parser) -> None:
         from datasets import DATASETS
+        from utils import cli
         from utils.cli import limit
         from utils.config import POSITIVE_INT, TrainConfig
 
         parser.add_argument("--dataset", default="cifar100", type=dataset_name, choices=DATASETS.names(),
                             help="dataset ('imagenet' and 'inaturalist' are accepted for imagenet_lt and inat2018)")
         parser.set_defaults(val_per_class=None)  # resolved per dataset in build_config
+        cli.reword(parser, "val_per_class",
+                   "validation images per class, taken from the training images the long-tailed subset leaves "
+                   f"unused (default: {DEFAULT_VAL_PER_CLASS} on CIFAR-style data; 0 where the dataset has a "
+                   "validation list)")
         group = parser.add_argument_group("LCSL (the flags of the paper's config.py)")
         LCSLOptions.add_arguments(group)
         group.add_argument("--data_aug", type=str.lower, default=None, choices=sorted(DATA_AUG),

@@ -139,6 +139,23 @@ def test_a_continuation_in_another_precision_is_recorded(cifar10_root, tmp_path,
         assert f"note: this run trained 1 epoch(s) in fp16; --amp auto here is {here}" in log
 
 
+def test_test_script_scores_in_the_precision_the_run_trained_in(cifar10_root, tmp_path, capsys):
+    # The run is `--amp auto`; on another machine auto may mean another precision, so test.py
+    # takes the one recorded with the checkpoint's epoch (set to bf16 here: the run's machine
+    # had native bf16) unless --amp says otherwise.
+    run = str(tmp_path / "run")
+    results = run_training(config_for(cifar10_root.root, run, "--epochs", "1"), "ce")
+    path = os.path.join(run, "last.pth")
+    checkpoint = torch.load(path, weights_only=False)
+    assert checkpoint["records"]["precision"] == results["precision"]
+    checkpoint["records"]["precision"] = "bf16"
+    torch.save(checkpoint, path)
+    code, out, _ = run_entry(test_script, "test.py", ["--path", run, "--workers", "0"], capsys)
+    assert code == 0 and "precision: bf16 (the run's)" in out
+    code, out, _ = run_entry(test_script, "test.py", ["--path", run, "--workers", "0", "--amp", "none"], capsys)
+    assert code == 0 and "precision: none (--amp)" in out
+
+
 def test_resume_with_other_flags_is_refused(cifar10_root, tmp_path):
     run = str(tmp_path / "run")
     run_training(config_for(cifar10_root.root, run, "--epochs", "1"), "ce")

@@ -2,10 +2,11 @@
 
     entry scripts (main.py, train_LCSL.py, test.py, scripts/)        nothing imports them
     orchestration (utils.run, utils.training, utils.report, utils.runner)
-    methods/                                                          the engine never names one
-    engine (utils.engine, utils.evaluation)
+    methods/, command line (utils.cli: flags methods declare)         no run
+    engine (utils.engine, utils.evaluation)                           the engine never names a method
     datasets/, models/, losses/                                       no method, engine or run
     base utilities (utils.config, utils.dist, utils.checkpoint, utils.metrics, ...)
+        none of the above, except the configuration's data field: datasets.base.DataOptions
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY_SCRIPTS = {"main", "test", "train_LCSL"}
 ORCHESTRATION = {"utils.run", "utils.training", "utils.report", "utils.runner"}
 ENGINE = {"utils.engine", "utils.evaluation"}
+COMMAND_LINE = {"utils.cli"}
+# utils.config's TrainConfig holds the datasets' own option type (imported lazily).
+BASE_MAY_IMPORT = {"datasets.base", "datasets.base.DataOptions"}
 
 
 def module_files():
@@ -45,8 +49,19 @@ def imported_modules(path):
             yield from (f"{base}.{alias.name}" for alias in node.names)
 
 
+def within(name, modules):
+    return any(name == m or name.startswith(m + ".") for m in modules)
+
+
 def forbidden(module):
     top = module.split(".")[0]
+    if top == "utils" and not within(module, ORCHESTRATION | ENGINE | COMMAND_LINE):  # base utilities
+        return lambda name: name not in BASE_MAY_IMPORT and (
+            name.split(".")[0] in ("datasets", "models", "losses", "methods", "scripts", *ENTRY_SCRIPTS)
+            or within(name, ORCHESTRATION | ENGINE | COMMAND_LINE))
+    if top == "methods" or module in COMMAND_LINE:
+        return lambda name: name.split(".")[0] in ENTRY_SCRIPTS or within(name, ORCHESTRATION) or (
+            module in COMMAND_LINE and name.split(".")[0] == "methods")
     if top in ("datasets", "models", "losses"):
         return lambda name: (name.split(".")[0] in ("methods", *ENTRY_SCRIPTS)
                              or any(name == m or name.startswith(m + ".") for m in ORCHESTRATION | ENGINE))
@@ -68,3 +83,7 @@ def test_the_rule_catches_an_upward_import(tmp_path):
     assert forbidden("datasets.loaders")("methods.base") and forbidden("datasets.loaders")("utils.run")
     assert forbidden("utils.engine")("methods") and forbidden("scripts.make_table")("test")
     assert not forbidden("methods.lcsl")("datasets.longtail") and not forbidden("utils.run")("methods")
+    assert forbidden("utils.checkpoint")("datasets.loaders") and forbidden("utils.metrics")("utils.engine")
+    assert not forbidden("utils.config")("datasets.base") and forbidden("utils.config")("datasets.longtail")
+    assert forbidden("methods.bccl")("utils.run") and not forbidden("methods.bccl")("utils.cli")
+    assert forbidden("utils.cli")("methods.base") and not forbidden("utils.cli")("utils.engine")

@@ -37,7 +37,8 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str) ->
                        help="which images of each class form the LT subset")
     group.add_argument("--lt_seed", type=SEED, default=0, help="seed of the 'shuffle' selection")
     group.add_argument("--val_per_class", type=NON_NEGATIVE_INT, default=0,
-                       help="balanced validation images per class, taken from unused training images")
+                       help="validation images per class, taken from the training images the long-tailed "
+                            "subset leaves unused (fewer where a class has fewer left) (default: 0, none)")
     group.add_argument("--split_dir", default=None, help="folder of ImageNet-LT / iNat / Places-LT lists")
     group.add_argument("--train_list", default=None)
     group.add_argument("--val_list", default=None)
@@ -133,7 +134,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, recipes: Dict[str, Recipe
                        help="evaluate every N epochs")
     group.add_argument("--test_interval", type=limit(RunConfig, "test_interval"), default=1,
                        help="with --select_on val: score the test set only once N epochs have passed "
-                            "since the last test, when the validation top-1 improves, and after the "
+                            "since the last test, when the validation selection score improves, and after the "
                             "last epoch (saves time; the last-epoch and selected-checkpoint numbers "
                             "are unchanged)")
     add_bool_flag(group, "--progress", default=True, help="tqdm progress bars")
@@ -141,7 +142,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, recipes: Dict[str, Recipe
     add_bool_flag(group, "--tb_save", default=True,
                   help="kept for command compatibility: tensorboardX curves are always written")
     group.add_argument("--select_on", default=None, choices=SELECTION_SPLITS,
-                       help="split that chooses best.pth (default: val when --val_per_class > 0)")
+                       help="split that chooses best.pth (default: val wherever the data have a validation "
+                            "split: --val_per_class N > 0, or the dataset's own validation list; else test)")
     add_trust_argument(group)  # --trust_checkpoint, for --resume and --pretrained_model
 
 
@@ -179,7 +181,9 @@ def add_aug_arguments(parser: argparse.ArgumentParser, recipes: Dict[str, Recipe
                             "pil: the papers' per-image DataLoader pipeline; auto: tensor for in-memory "
                             "(CIFAR-style) data, pil for image files")
     add_bool_flag(group, "--color_jitter", default=None,
-                  help="colour jitter in the ImageNet-style 'standard' recipe (the iNat recipe has none)")
+                  help="colour jitter (0.4, 0.4, 0.4) in the ImageNet-style 'standard' and 'cutout' recipes; "
+                       "False for the iNaturalist recipe of the semi-self paper",
+                  default_text="True, the recipes' own")
 
 
 def architecture(args: argparse.Namespace) -> str:
@@ -269,3 +273,9 @@ def run_guarded(prog: str, body: Callable[[], Any], trains: bool = False) -> int
         if installed:
             signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def reword(parser: argparse.ArgumentParser, dest: str, help: str) -> None:
+    """Replaces the --help text of a shared flag where an entry script gives it another default."""
+    action = next(a for a in parser._actions if a.dest == dest)  # argparse has no public lookup
+    action.help = help

@@ -121,10 +121,12 @@ def str2bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got '{value}'")
 
 
-def add_bool_flag(parser: argparse.ArgumentParser, *names: str, default: bool, help: str) -> None:
-    """``--flag`` alone means True; ``--flag False`` / ``--flag True`` are parsed properly."""
+def add_bool_flag(parser: argparse.ArgumentParser, *names: str, default: Optional[bool], help: str,
+                  default_text: Optional[str] = None) -> None:
+    """``--flag`` alone means True; ``--flag False`` / ``--flag True`` are parsed properly.
+    ``default_text`` says what an unset flag (default None) means."""
     parser.add_argument(*names, type=str2bool, nargs="?", const=True, default=default,
-                        metavar="BOOL", help=f"{help} (default: {default})")
+                        metavar="BOOL", help=f"{help} (default: {default_text or default})")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -318,39 +320,3 @@ class TrainConfig:
         values["run"] = RunConfig(**values["run"])
         values["train_aug"] = tuple(values["train_aug"])
         return TrainConfig(**values)
-
-
-def _name_classes(classes: Sequence[int], names: Sequence[str], shown: int = 3) -> str:
-    labelled = [f"{c} ({names[c]})" if c < len(names) and names[c] else str(c) for c in classes]
-    if len(labelled) == 1:
-        return f"class {labelled[0]}"
-    listed = ", ".join(labelled[:shown]) + (", ..." if len(labelled) > shown else "")
-    return f"{len(labelled)} classes ({listed})"
-
-
-def check_training_data(config: TrainConfig, data: Any, labeled_counts: Sequence[int], world_size: int) -> None:
-    """What the flags ask of the built data, checked before a run folder exists.
-
-    Every class needs a training image: with an empty class, cross-entropy trains silently on a
-    class it can never see, while LDAM, logit adjustment, class-balanced weights and BCCL's
-    priors divide by (or take the log of) its count. And an epoch needs a step: a method that
-    drops the last incomplete batch (BCCL, cRT, MoCo) would otherwise train on nothing.
-    """
-    from datasets import dataset_entry
-    from datasets.longtail import smallest_imb_factor
-
-    empty = [c for c, n in enumerate(labeled_counts) if n < 1]
-    if empty:
-        which = _name_classes(empty, data.class_names)
-        if dataset_entry(config.dataset).small_images:  # the datasets whose tail --imb_factor cuts
-            smallest = smallest_imb_factor(max(labeled_counts), len(labeled_counts), config.data.imb_type)
-            raise ConfigError(f"--imb_factor {config.data.imb_factor:g} leaves {which} with 0 training images "
-                              f"(every class needs at least 1): use --imb_factor >= {smallest:g}")
-        raise ConfigError(f"{data.name}: {which} has no training image; every class needs at least 1")
-    images = len(data.train)
-    per_rank = -(-images // world_size)
-    if config.drop_last and per_rank < config.batch_size // world_size:
-        spread = f" ({per_rank} per process over {world_size} processes)" if world_size > 1 else ""
-        raise ConfigError(f"-b/--batch_size {config.batch_size} is larger than the {images} training images{spread}, "
-                          f"and {config.method} drops the last incomplete batch, so an epoch would have no step: "
-                          f"use -b/--batch_size {per_rank * world_size} or less")

@@ -285,6 +285,7 @@ def fit(config: TrainConfig, method, data, ctx: DeviceContext, loaders: Dict[str
             records["last_val"] = {**evaluations["val"], "epoch": epoch + 1}
         records["elapsed_s"] = records.get("elapsed_s", 0.0) + (time.time() - began)
         trained_in[precision] = trained_in.get(precision, 0) + 1
+        records["precision"] = precision  # this checkpoint's epoch: test.py evaluates in it
         _log_epoch(logger, epoch, lr, train, evaluations)
         if improved:
             save_checkpoint("best.pth", epoch + 1, optimizer, scaler, records)

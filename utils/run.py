@@ -16,23 +16,24 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from datasets import LongTailData, build_dataset
+from datasets import LongTailData, build_dataset, dataset_entry
 from datasets.augment import build_views
 from datasets.augment.tensor import build_tensor_views
 from datasets.device_loader import DeviceLoader
 from datasets.loaders import (absolute_data_options, build_eval_loaders, build_train_loader,
                               check_evaluation_images)
+from datasets.longtail import smallest_imb_factor
 from datasets.samplers import build_sampler
 from methods import Method, build_method
 from models import build_model
 from utils import dist
 from utils.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint_path
-from utils.config import ConfigError, TrainConfig, check_training_data
+from utils.config import ConfigError, TrainConfig
 from utils.dist import DeviceContext
 from utils.engine import DeviceInputs, NonFiniteLossError, resolve_amp
 from utils.logger import RunLogger
@@ -191,6 +192,39 @@ def _log_start(logger, run_dir: str, notes: List[str], plan: RunPlan, config: Tr
         logger.info(f"validation split: {config.data.val_per_class} images per class where the images the "
                         f"training subset left allow it; fewer for {short}, so its top-1 weighs classes "
                         "unequally (the mean per-class accuracy does not)")
+
+
+def _name_classes(classes: Sequence[int], names: Sequence[str], shown: int = 3) -> str:
+    labelled = [f"{c} ({names[c]})" if c < len(names) and names[c] else str(c) for c in classes]
+    if len(labelled) == 1:
+        return f"class {labelled[0]}"
+    listed = ", ".join(labelled[:shown]) + (", ..." if len(labelled) > shown else "")
+    return f"{len(labelled)} classes ({listed})"
+
+
+def check_training_data(config: TrainConfig, data: Any, labeled_counts: Sequence[int], world_size: int) -> None:
+    """What the flags ask of the built data, checked before a run folder exists.
+
+    Every class needs a training image: with an empty class, cross-entropy trains silently on a
+    class it can never see, while LDAM, logit adjustment, class-balanced weights and BCCL's
+    priors divide by (or take the log of) its count. And an epoch needs a step: a method that
+    drops the last incomplete batch (BCCL, cRT, MoCo) would otherwise train on nothing.
+    """
+    empty = [c for c, n in enumerate(labeled_counts) if n < 1]
+    if empty:
+        which = _name_classes(empty, data.class_names)
+        if dataset_entry(config.dataset).small_images:  # the datasets whose tail --imb_factor cuts
+            smallest = smallest_imb_factor(max(labeled_counts), len(labeled_counts), config.data.imb_type)
+            raise ConfigError(f"--imb_factor {config.data.imb_factor:g} leaves {which} with 0 training images "
+                              f"(every class needs at least 1): use --imb_factor >= {smallest:g}")
+        raise ConfigError(f"{data.name}: {which} has no training image; every class needs at least 1")
+    images = len(data.train)
+    per_rank = -(-images // world_size)
+    if config.drop_last and per_rank < config.batch_size // world_size:
+        spread = f" ({per_rank} per process over {world_size} processes)" if world_size > 1 else ""
+        raise ConfigError(f"-b/--batch_size {config.batch_size} is larger than the {images} training images{spread}, "
+                          f"and {config.method} drops the last incomplete batch, so an epoch would have no step: "
+                          f"use -b/--batch_size {per_rank * world_size} or less")
 
 
 def validation_shortfall(data, per_class: int) -> str:
