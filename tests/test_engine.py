@@ -2,6 +2,7 @@
 import copy
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ from datasets.loaders import build_eval_loader, build_train_loader
 from datasets.augment import build_transform, build_views
 from methods import METHODS, build_method
 from models import Classifier, build_model
-from utils import dist
+from utils import cli, dist
 from utils.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from utils.config import OptimConfig, RunConfig, TrainConfig
 from utils.engine import DeviceInputs, NonFiniteLossError, fit
@@ -96,6 +97,31 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
     monkeypatch.undo()
     assert torch.load(path, weights_only=False)["epoch"] == 1
     assert os.listdir(tmp_path) == ["last.pth"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_during_a_checkpoint_write_waits_for_the_file(tmp_path, monkeypatch, signum):
+    # A scheduler's SIGTERM or Ctrl-C arriving inside torch.save used to leave its zip writer
+    # half-written: the run then ended with "cannot write checkpoint" (exit 2) instead of the
+    # interruption. The write now completes and the interruption follows it.
+    path = str(tmp_path / "last.pth")
+    real_save = torch.save
+
+    def save_then_signal(obj, stream):
+        os.kill(os.getpid(), signum)  # delivered in the middle of the write
+        real_save(obj, stream)
+
+    monkeypatch.setattr(torch, "save", save_then_signal)
+    before = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, cli._raise_terminated)
+    try:
+        with pytest.raises(cli.Terminated if signum == signal.SIGTERM else KeyboardInterrupt):
+            save_atomic({"format": "ltkit-checkpoint", "epoch": 3}, path)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=False)["epoch"] == 3 and os.listdir(tmp_path) == ["last.pth"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_kill_and_resume_reproduces_the_uninterrupted_run(cifar10_root, tmp_path):

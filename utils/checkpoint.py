@@ -23,6 +23,7 @@ import pickle
 import random
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import warnings
@@ -75,6 +76,33 @@ def _write_failure_cause(error: BaseException, folder: str) -> str:
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait for the block to finish, then act as they would have. Raised inside
+    torch.save they would leave its zip writer half-written, which surfaces as a write error
+    ('unexpected pos ...') instead of the interruption. Outside the main thread (where handlers
+    cannot be set) the block runs as is."""
+    pending: List[int] = []
+    watched = (signal.SIGINT, signal.SIGTERM)
+    try:
+        previous = {number: signal.signal(number, lambda number, frame: pending.append(number))
+                    for number in watched}
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if pending:
+            handler = previous[pending[0]]
+            if callable(handler):
+                handler(pending[0], None)  # Python's KeyboardInterrupt, or the run's SIGTERM handler
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), pending[0])  # what the signal would have done: end the process
+
+
 def save_atomic(payload: Dict[str, Any], path: str) -> None:
     """Writes to a temporary file in the same folder, then renames, so a crash never leaves a
     half-written checkpoint where a good one was.
@@ -86,12 +114,13 @@ def save_atomic(payload: Dict[str, Any], path: str) -> None:
     tmp_path = None
     try:
         os.makedirs(folder, exist_ok=True)
-        handle, tmp_path = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=TEMPORARY_SUFFIX, dir=folder)
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp_path, path)
+        with signals_deferred():
+            handle, tmp_path = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=TEMPORARY_SUFFIX, dir=folder)
+            with os.fdopen(handle, "wb") as stream:
+                torch.save(payload, stream)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(tmp_path, path)
     except (OSError, RuntimeError) as error:
         _discard(tmp_path)
         raise CheckpointError(f"cannot write checkpoint {path}: {_write_failure_cause(error, folder)}; "
