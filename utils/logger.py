@@ -12,6 +12,8 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
+from utils.checkpoint import signals_deferred
+
 PER_CLASS_FILE = "per_class.csv"  # the methods' per-class statistics, one row per epoch and statistic
 
 
@@ -84,7 +86,8 @@ class RunLogger:
         path = os.path.join(self.run_dir, PER_CLASS_FILE)
         width = max(len(values) for values in statistics.values())
         new_file = not os.path.exists(path)
-        with open(path, "a", newline="") as stream:
+        # A stop signal waits for the rows: a half-written one would break the file's readers.
+        with signals_deferred(), open(path, "a", newline="") as stream:
             writer = csv.writer(stream)
             if new_file:
                 writer.writerow(["epoch", "statistic", *(f"class_{c}" for c in range(width))])
