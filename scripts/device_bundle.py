@@ -35,6 +35,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -149,10 +150,16 @@ def download_wheels(folder: str, wheels_from: str | None) -> List[str]:
                               + ", ".join(PACKAGES.values()))
     wheels = sorted(n for n in os.listdir(folder) if n.endswith(".whl"))
     missing = [spec for spec in PACKAGES.values() if not any(
-        w.lower().startswith(spec.split(">")[0].lower() + "-") for w in wheels)]
+        wheel_of(spec.split(">")[0], w) for w in wheels)]
     if missing:
         raise BundleError(f"{folder} lacks wheels for {', '.join(missing)}")
     return wheels
+
+
+def wheel_of(distribution: str, wheel: str) -> bool:
+    """Whether a wheel file is the distribution's: wheel names spell '-' and '.' as '_'
+    (pytest-xdist -> pytest_xdist-3.8.0-py3-none-any.whl)."""
+    return re.sub(r"[-_.]+", "_", wheel.split("-")[0]).lower() == re.sub(r"[-_.]+", "_", distribution).lower()
 
 
 def folder_bytes(path: str) -> int:
@@ -235,7 +242,7 @@ def install(args: argparse.Namespace) -> None:
     wanted = [PACKAGES[m].split(">")[0] for m in missing]
     chosen = []
     for distribution in wanted:
-        match = [w for w in wheels if w.lower().startswith(distribution.lower() + "-")]
+        match = [w for w in wheels if wheel_of(distribution, w)]
         if not match:
             raise BundleError(f"{distribution} is missing and {wheels_dir} has no wheel for it: run "
                               "'python scripts/device_bundle.py prepare --source DIR' on a machine with pip access")

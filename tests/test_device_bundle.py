@@ -1,0 +1,29 @@
+"""scripts/device_bundle.py's wheel handling: wheel files spell a distribution's '-' as '_'."""
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import device_bundle  # noqa: E402
+
+
+def test_a_wheel_belongs_to_its_distribution_only():
+    assert device_bundle.wheel_of("pytest-xdist", "pytest_xdist-3.8.0-py3-none-any.whl")
+    assert device_bundle.wheel_of("tensorboardX", "tensorboardx-2.6.2-py2.py3-none-any.whl")
+    assert not device_bundle.wheel_of("pytest", "pytest_xdist-3.8.0-py3-none-any.whl")
+    assert not device_bundle.wheel_of("pytest-xdist", "pytest-8.3.0-py3-none-any.whl")
+
+
+def test_copied_wheels_cover_every_package_and_a_missing_one_is_named(tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    for spec in device_bundle.PACKAGES.values():
+        name = spec.split(">")[0].replace("-", "_")  # as pip saves them
+        (source / f"{name}-1.0-py3-none-any.whl").write_bytes(b"")
+    wheels = device_bundle.download_wheels(str(tmp_path / "bundle"), str(source))
+    assert len(wheels) == len(device_bundle.PACKAGES) and "pytest_xdist-1.0-py3-none-any.whl" in wheels
+    (source / "execnet-1.0-py3-none-any.whl").unlink()
+    with pytest.raises(device_bundle.BundleError, match="lacks wheels for execnet"):
+        device_bundle.download_wheels(str(tmp_path / "other"), str(source))
