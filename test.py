@@ -85,7 +85,7 @@ def main(args: argparse.Namespace) -> None:
     from datasets.rebuild import evaluation_set
     from methods import rebuild
     from utils import dist
-    from utils.engine import DeviceInputs, resolve_amp
+    from utils.engine import DeviceInputs, resolve_amp, runs_natively
     from utils.evaluation import Variant, evaluate_variants
     from utils.run import selection_rule
 
@@ -95,9 +95,19 @@ def main(args: argparse.Namespace) -> None:
     # The run's own evaluation settings (the training log's numbers come from them); older
     # checkpoints without them get the defaults of their time.
     run = payload.get("config", {}).get("run", {})
-    # The precision the checkpoint's epoch trained and was scored in, not `--amp auto` resolved
-    # again here (bf16 on a machine with native bf16, fp32 on one without).
-    amp = args.amp or payload.get("records", {}).get("precision") or run.get("amp", "auto")
+    # The precision the checkpoint's epoch trained and was scored in, where this device runs it
+    # natively; emulated (bf16 on a CPU without it) it would take many times longer, so then
+    # --amp auto, named in the printout.
+    recorded = payload.get("records", {}).get("precision")
+    if args.amp:
+        amp, why = args.amp, "--amp"
+    elif recorded and runs_natively(recorded, ctx.device):
+        amp, why = recorded, "the run's"
+    elif recorded:
+        amp, why = "auto", (f"the run trained in {recorded}, which this device emulates: --amp {recorded} "
+                            "evaluates in it, slowly")
+    else:
+        amp, why = run.get("amp", "auto"), "the run's --amp"
     channels_last = bool(run.get("channels_last", False))
     method.to(ctx.device)
     if channels_last:
@@ -112,7 +122,7 @@ def main(args: argparse.Namespace) -> None:
     inputs = DeviceInputs(data.mean, data.std, ctx.device, channels_last)
     if ctx.is_main:
         print(f"data: {data_root}" + (" (--data_root)" if args.data_root else " (recorded in the checkpoint)"))
-        print(f"precision: {resolve_amp(amp, ctx.device)}" + (" (--amp)" if args.amp else " (the run's)"))
+        print(f"precision: {resolve_amp(amp, ctx.device)} ({why})")
     summary = evaluate_variants(method, [variant], loaders[args.split], inputs, ctx, data.train_counts, amp)[variant]
 
     if not ctx.is_main:

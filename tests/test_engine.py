@@ -21,6 +21,7 @@ from utils import cli, dist
 from utils.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from utils.config import OptimConfig, RunConfig, TrainConfig
 from utils.engine import DeviceInputs, NonFiniteLossError, fit
+from utils.engine import runs_natively as engine_native
 from utils.runner import run_training
 
 import main as main_script
@@ -165,10 +166,12 @@ def test_a_continuation_in_another_precision_is_recorded(cifar10_root, tmp_path,
         assert f"note: this run trained 1 epoch(s) in fp16; --amp auto here is {here}" in log
 
 
-def test_test_script_scores_in_the_precision_the_run_trained_in(cifar10_root, tmp_path, capsys):
+def test_test_script_scores_in_the_precision_the_run_trained_in(cifar10_root, tmp_path, capsys, monkeypatch):
     # The run is `--amp auto`; on another machine auto may mean another precision, so test.py
-    # takes the one recorded with the checkpoint's epoch (set to bf16 here: the run's machine
-    # had native bf16) unless --amp says otherwise.
+    # takes the one recorded with the checkpoint's epoch (set to bf16 here: the run's machine had
+    # native bf16) where this device runs it natively, else auto with a note; --amp overrides.
+    from utils import engine
+
     run = str(tmp_path / "run")
     results = run_training(config_for(cifar10_root.root, run, "--epochs", "1"), "ce")
     path = os.path.join(run, "last.pth")
@@ -176,10 +179,19 @@ def test_test_script_scores_in_the_precision_the_run_trained_in(cifar10_root, tm
     assert checkpoint["records"]["precision"] == results["precision"]
     checkpoint["records"]["precision"] = "bf16"
     torch.save(checkpoint, path)
+    monkeypatch.setattr(engine, "runs_natively", lambda precision, device: True)
     code, out, _ = run_entry(test_script, "test.py", ["--path", run, "--workers", "0"], capsys)
     assert code == 0 and "precision: bf16 (the run's)" in out
+    monkeypatch.setattr(engine, "runs_natively", lambda precision, device: precision == "none")
+    code, out, _ = run_entry(test_script, "test.py", ["--path", run, "--workers", "0"], capsys)
+    assert code == 0 and "(the run trained in bf16, which this device emulates: --amp bf16 evaluates in it" in out
     code, out, _ = run_entry(test_script, "test.py", ["--path", run, "--workers", "0", "--amp", "none"], capsys)
     assert code == 0 and "precision: none (--amp)" in out
+
+
+def test_native_precisions():
+    cpu, bf16_here = torch.device("cpu"), torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert engine_native("none", cpu) and not engine_native("fp16", cpu) and engine_native("bf16", cpu) == bf16_here
 
 
 def test_resume_with_other_flags_is_refused(cifar10_root, tmp_path):

@@ -45,6 +45,16 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "none"
 
 
+def runs_natively(precision: str, device: torch.device) -> bool:
+    """Whether ``device`` computes in ``precision`` without emulation (fp32 always; fp16 on GPUs;
+    bf16 on GPUs and CPUs that have it)."""
+    if precision == "none":
+        return True
+    if device.type == "cuda":
+        return precision == "fp16" or torch.cuda.is_bf16_supported()
+    return precision == "bf16" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def autocast_context(device: torch.device, amp: str):
     """One autocast context for every precision; 'none' is a no-op."""
     amp = resolve_amp(amp, device)
