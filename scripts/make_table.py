@@ -193,11 +193,9 @@ def logged_precision(folder: str) -> Optional[str]:
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8", errors="replace") as lines:
-        for line in lines:
-            found = re.search(r"; precision: (\w+) \(--amp ", line)
-            if found:
-                return found.group(1)
-    return None
+        found = {m.group(1) for m in (re.search(r"; precision: (\w+) \(--amp ", line) for line in lines) if m}
+    # One line per start: a run resumed where --amp auto meant another precision has two.
+    return found.pop() if len(found) == 1 else ("mixed" if found else None)
 
 
 def load_results(paths: Sequence[str], by: Sequence[str] = ()) -> List[Dict[str, Any]]:
@@ -377,7 +375,7 @@ def paired_gains(members: List[Dict[str, Any]], baseline: List[Dict[str, Any]],
 
 
 # Recipe fields a gain's two rows must share: the same images and the same training length.
-SHARED_FOR_GAINS = ("data.", "optim.epochs")
+SHARED_FOR_GAINS = ("data.", "optim.epochs", "precision")  # a gain is never measured across precisions
 
 
 def _shared_recipe(members: List[Dict[str, Any]]) -> Optional[Tuple]:
@@ -389,7 +387,7 @@ def _shared_recipe(members: List[Dict[str, Any]]) -> Optional[Tuple]:
 
 def build_gains_table(results: List[Dict[str, Any]], by: Sequence[str] = ()) -> str:
     """Each row's gain over the CE row of the same dataset, ratio, architecture, --by fields,
-    images and epochs, with its std over paired seeds, beside the gain the papers report."""
+    images, epochs and precision, with its std over paired seeds, beside the gain the papers report."""
     groups = split_recipes(results)
     header = ["dataset", "ratio", "method", "arch"] + list(by) + ["paired seeds"]
     header += [f"gain last {m}" for m in METRICS] + ["gain selected top1", "selection", "paper gain"]
@@ -405,7 +403,7 @@ def build_gains_table(results: List[Dict[str, Any]], by: Sequence[str] = ()) -> 
         candidates = [group for group in same_place if shared is None or _shared_recipe(group) in (None, shared)]
         if len(candidates) != 1:
             if same_place:  # CE runs exist here, but none (or no single one) is comparable
-                why = "several CE rows qualify" if candidates else "no CE row with the same images and epochs"
+                why = "several CE rows qualify" if candidates else "no CE row with the same images, epochs and precision"
                 notes.append(f"- {label}{key[-1]} ({dataset} r{ratio}, {arch}): no gain, {why}")
             continue
         baseline = candidates[0]
@@ -426,7 +424,7 @@ def build_gains_table(results: List[Dict[str, Any]], by: Sequence[str] = ()) -> 
         row = [dataset, str(ratio), label + key[-1], arch] + list(key[4:-1]) + [f"{pairs} of {len(members)}"]
         lines.append("| " + " | ".join(row + cells + ["/".join(sorted(rules)), paper]) + " |")
     if len(lines) == 2:
-        table = "No gains: no row shares its dataset, ratio, architecture, images and epochs with a CE row."
+        table = "No gains: no row shares its dataset, ratio, architecture, images, epochs and precision with a CE row."
     else:
         table = "\n".join(lines)
     return table + ("\n\n" + "\n".join(notes) if notes else "")

@@ -125,6 +125,23 @@ def test_a_stop_signal_during_a_checkpoint_write_waits_for_the_file(tmp_path, mo
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_scheduler_stop_after_ctrl_c_during_a_write_still_ends_as_a_stop():
+    # Ctrl-C then a scheduler's SIGTERM while a checkpoint is written: the run must end as
+    # terminated (exit 143), not as interrupted, once the file is complete.
+    from utils.checkpoint import signals_deferred
+
+    before = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, cli._raise_terminated)
+    try:
+        with pytest.raises(cli.Terminated):
+            with signals_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_kill_and_resume_reproduces_the_uninterrupted_run(cifar10_root, tmp_path):
     straight = str(tmp_path / "straight")
     run_training(config_for(cifar10_root.root, straight), "ce")
@@ -140,13 +157,14 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(cifar10_root, tmp_path
     assert a["records"]["last"]["top1"] == b["records"]["last"]["top1"]
 
 
-@pytest.mark.parametrize("earlier", [{"fp16": 1}, None])
-def test_a_continuation_in_another_precision_is_recorded(cifar10_root, tmp_path, earlier):
+@pytest.mark.parametrize("earlier,amp", [({"fp16": 1}, "auto"), (None, "auto"), (None, "none")])
+def test_a_continuation_in_another_precision_is_recorded(cifar10_root, tmp_path, earlier, amp):
     # `--amp auto` is bf16 on a machine with native bf16 and fp32 on one without: a run continued
     # on another machine changes precision. Simulated by rewriting epoch 1's count (fp16 is never
-    # what --amp auto gives on a CPU), or by removing it (a checkpoint from before the count).
+    # what --amp auto gives on a CPU), or by removing it (a checkpoint from before the count:
+    # unknown under auto, the explicit --amp's otherwise).
     run = str(tmp_path / "run")
-    first = run_training(config_for(cifar10_root.root, run, "--epochs", "1"), "ce")
+    first = run_training(config_for(cifar10_root.root, run, "--epochs", "1", "--amp", amp), "ce")
     here = first["precision"]
     assert first["precision_epochs"] == {here: 1} and here in ("none", "bf16")
     path = os.path.join(run, "last.pth")
@@ -156,10 +174,12 @@ def test_a_continuation_in_another_precision_is_recorded(cifar10_root, tmp_path,
     else:
         checkpoint["records"]["precision_epochs"] = earlier
     torch.save(checkpoint, path)
-    results = run_training(config_for(cifar10_root.root, run, "--resume", "auto"), "ce")
+    results = run_training(config_for(cifar10_root.root, run, "--resume", "auto", "--amp", amp), "ce")
     log = open(os.path.join(run, "log.txt")).read()
-    if earlier is None:
-        assert results["precision"] == here and results["precision_epochs"] == {"unrecorded": 1, here: 1}
+    if earlier is None and amp == "none":
+        assert results["precision"] == "none" and results["precision_epochs"] == {"none": 2}
+    elif earlier is None:
+        assert results["precision"] == "unknown" and results["precision_epochs"] == {"unrecorded": 1, here: 1}
         assert "note: this run trained" not in log
     else:
         assert results["precision"] == "mixed" and results["precision_epochs"] == {"fp16": 1, here: 1}
@@ -401,9 +421,14 @@ def test_amp_auto_resolves_per_device(monkeypatch):
     native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     assert resolve_amp("auto", cpu) == ("bf16" if native else "none")
     assert resolve_amp("fp16", cpu) == "fp16" and resolve_amp("none", torch.device("cuda")) == "none"
-    for supported, expected in ((True, "bf16"), (False, "fp16")):
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+    # bf16 only where it is in hardware (Ampere, capability 8.0, and later): V100 (7.0) and T4
+    # (7.5) emulate it, and torch.cuda.is_bf16_supported() says yes there too.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    for capability, expected in (((9, 0), "bf16"), ((8, 0), "bf16"), ((7, 5), "fp16"), ((7, 0), "fp16")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
         assert resolve_amp("auto", torch.device("cuda")) == expected
+        assert engine_native("bf16", torch.device("cuda")) == (expected == "bf16")
+        assert engine_native("fp16", torch.device("cuda"))
     assert not make_scaler(cpu, "auto").is_enabled() and not make_scaler(cpu, "fp16").is_enabled()
     defaults = main_script.get_args_parser().parse_args([])
     assert defaults.amp == "auto" and defaults.channels_last is True

@@ -60,13 +60,14 @@ def forbidden(module):
             name.split(".")[0] in ("datasets", "models", "losses", "methods", "scripts", *ENTRY_SCRIPTS)
             or within(name, ORCHESTRATION | ENGINE | COMMAND_LINE))
     if top == "methods" or module in COMMAND_LINE:
-        return lambda name: name.split(".")[0] in ENTRY_SCRIPTS or within(name, ORCHESTRATION) or (
+        return lambda name: name.split(".")[0] in ("scripts", *ENTRY_SCRIPTS) or within(name, ORCHESTRATION) or (
             module in COMMAND_LINE and name.split(".")[0] == "methods")
     if top in ("datasets", "models", "losses"):
-        return lambda name: (name.split(".")[0] in ("methods", *ENTRY_SCRIPTS)
-                             or any(name == m or name.startswith(m + ".") for m in ORCHESTRATION | ENGINE))
+        return lambda name: (name.split(".")[0] in ("methods", "scripts", *ENTRY_SCRIPTS)
+                             or within(name, ORCHESTRATION | ENGINE | COMMAND_LINE))
     if module in ENGINE:
-        return lambda name: name.split(".")[0] in ("methods", *ENTRY_SCRIPTS) or name in ORCHESTRATION
+        return lambda name: (name.split(".")[0] in ("methods", "scripts", *ENTRY_SCRIPTS)
+                             or within(name, ORCHESTRATION | COMMAND_LINE))
     if top == "scripts":
         return lambda name: name in ENTRY_SCRIPTS
     return lambda name: name.split(".")[0] in ENTRY_SCRIPTS or (top != "scripts" and name.startswith("scripts."))
@@ -87,3 +88,5 @@ def test_the_rule_catches_an_upward_import(tmp_path):
     assert not forbidden("utils.config")("datasets.base") and forbidden("utils.config")("datasets.longtail")
     assert forbidden("methods.bccl")("utils.run") and not forbidden("methods.bccl")("utils.cli")
     assert forbidden("utils.cli")("methods.base") and not forbidden("utils.cli")("utils.engine")
+    assert forbidden("methods.bccl")("scripts.make_table") and forbidden("utils.cli")("scripts.make_table")
+    assert forbidden("datasets.loaders")("utils.cli") and forbidden("utils.engine")("utils.cli")

@@ -80,7 +80,7 @@ def test_gains_compare_only_runs_of_the_same_images_and_epochs(tmp_path):
     results = [make_table.load_result(p) for p in make_table.find_results([str(tmp_path)])]
     table = make_table.build_gains_table(results)
     assert "| ldam_drw | resnet32 | 1 of 1 | +6.00 |" in table
-    assert table.endswith("- bccl (cifar10 r100, resnet32): no gain, no CE row with the same images and epochs")
+    assert table.endswith("- bccl (cifar10 r100, resnet32): no gain, no CE row with the same images, epochs and precision")
     run("ce200_again", "ce", 61.0, 200)  # a second CE run of seed 0: which one to pair is ambiguous
     results = [make_table.load_result(p) for p in make_table.find_results([str(tmp_path)])]
     assert "- ldam_drw (cifar10 r100, resnet32): no gain, the CE row has two runs of one seed" in \
@@ -171,3 +171,17 @@ def test_seeds_trained_in_other_precisions_are_other_rows(tmp_path):
     results = [make_table.load_result(p) for p in make_table.find_results([str(tmp_path)])]
     fp32 = next(line for line in make_table.build_table(results, paper=False).splitlines() if "fp32" in line)
     assert "| 2 | 65.00 ± 1.41 |" in fp32
+
+
+def test_a_gain_is_never_measured_across_precisions(tmp_path):
+    # CE trained in bf16, LDAM-DRW in fp32 (same data, same epochs): no comparable CE row.
+    for name, label, top1, precision in (("ce", "ce", 60.0, "bf16"), ("ldam", "ldam_drw", 65.0, "none")):
+        fake_result(str(tmp_path / name), label, top1, val=top1)
+        record = tmp_path / name / "results.json"
+        record.write_text(json.dumps({**json.loads(record.read_text()), "precision": precision}))
+        with open(tmp_path / name / "config.json", "w") as stream:
+            json.dump({"optim": {"epochs": 200}, "data": {"imb_factor": 0.01}, "run": {"seed": 0}}, stream)
+    results = [make_table.load_result(p) for p in make_table.find_results([str(tmp_path)])]
+    gains = make_table.build_gains_table(results)
+    assert gains.startswith("No gains")
+    assert "ldam_drw (cifar10 r100, resnet32): no gain, no CE row with the same images, epochs and precision" in gains

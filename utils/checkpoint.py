@@ -25,6 +25,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import warnings
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -78,29 +79,30 @@ def _write_failure_cause(error: BaseException, folder: str) -> str:
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait for the block to finish, then act as they would have. Raised inside
-    torch.save they would leave its zip writer half-written, which surfaces as a write error
-    ('unexpected pos ...') instead of the interruption. Outside the main thread (where handlers
-    cannot be set) the block runs as is."""
+    """Ctrl-C and SIGTERM wait for the block to finish, then act as they would have (SIGTERM
+    first when both came). Raised inside torch.save they would leave its zip writer
+    half-written, which surfaces as a write error ('unexpected pos ...') instead of the
+    interruption. Outside the main thread (where handlers cannot be set) the block runs as is."""
     pending: List[int] = []
-    watched = (signal.SIGINT, signal.SIGTERM)
+    previous: Dict[int, Any] = {}
     try:
-        previous = {number: signal.signal(number, lambda number, frame: pending.append(number))
-                    for number in watched}
-    except ValueError:
-        yield
-        return
+        for number in (signal.SIGINT, signal.SIGTERM):
+            previous[number] = signal.signal(number, lambda number, frame: pending.append(number))
+    except ValueError:  # not the main thread
+        pass
     try:
         yield
     finally:
         for number, handler in previous.items():
-            signal.signal(number, handler)
+            if handler is not None:  # None: a handler set outside Python, which cannot be put back
+                signal.signal(number, handler)
         if pending:
-            handler = previous[pending[0]]
+            number = signal.SIGTERM if signal.SIGTERM in pending else pending[0]
+            handler = previous[number]
             if callable(handler):
-                handler(pending[0], None)  # Python's KeyboardInterrupt, or the run's SIGTERM handler
+                handler(number, sys._getframe())  # KeyboardInterrupt, or the run's SIGTERM handler
             elif handler == signal.SIG_DFL:
-                os.kill(os.getpid(), pending[0])  # what the signal would have done: end the process
+                os.kill(os.getpid(), number)  # what the signal would have done: end the process
 
 
 def save_atomic(payload: Dict[str, Any], path: str) -> None:

@@ -41,8 +41,14 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     if amp != "auto":
         return amp
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cuda_bf16_native(device) else "fp16"
     return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "none"
+
+
+def cuda_bf16_native(device: torch.device) -> bool:
+    """bf16 in hardware: compute capability 8.0 (Ampere) and later. torch.cuda.is_bf16_supported()
+    also says yes where bf16 is only emulated (V100, T4), several times slower than fp16."""
+    return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def runs_natively(precision: str, device: torch.device) -> bool:
@@ -51,7 +57,7 @@ def runs_natively(precision: str, device: torch.device) -> bool:
     if precision == "none":
         return True
     if device.type == "cuda":
-        return precision == "fp16" or torch.cuda.is_bf16_supported()
+        return precision == "fp16" or cuda_bf16_native(device)
     return precision == "bf16" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
@@ -251,7 +257,9 @@ def fit(config: TrainConfig, method, data, ctx: DeviceContext, loaders: Dict[str
     trained_in = records.setdefault("precision_epochs", {})
     unrecorded = start_epoch - sum(trained_in.values())  # a checkpoint from before this count
     if unrecorded > 0:
-        trained_in["unrecorded"] = trained_in.get("unrecorded", 0) + unrecorded
+        # An explicit --amp cannot change on resume, so those epochs were in it; auto's are unknown.
+        earlier_name = precision if config.run.amp != "auto" else "unrecorded"
+        trained_in[earlier_name] = trained_in.get(earlier_name, 0) + unrecorded
     earlier = sorted(set(trained_in) - {precision, "unrecorded"})
     if earlier:
         logger.info(f"note: this run trained {', '.join(f'{trained_in[p]} epoch(s) in {p}' for p in earlier)}; "

@@ -86,12 +86,18 @@ def evaluate_selected(run: Run, variants: Sequence[Variant]) -> Dict[str, Any]:
 
 
 def trained_precision(records: Dict[str, Any], current: str) -> Dict[str, Any]:
-    """``precision``: the one the run trained in, or 'mixed'; ``precision_epochs``: epochs per
-    precision ('unrecorded' for epochs of a checkpoint from before the count)."""
+    """``precision``: the one the run trained in; 'mixed' when it changed, 'unknown' when some
+    epochs came from a checkpoint that predates the count ('unrecorded' in ``precision_epochs``,
+    the epochs per precision) and may have been in another."""
     epochs = dict(records.get("precision_epochs") or {current: 0})
     known = set(epochs) - {"unrecorded"}
-    return {"precision": known.pop() if len(known) == 1 else ("mixed" if known else current),
-            "precision_epochs": epochs}
+    if len(known) > 1:
+        precision = "mixed"
+    elif epochs.get("unrecorded"):
+        precision = "unknown"
+    else:
+        precision = known.pop() if known else current
+    return {"precision": precision, "precision_epochs": epochs}
 
 
 def report(run: Run, records: Dict[str, Any], selected: Sequence[Variant] = ()) -> Dict[str, Any]:
