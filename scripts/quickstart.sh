@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# README's first command: what long-tailed training does, in about two minutes on two CPU cores.
+# README's first command: what long-tailed training does, in two to five minutes on two CPU cores.
 # Cross-entropy and balanced softmax train side by side on the bundled sample (real CIFAR-10
 # images, made long-tailed with ratio 100: 500 ... 5 images per class), each choosing its
 # best.pth on a balanced 20-per-class validation split; the table then shows top-1 and the
@@ -33,7 +33,7 @@ for method in ce balanced_softmax; do
     ${EXTRA[@]+"${EXTRA[@]}"} > "$OUT/$method.out" 2>&1 &
   pids+=($!)
 done
-echo "training ce and balanced_softmax on the bundled sample (about 2 minutes; logs in $OUT/*.out)"
+echo "training ce and balanced_softmax on the bundled sample (2 to 5 minutes; logs in $OUT/*.out)"
 failed=0
 for i in 0 1; do
   if ! wait "${pids[$i]}"; then
