@@ -95,19 +95,19 @@ def main(args: argparse.Namespace) -> None:
     # The run's own evaluation settings (the training log's numbers come from them); older
     # checkpoints without them get the defaults of their time.
     run = payload.get("config", {}).get("run", {})
-    # The precision the checkpoint's epoch trained and was scored in, where this device runs it
-    # natively; emulated (bf16 on a CPU without it) it would take many times longer, so then
-    # --amp auto, named in the printout.
-    recorded = payload.get("records", {}).get("precision")
+    # The precision the checkpoint's epoch trained and was scored in. Where the run's --amp auto
+    # chose one this device only emulates (bf16 on a CPU without it: many times slower), --amp
+    # auto here instead, named in the printout.
+    recorded, asked = payload.get("records", {}).get("precision"), run.get("amp", "auto")
     if args.amp:
         amp, why = args.amp, "--amp"
-    elif recorded and runs_natively(recorded, ctx.device):
-        amp, why = recorded, "the run's"
-    elif recorded:
-        amp, why = "auto", (f"the run trained in {recorded}, which this device emulates: --amp {recorded} "
-                            "evaluates in it, slowly")
+    elif asked != "auto" or not recorded:  # a precision the run asked for by name is reproduced
+        amp, why = asked, f"the run's --amp {asked}"
+    elif runs_natively(recorded, ctx.device):
+        amp, why = recorded, "what the run's --amp auto trained in"
     else:
-        amp, why = run.get("amp", "auto"), "the run's --amp"
+        amp, why = "auto", (f"the run's --amp auto trained in {recorded}, which this device emulates: "
+                            f"--amp {recorded} evaluates in it, slowly")
     channels_last = bool(run.get("channels_last", False))
     method.to(ctx.device)
     if channels_last:

@@ -201,10 +201,10 @@ def test_test_script_scores_in_the_precision_the_run_trained_in(cifar10_root, tm
     torch.save(checkpoint, path)
     monkeypatch.setattr(engine, "runs_natively", lambda precision, device: True)
     code, out, _ = run_entry(test_script, "test.py", ["--path", run, "--workers", "0"], capsys)
-    assert code == 0 and "precision: bf16 (the run's)" in out
+    assert code == 0 and "precision: bf16 (what the run's --amp auto trained in)" in out
     monkeypatch.setattr(engine, "runs_natively", lambda precision, device: precision == "none")
     code, out, _ = run_entry(test_script, "test.py", ["--path", run, "--workers", "0"], capsys)
-    assert code == 0 and "(the run trained in bf16, which this device emulates: --amp bf16 evaluates in it" in out
+    assert code == 0 and "(the run's --amp auto trained in bf16, which this device emulates: --amp bf16 evaluates" in out
     code, out, _ = run_entry(test_script, "test.py", ["--path", run, "--workers", "0", "--amp", "none"], capsys)
     assert code == 0 and "precision: none (--amp)" in out
 
