@@ -363,6 +363,23 @@ def read_steps(out_dir: str) -> List[Dict]:
     return [{"step": name, "status": int(rc), "seconds": int(seconds)} for name, rc, seconds in rows]
 
 
+def parity_summary(out_dir: str) -> Dict[str, Dict]:
+    """The eager and compiled parity runs' last top-1 and training time, where they finished."""
+    found = {}
+    for name in ("eager", "compiled"):
+        folder = os.path.join(out_dir, f"parity_{name}")
+        if not os.path.isfile(os.path.join(folder, "results.json")):
+            continue
+        with open(os.path.join(folder, "results.json"), encoding="utf-8") as stream:
+            results = json.load(stream)
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as stream:
+            run = json.load(stream).get("run", {})
+        found[name] = {"top1_last": results["last"]["top1"], "epochs": results["last"].get("epoch"),
+                       "train_time_s": results.get("train_time_s") or 0.0,
+                       "compile_mode": run.get("compile_mode") if run.get("compile") else None}
+    return found
+
+
 def summary(args: argparse.Namespace) -> None:
     out = args.out_dir
     steps = read_steps(out)
@@ -393,6 +410,13 @@ def summary(args: argparse.Namespace) -> None:
                                f"({p['speedup']:.2f}x)" for phase, p in numbers["phases"].items())
             lines.append(f"  {method}: {phases}; 200 epochs {numbers['run_200_epochs_s']['fast'] / 60:.1f} min "
                          f"(papers {numbers['run_200_epochs_s']['papers'] / 60:.1f}), speedup {numbers['speedup']:.2f}")
+    parity = parity_summary(out)
+    if parity:
+        result["compile_parity"] = parity
+        lines.append("compile parity (CE, seed 0, same epochs): " + "; ".join(
+            f"{name} top-1 {p['top1_last']:.2f}, {p['train_time_s']:.0f} s" + (f" ({p['compile_mode']})" if
+                                                                             p.get("compile_mode") else "")
+            for name, p in parity.items()) + "  [parity_*/]")
     run = os.path.join(out, "ce_run")
     results_path = os.path.join(run, "results.json")
     if os.path.isfile(results_path):

@@ -17,7 +17,9 @@
 # step finished and no test failed.
 # Knobs: BUDGET_S (whole check, default 470), TESTS_TIMEOUT_S (180), BENCH_SECONDS (per pipeline
 # and phase, 6), PYTHON (default: python3, else python), COMPILE_MODE (e.g. reduce-overhead: also
-# times CE's fast path compiled in that mode, bench_compiled.json; costs the compilation time).
+# times CE's fast path compiled in that mode, bench_compiled.json, and trains CE 30 epochs eager
+# and compiled in that mode from the same seed, parity_eager/ and parity_compiled/; costs the
+# compilation time).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -83,6 +85,21 @@ step bench 200 "$PY" scripts/bench_throughput.py --device "$DEVICE" --method ce 
 if [[ -n "${COMPILE_MODE:-}" ]]; then
   step bench_compiled 240 "$PY" scripts/bench_throughput.py --device "$DEVICE" --method ce "${BENCH[@]}" \
     --compile_mode "$COMPILE_MODE" --json "$OUT/bench_compiled.json" || status=1
+fi
+
+# With COMPILE_MODE: the compiled training path (e.g. CUDA graphs) against the eager one, same
+# seed, 30 epochs of the CE recipe: its accuracy must match before it becomes the default.
+if [[ -n "${COMPILE_MODE:-}" ]]; then
+  PARITY_EPOCHS=$([[ $SMOKE == 1 ]] && echo 1 || echo 30)
+  for variant in eager compiled; do
+    mode=()
+    [[ $variant == compiled ]] && mode=(--compile_mode "$COMPILE_MODE")
+    [[ -e "$OUT/parity_$variant" ]] && mode+=(--overwrite)
+    step "parity_$variant" 240 "$PY" main.py --method ce "${DATA[@]}" --imb_factor 0.01 --imb_type exp \
+      --lt_selection shuffle --lt_seed 0 --arch resnet32 --epochs "$PARITY_EPOCHS" --val_per_class 20 \
+      --select_on val --seed 0 "${CE_LIMIT[@]}" ${mode[@]+"${mode[@]}"} --progress False \
+      --out_dir "$OUT/parity_$variant" || status=1
+  done
 fi
 
 # The fair-comparison recipe (scripts/fair_comparison_cifar.sh), CE row, seed 0.

@@ -134,7 +134,8 @@ def check_result(result: Any) -> None:
 # pseudo-label paths name each seed's own stage-1 run; the label already says _ssp / _semi.
 NOT_RECIPE = {"git_commit", "script", "eval_posthoc_tau", "eval_tau_norm", "pretrained_model", "unlabeled",
               "run.seed", "run.out_dir", "run.root_log", "run.resume", "run.gpu", "run.workers", "run.progress",
-              "run.log_interval", "run.eval_interval", "run.test_interval", "run.compile", "run.overwrite",
+              "run.log_interval", "run.eval_interval", "run.test_interval", "run.compile", "run.compile_mode",
+              "run.overwrite",
               "run.deterministic", "run.tta_flip", "run.tb_save",
               # --amp as typed: what it became (the precision, below) is what shapes training.
               "run.amp",

@@ -27,3 +27,21 @@ def test_copied_wheels_cover_every_package_and_a_missing_one_is_named(tmp_path):
     (source / "execnet-1.0-py3-none-any.whl").unlink()
     with pytest.raises(device_bundle.BundleError, match="lacks wheels for execnet"):
         device_bundle.download_wheels(str(tmp_path / "other"), str(source))
+
+
+def test_the_summary_sets_the_compiled_run_beside_the_eager_one(tmp_path, capsys):
+    import json
+
+    for name, top1, seconds, run in (("eager", 61.5, 40.0, {"compile": False, "compile_mode": "default"}),
+                                     ("compiled", 61.25, 12.0, {"compile": True, "compile_mode": "reduce-overhead"})):
+        folder = tmp_path / f"parity_{name}"
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps({"last": {"top1": top1, "epoch": 30}, "train_time_s": seconds}))
+        (folder / "config.json").write_text(json.dumps({"run": run}))
+    parity = device_bundle.parity_summary(str(tmp_path))
+    assert parity["compiled"] == {"top1_last": 61.25, "epochs": 30, "train_time_s": 12.0,
+                                  "compile_mode": "reduce-overhead"}
+    assert parity["eager"]["compile_mode"] is None
+    assert device_bundle.main(["summary", str(tmp_path)]) == 0
+    assert ("compile parity (CE, seed 0, same epochs): eager top-1 61.50, 40 s; compiled top-1 61.25, 12 s "
+            "(reduce-overhead)") in capsys.readouterr().out

@@ -445,6 +445,33 @@ def test_compile_with_data_parallel_is_refused(cifar10_root, tmp_path, monkeypat
     assert not os.path.exists(tmp_path / "run")
 
 
+@pytest.mark.parametrize("flags,mode", [(("--compile",), "default"),
+                                        (("--compile_mode", "reduce-overhead"), "reduce-overhead"),
+                                        (("--compile", "--compile_mode", "max-autotune"), "max-autotune")])
+def test_compile_mode_reaches_torch_compile(cifar10_root, tmp_path, monkeypatch, flags, mode):
+    # --compile_mode implies --compile; the mode is handed to torch.compile for the training
+    # network only (evaluation stays eager), and a run continued with another mode is the same run.
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda net, **kwargs: compiled.append(kwargs) or net)
+    run = str(tmp_path / "run")
+    config = config_for(cifar10_root.root, run, "--epochs", "1", "--limit_batches", "1", *flags)
+    assert config.run.compile and config.run.compile_mode == mode
+    run_training(config, "ce")
+    assert compiled == [{"mode": mode}]
+    other = "default" if mode != "default" else "reduce-overhead"
+    resumed = run_training(config_for(cifar10_root.root, run, "--epochs", "2", "--limit_batches", "1",
+                                      "--compile_mode", other, "--resume", "auto"), "ce")
+    assert resumed["last"]["epoch"] == 2 and compiled[-1] == {"mode": other}
+
+
+def test_compile_mode_is_checked():
+    with pytest.raises(SystemExit):
+        main_script.get_args_parser().parse_args(["--compile_mode", "fast"])
+    from utils.config import ConfigError
+    with pytest.raises(ConfigError, match="--compile_mode must be one of default, reduce-overhead, max-autotune"):
+        RunConfig(compile_mode="fast")
+
+
 # ---- DDP: an interrupted and resumed run equals the uninterrupted one, for every method ----------
 # Small settings so each method runs its own machinery (BCCL's k-means after epoch 1, LCSL's teacher
 # labels from epoch 2, MoCo's queue) within two epochs on 8 px images.

@@ -217,6 +217,8 @@ AMP_CHOICES = ("auto", "none", "bf16", "fp16")
 # --aug_backend: batched tensor augmentation on the device, the per-image PIL pipeline, or tensor
 # for in-memory data and PIL for image files.
 AUG_BACKENDS = ("auto", "tensor", "pil")
+# --compile_mode: torch.compile's modes; reduce-overhead also captures CUDA graphs (GPUs only).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 # --select_on: the split whose improvement chooses best.pth (and LCSL's teacher).
 SELECTION_SPLITS = ("val", "test")
 
@@ -234,6 +236,7 @@ class RunConfig:
     amp: str = "auto"  # 'none', 'bf16', 'fp16' autocast, or 'auto' (resolved per device: engine.resolve_amp)
     channels_last: bool = True  # NHWC memory format for convolutions
     compile: bool = False  # torch.compile the network
+    compile_mode: str = "default"  # torch.compile's mode (COMPILE_MODES) when compile is on
     workers: int = 4  # DataLoader worker processes for the PIL pipeline
     aug_backend: str = "auto"  # 'tensor' (batched, on the device), 'pil', or 'auto' (tensor for in-memory data)
     limit_batches: Optional[int] = None  # cap batches per epoch (smoke runs)
@@ -258,6 +261,8 @@ class RunConfig:
         check_limits(self)
         if self.amp not in AMP_CHOICES:
             raise ConfigError(f"--amp must be one of {', '.join(AMP_CHOICES)}, got '{self.amp}'")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"--compile_mode must be one of {', '.join(COMPILE_MODES)}, got '{self.compile_mode}'")
         if self.aug_backend not in AUG_BACKENDS:
             raise ConfigError(f"--aug_backend must be one of {', '.join(AUG_BACKENDS)}, got '{self.aug_backend}'")
         if self.overwrite and self.resume:

@@ -246,8 +246,8 @@ def place_on_device(method: Method, config: TrainConfig, ctx: DeviceContext) -> 
         method.to(memory_format=torch.channels_last)
     # Compiling the DDP wrapper (not the bare network) lets the compiler see DDP's gradient
     # buckets and overlap their all-reduces with the backward pass.
-    method.wrap(lambda net: torch.compile(dist.wrap_network(net, ctx)) if config.run.compile
-                else dist.wrap_network(net, ctx),
+    method.wrap(lambda net: torch.compile(dist.wrap_network(net, ctx), mode=config.run.compile_mode)
+                if config.run.compile else dist.wrap_network(net, ctx),
                 lambda net: dist.wrap_forward_only(net, ctx))
 
 

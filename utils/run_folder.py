@@ -142,7 +142,7 @@ def default_run_name(config: TrainConfig, label: str) -> str:
 # number of epochs (to extend a run). Everything else must equal the checkpoint's config.
 RESUMABLE_CHANGES = {
     "run": {"resume", "gpu", "workers", "progress", "out_dir", "root_log", "log_interval", "eval_interval",
-            "test_interval", "limit_batches", "compile", "tta_flip", "overwrite"},
+            "test_interval", "limit_batches", "compile", "compile_mode", "tta_flip", "overwrite"},
     "data": {"data_root", "split_dir", "train_list", "val_list", "test_list", "download"},
     "optim": {"epochs"},
     "": {"eval_posthoc_tau", "eval_tau_norm", "script"},
