@@ -313,7 +313,6 @@ class LCSLCommandLine:
     def add_arguments(self, parser) -> None:
         from datasets import DATASETS
         from utils import cli
-        from utils.cli import limit
         from utils.config import POSITIVE_INT, TrainConfig
 
         parser.add_argument("--dataset", default="cifar100", type=dataset_name, choices=DATASETS.names(),
@@ -332,7 +331,7 @@ class LCSLCommandLine:
         group.add_argument("--start_epoch", type=POSITIVE_INT, default=1,
                            help="> 1 continues the run's last.pth (--out_dir, or the newest matching run "
                                 "under --root_log); it must be the epoch after the last finished one")
-        group.add_argument("--tau_norm", type=limit(TrainConfig, "eval_tau_norm"), default=1.9,
+        group.add_argument("--tau_norm", type=cli.limit(TrainConfig, "eval_tau_norm"), default=1.9,
                            help="tau of the tau-normalised classifier in the final report (default: 1.9)")
         group.add_argument("--image_size", type=POSITIVE_INT, default=None,
                            help="accepted for the paper's commands and unused, as there: the dataset sets the size")

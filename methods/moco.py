@@ -131,9 +131,9 @@ class MoCo(Method):
     def momentum_update(self) -> None:
         """key <- m * key + (1 - m) * query, for every query parameter (Eq. 2 of He et al.)."""
         keys = dict(self.key_encoder.named_buffers())
+        momentum = self.options.momentum
         for prefix, module in (("backbone.", self.model.backbone), ("projector.", self.projector)):
             for name, param in module.named_parameters():
-                momentum = self.options.momentum
                 keys[prefix + name].mul_(momentum).add_(param.detach(), alpha=1.0 - momentum)
 
     @torch.no_grad()

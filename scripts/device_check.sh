@@ -62,6 +62,10 @@ else
   BENCH=(--seconds "$BENCH_SECONDS" --rounds 2)
   CE_LIMIT=()
 fi
+# The fair-comparison recipe's CE row, seed 0 (scripts/fair_comparison_cifar.sh); the runs below
+# add their epochs and (smoke) limits.
+CE_RECIPE=(--method ce "${DATA[@]}" --imb_factor 0.01 --imb_type exp --lt_selection shuffle --lt_seed 0
+           --arch resnet32 --val_per_class 20 --select_on val --seed 0 --progress False)
 export PYTHONPATH="$PWD/$CACHE/site${PYTHONPATH:+:$PYTHONPATH}"
 
 step install 120 "$PY" scripts/device_bundle.py install --bundle "$BUNDLE" --target "$CACHE/site" || ready=0
@@ -95,20 +99,16 @@ if [[ -n "${COMPILE_MODE:-}" ]]; then
     mode=()
     [[ $variant == compiled ]] && mode=(--compile_mode "$COMPILE_MODE")
     [[ -e "$OUT/parity_$variant" ]] && mode+=(--overwrite)
-    step "parity_$variant" 240 "$PY" main.py --method ce "${DATA[@]}" --imb_factor 0.01 --imb_type exp \
-      --lt_selection shuffle --lt_seed 0 --arch resnet32 --epochs "$PARITY_EPOCHS" --val_per_class 20 \
-      --select_on val --seed 0 "${CE_LIMIT[@]}" ${mode[@]+"${mode[@]}"} --progress False \
-      --out_dir "$OUT/parity_$variant" || status=1
+    step "parity_$variant" 240 "$PY" main.py "${CE_RECIPE[@]}" --epochs "$PARITY_EPOCHS" "${CE_LIMIT[@]}" \
+      ${mode[@]+"${mode[@]}"} --out_dir "$OUT/parity_$variant" || status=1
   done
 fi
 
-# The fair-comparison recipe (scripts/fair_comparison_cifar.sh), CE row, seed 0.
+# The full 200-epoch CE run: the GPU's pace on the real recipe.
 overwrite=()
 [[ -e "$OUT/ce_run" ]] && overwrite=(--overwrite)
-step ce_run "$(( $(left) > 30 ? $(left) : 30 ))" "$PY" main.py --method ce "${DATA[@]}" \
-  --imb_factor 0.01 --imb_type exp --lt_selection shuffle --lt_seed 0 --arch resnet32 --epochs 200 \
-  --val_per_class 20 --select_on val --test_interval 10 --seed 0 "${CE_LIMIT[@]}" \
-  --progress False --out_dir "$OUT/ce_run" "${overwrite[@]}" || status=1
+step ce_run "$(( $(left) > 30 ? $(left) : 30 ))" "$PY" main.py "${CE_RECIPE[@]}" --epochs 200 --test_interval 10 \
+  "${CE_LIMIT[@]}" --out_dir "$OUT/ce_run" "${overwrite[@]}" || status=1
 
 echo
 "$PY" scripts/device_bundle.py summary "$OUT" --mode "$([[ $SMOKE == 1 ]] && echo smoke || echo full)" \

@@ -159,6 +159,10 @@ def recipe_of(config: Dict[str, Any]) -> Tuple[Tuple[str, str], ...]:
     return tuple(sorted((k, v) for k, v in _flatten(config).items() if k not in NOT_RECIPE))
 
 
+# --amp's names for the precisions as tables print them.
+PRECISION_NAMES = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}
+
+
 def load_result(path: str, by: Sequence[str] = ()) -> Dict[str, Any]:
     """results.json, plus the ``--by`` config fields and the recipe read from the config.json
     beside it; a ResultError says what is wrong with a file that cannot be used."""
@@ -182,9 +186,6 @@ def load_result(path: str, by: Sequence[str] = ()) -> Dict[str, Any]:
         precision = PRECISION_NAMES.get(result["precision"], result["precision"])
         result["recipe"] = tuple(sorted(recipe_of(config) + (("precision", json.dumps(precision or "unrecorded")),)))
     return result
-
-
-PRECISION_NAMES = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}
 
 
 def logged_precision(folder: str) -> Optional[str]:

@@ -40,9 +40,9 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     emulated bf16 is several times slower than fp32."""
     if amp != "auto":
         return amp
-    if device.type == "cuda":
-        return "bf16" if cuda_bf16_native(device) else "fp16"
-    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "none"
+    if runs_natively("bf16", device):
+        return "bf16"
+    return "fp16" if device.type == "cuda" else "none"
 
 
 def cuda_bf16_native(device: torch.device) -> bool:

@@ -116,8 +116,8 @@ def report(run: Run, records: Dict[str, Any], selected: Sequence[Variant] = ()) 
         "hardware": dist.describe_hardware(run.ctx),
         # What --amp auto became: a CPU without native bf16 trains in fp32, so the same command
         # is a different recipe on another machine ('mixed' when a continuation changed it).
-        **trained_precision(records, resolve_amp(config.run.amp, run.ctx.device)), "wall_time_s": time.time() - run.started,
-        "train_time_s": records.get("elapsed_s")})
+        **trained_precision(records, resolve_amp(config.run.amp, run.ctx.device)),
+        "wall_time_s": time.time() - run.started, "train_time_s": records.get("elapsed_s")})
     run.logger.write_json("results.json", results)
     run.logger.info(f"results written to {os.path.join(run.run_dir, 'results.json')}")
     return results
