@@ -87,9 +87,23 @@ def read_pickles(folder: str):
     """Labels and uint8 images (N x 32 x 32 x 3) of the standard pickles, and the class names."""
     import numpy as np
 
+    sys.path.insert(0, ROOT)
+    from datasets.cifar_lt import UnsafePickleError, read_array_pickle
+
     def load(name: str) -> dict:
-        with open(os.path.join(folder, name), "rb") as stream:
-            return pickle.load(stream, encoding="latin1")
+        path = os.path.join(folder, name)
+        try:  # arrays and plain data only: a pickle that names anything else is refused, not run
+            entry = read_array_pickle(path, encoding="latin1")
+        except OSError:
+            raise
+        except UnsafePickleError as error:
+            raise BundleError(f"--source: {path} names '{error}', which no CIFAR pickle holds "
+                              "(unpickling it could run code); use the official files") from None
+        except Exception as error:  # damaged bytes surface as many exception types
+            raise BundleError(f"--source: {path} is damaged ({type(error).__name__})") from None
+        if not isinstance(entry, dict):
+            raise BundleError(f"--source: {path} holds a {type(entry).__name__}, not a CIFAR batch")
+        return entry
 
     def images(entries: Sequence[dict]):
         rows = np.concatenate([np.asarray(e["data"], dtype=np.uint8) for e in entries])

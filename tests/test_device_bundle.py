@@ -45,3 +45,25 @@ def test_the_summary_sets_the_compiled_run_beside_the_eager_one(tmp_path, capsys
     assert device_bundle.main(["summary", str(tmp_path)]) == 0
     assert ("compile parity (CE, seed 0, same epochs): eager top-1 61.50, 40 s; compiled top-1 61.25, 12 s "
             "(reduce-overhead)") in capsys.readouterr().out
+
+
+def test_pickles_are_read_as_arrays_and_one_that_names_code_is_refused(tmp_path):
+    import pickle
+
+    from conftest import write_cifar
+
+    cifar = write_cifar(str(tmp_path), num_classes=10, train_per_class=3, test_per_class=2)
+    folder = str(tmp_path / "cifar-10-batches-py")
+    train_labels, train_images, test_labels, test_images, names = device_bundle.read_pickles(folder)
+    assert train_images.shape == (30, 32, 32, 3) and test_images.shape == (20, 32, 32, 3)
+    assert train_labels == list(cifar.train_labels) and names[0] == "class_00"
+
+    class RunsCode:  # what a hostile pickle does: call a function while it is read
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "ran"),))
+
+    with open(os.path.join(folder, "test_batch"), "wb") as handle:
+        pickle.dump({"data": RunsCode(), "labels": [0]}, handle)
+    with pytest.raises(device_bundle.BundleError, match="test_batch names '(posix|nt).system'"):
+        device_bundle.read_pickles(folder)
+    assert not (tmp_path / "ran").exists()
