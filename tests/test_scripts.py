@@ -7,6 +7,7 @@ flag or a contradictory combination in a script fails here rather than hours int
 import glob
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -145,8 +146,9 @@ def test_device_check_smoke_mode(tmp_path):
 @pytest.mark.slow
 def test_device_evidence_smoke_mode(tmp_path):
     """scripts/device_evidence.sh --smoke: the pinned commit's evidence queue in two lanes on the
-    CPU (one step per epoch on the bundled sample), skipping a run already finished, and the run
-    folders packed with the pin's commit."""
+    CPU (one step per epoch on the bundled sample), taking jobs in JOBS' order (not the queue's,
+    where ce_s0 comes before ldam_drw_s1), skipping a run already finished, and the run folders
+    packed with the pin's commit."""
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     if head.returncode != 0:
         pytest.skip("not a git checkout: nothing to pin")
@@ -159,7 +161,7 @@ def test_device_evidence_smoke_mode(tmp_path):
     (done / "config.json").write_text("{}")
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": sys.executable, "PINNED": str(pinned), "CACHE": str(tmp_path / "cache"),
-           "DONE": str(tmp_path / "done")}
+           "DONE": str(tmp_path / "done"), "JOBS": "ldam_drw_s1 ce_s0 ldam_drw_s0"}
     result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "device_evidence.sh"), "--smoke", str(out)],
                             cwd=str(tmp_path), capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
@@ -167,9 +169,11 @@ def test_device_evidence_smoke_mode(tmp_path):
     with tarfile.open(out / "runs_records.tar") as archive:
         names = archive.getnames()
         record = json.load(archive.extractfile("ce_cifar10_seed0/results.json"))
-    assert {name.split("/")[0] for name in names} == {"ce_cifar10_seed0"}
+    assert {name.split("/")[0] for name in names} == {"ce_cifar10_seed0", "ldam_drw_cifar10_seed1"}
     assert record["git_commit"] == head.stdout.strip()[:7] and record["last"]["epoch"] == 2
-    assert "packed 1 finished runs (ce_cifar10_seed0)" in (out / "summary.txt").read_text()
+    started = re.findall(r"lane \d+: (\S+)$", (out / "lanes.log").read_text(), flags=re.M)
+    assert started == ["ldam_drw_s1", "ce_s0"]
+    assert "packed 2 finished runs (ce_cifar10_seed0, ldam_drw_cifar10_seed1)" in (out / "summary.txt").read_text()
 
 
 def test_device_check_needs_an_output_folder():
