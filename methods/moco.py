@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from methods.base import METHOD_CLIS, METHODS, Method, MethodChoice, MethodCommandLine
 from methods.options import MethodOptions, option
 from utils import dist
-from utils.config import BELOW_ONE, POSITIVE, POSITIVE_INT, Recipe
+from utils.config import BELOW_ONE, POSITIVE, POSITIVE_INT, ConfigError, Recipe
 
 
 def projection_head(in_dim: int, out_dim: int, mlp: bool) -> nn.Module:
@@ -227,8 +227,13 @@ class MoCoCommandLine(MethodCommandLine):
     def choose(self, args) -> MethodChoice:
         self.refuse_cosine_head(args, "trains a linear probe head (give --use_norm / --head_scale to the "
                                       "stage-2 run that loads this backbone)")
+        options = MoCoOptions.from_args(args)
+        batch = args.batch_size if args.batch_size is not None else self.recipe.batch_size
+        if batch > options.queue_size:  # each step enqueues the whole global batch of keys
+            raise ConfigError(f"--moco_k {options.queue_size}: the queue must hold a global batch of keys "
+                              f"(-b {batch}): raise --moco_k to {batch} or more, or lower -b")
         # Full batches keep the shuffle-BN groups equal and the DDP gathers the same size on every rank.
-        return MethodChoice("moco", MoCoOptions.from_args(args), "moco", self.recipe, drop_last=True)
+        return MethodChoice("moco", options, "moco", self.recipe, drop_last=True)
 
 
 METHOD_CLIS.register("moco")(MoCoCommandLine())

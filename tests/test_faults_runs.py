@@ -316,17 +316,56 @@ def test_divergence_keeps_the_previous_checkpoints_and_logs_why(cifar10_root, tm
     assert not glob.glob(os.path.join(run, ".tmp-*")) and not os.path.exists(os.path.join(run, "results.json"))
 
 
-def test_a_run_that_diverged_in_its_first_epoch_restarts_under_resume_auto(cifar10_root, tmp_path, monkeypatch):
+def test_a_run_that_fails_in_its_first_epoch_leaves_no_folder_for_the_corrected_command(cifar10_root, tmp_path,
+                                                                                          monkeypatch):
     run = str(tmp_path / "run")
     poison_after_epoch(monkeypatch, bad_epoch=1)
     with pytest.raises(DivergedError, match="no checkpoint was written"):
         train(cifar10_root.root, "--out_dir", run)
+    assert not os.path.exists(run)  # the folder was this command's: nothing of it is left
+    monkeypatch.undo()
+    assert train(cifar10_root.root, "--out_dir", run)["last"]["epoch"] == 1  # no --overwrite needed
+
+
+def test_a_failed_first_epoch_in_a_folder_made_beforehand_removes_only_the_run_files(cifar10_root, tmp_path,
+                                                                                     monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    poison_after_epoch(monkeypatch, bad_epoch=1)
+    with pytest.raises(DivergedError):
+        train(cifar10_root.root, "--out_dir", str(run))
+    assert sorted(os.listdir(run)) == [LOCK_FILE, "notes.txt"] and (run / "notes.txt").read_text() == "mine"
+
+
+def test_an_interrupted_first_epoch_keeps_its_folder_for_resume_auto(cifar10_root, tmp_path, monkeypatch):
+    """Ctrl-C is no failure: the run is kept, and --resume auto starts it again."""
+    run = str(tmp_path / "run")
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ERM, "epoch_statistics", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(cifar10_root.root, "--out_dir", run)
     assert sorted(os.listdir(run)) == [LOCK_FILE, "config.json", "log.txt", "tb"]
     monkeypatch.undo()
-    with pytest.raises(ConfigError, match="already holds a run"):  # a plain start never reuses it
-        train(cifar10_root.root, "--out_dir", run)
     assert train(cifar10_root.root, "--out_dir", run, "--resume", "auto")["last"]["epoch"] == 1
     assert "stopped before its first checkpoint: starting it again from epoch 1" in log_of(run)
+
+
+@pytest.mark.parametrize("extra, flag", [
+    (("--aug", "standard", "standard"), "--aug gave 2 recipes (standard standard) but the method trains on 1 view"),
+    (("--randaug_n", "2"), "--randaug_n does not apply to the training recipe (--aug standard, which takes "
+                           "--color_jitter)"),
+    (("--method", "moco", "--moco_k", "8"), "--moco_k 8: the queue must hold a global batch of keys (-b 16)"),
+], ids=["views", "recipe-option", "moco-queue"])
+def test_flags_the_training_transform_or_method_cannot_use_are_refused_before_any_folder(
+        cifar10_root, tmp_path, capsys, extra, flag):
+    run = str(tmp_path / "run")
+    code, err = guarded(capsys, cifar10_root.root, "--out_dir", run, *extra)
+    assert code == 2 and err.strip().count("\n") == 0 and flag in err, err
+    assert not os.path.exists(run)
 
 
 @pytest.mark.parametrize("extra", [("--limit_batches", "3"), ("--limit_batches", "10")],
@@ -337,4 +376,4 @@ def test_lr_1e6_stops_in_one_line_without_a_non_finite_checkpoint(cifar10_root, 
     code, err = guarded(capsys, cifar10_root.root, "--out_dir", run, "--lr", "1e6", "--warmup_epochs", "0", *extra)
     assert code == 2 and err.strip().count("\n") == 0 and "--lr" in err and "Traceback" not in err
     assert not os.path.exists(os.path.join(run, "last.pth")) and not os.path.exists(os.path.join(run, "best.pth"))
-    assert "training stopped: " + err.split("error: ", 1)[1].strip() in log_of(run)
+    assert not os.path.exists(run)  # nothing was trained: the corrected command gets the folder

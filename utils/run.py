@@ -3,7 +3,8 @@
 The build order reads top to bottom: devices, seed, data (with the pseudo-labelled extra set),
 checks that need the data, the run folder's plan, the method and its model, a resumed or
 pre-trained state, the claimed run folder and its log, the device placement and wrappers, the
-loaders. Every refusal before the folder is claimed leaves no folder behind.
+loaders. Every refusal before the folder is claimed leaves no folder behind, and a run that fails
+before its first checkpoint removes what it wrote (``abandon_unstarted_run``).
 
 A run is then trained (``utils.training.train``) and reported (``utils.report.report``); both
 happen inside ``with run:``, which closes the log and releases the folder's lock however they end.
@@ -22,8 +23,8 @@ import numpy as np
 import torch
 
 from datasets import LongTailData, build_dataset, dataset_entry
-from datasets.augment import build_views
-from datasets.augment.tensor import build_tensor_views
+from datasets.augment import build_views, recipe_options
+from datasets.augment.tensor import build_tensor_views, tensor_recipe_options
 from datasets.device_loader import DeviceLoader
 from datasets.loaders import (absolute_data_options, build_eval_loaders, build_train_loader,
                               check_evaluation_images)
@@ -38,7 +39,8 @@ from utils.dist import DeviceContext
 from utils.engine import DeviceInputs, NonFiniteLossError, resolve_amp
 from utils.logger import RunLogger
 from utils.metrics import SELECTION_METRICS
-from utils.run_folder import RunFolderLock, RunPlan, claim_run_folder, config_differences, plan_run_folder
+from utils.run_folder import (RunFolderLock, RunPlan, abandon_unstarted_run, claim_run_folder, config_differences,
+                              plan_run_folder)
 
 
 @dataclass
@@ -68,10 +70,10 @@ class Run:
         elif isinstance(error, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (utils.cli.Terminated)
             self.logger.info(f"training interrupted ({str(error) or 'Ctrl-C'}): last.pth holds the last finished epoch; "
                              "continue with --resume auto", echo=False)
-        self.close()
+        self.close(error)
 
-    def close(self) -> None:
-        _close(self.logger, self.lock)
+    def close(self, error: Optional[BaseException] = None) -> None:
+        _close(self.logger, self.lock, error)
 
     def describe_dataset(self) -> Dict[str, Any]:
         """What a checkpoint needs to rebuild the evaluation data and the shot groups
@@ -146,6 +148,7 @@ def build_run(config: TrainConfig, label: str):
         check_resume_matches(config, resume)
     if plan.run_dir:
         check_not_own_input(config, plan.run_dir)
+    training_recipes(config, data, method.num_views)  # refused here, not after the folder is claimed
     pretrained_notes: List[str] = []
     if resume is None and config.pretrained_model is not None:
         from utils.pretrained import load_pretrained
@@ -166,8 +169,8 @@ def build_run(config: TrainConfig, label: str):
             method.load_state_dict(resume["state_dict"], strict=True)
         place_on_device(method, config, ctx)
         loaders = build_loaders(config, data, ctx, method.num_views)
-    except BaseException:
-        _close(logger, lock)
+    except BaseException as error:
+        _close(logger, lock, error)
         raise
     inputs = DeviceInputs(data.mean, data.std, ctx.device, config.run.channels_last)
     return Run(config=config, label=label, ctx=ctx, data=data, labeled_counts=labeled_counts, method=method,
@@ -299,22 +302,13 @@ def build_loaders(config: TrainConfig, data: LongTailData, ctx: DeviceContext, n
         raise ConfigError(f"-b/--batch_size {config.batch_size} must be divisible by the "
                           f"{ctx.world_size} DDP processes")
     per_rank = config.batch_size // ctx.world_size
-    recipes = config.train_aug if len(config.train_aug) == num_views else config.train_aug * num_views
-    if len(recipes) != num_views:
-        raise ConfigError(f"method '{config.method}' needs {num_views} views but --aug gave "
-                          f"{len(config.train_aug)} recipes")
+    backend, recipes = training_recipes(config, data, num_views)
     sampler = None
     if config.sampler:
         sampler = build_sampler(config.sampler, data.train.targets, data.num_classes, seed=config.run.seed,
                                 rank=ctx.rank, world_size=ctx.world_size, **config.sampler_options)
     pin = ctx.device.type == "cuda"
-    backend = config.run.aug_backend
-    if backend == "auto":
-        backend = "tensor" if data.train.in_memory else "pil"
     if backend == "tensor":
-        if not data.train.in_memory:
-            raise ConfigError(f"--aug_backend tensor needs in-memory (CIFAR-style) data; '{config.dataset}' "
-                              "reads image files: use --aug_backend pil")
         transform = build_tensor_views(list(recipes), data.style, data.image_size, **config.aug_options)
         train = DeviceLoader(data.train, transform, per_rank, sampler=sampler, device=ctx.device,
                              seed=config.run.seed, rank=ctx.rank, world_size=ctx.world_size,
@@ -327,6 +321,32 @@ def build_loaders(config: TrainConfig, data: LongTailData, ctx: DeviceContext, n
     # test.py builds its loader with the same function, so it scores a checkpoint as the log did.
     return {"train": train, **build_eval_loaders(data, per_rank, workers=config.run.workers, rank=ctx.rank,
                                                  world_size=ctx.world_size, pin_memory=pin)}
+
+
+def training_recipes(config: TrainConfig, data: LongTailData, num_views: int) -> Tuple[str, Tuple[str, ...]]:
+    """The augmentation backend ('tensor' or 'pil') and the recipe of each view; refuses, before
+    any folder exists, what building the training transform would fail on."""
+    recipes = config.train_aug if len(config.train_aug) == num_views else config.train_aug * num_views
+    if len(recipes) != num_views:
+        give = "one recipe" if num_views == 1 else f"one recipe (for every view) or {num_views}"
+        raise ConfigError(f"--aug gave {len(config.train_aug)} recipes ({' '.join(config.train_aug)}) but the "
+                          f"method trains on {num_views} view{'s' if num_views > 1 else ''}: give {give}")
+    backend = config.run.aug_backend
+    if backend == "auto":
+        backend = "tensor" if data.train.in_memory else "pil"
+    if backend == "tensor" and not data.train.in_memory:
+        raise ConfigError(f"--aug_backend tensor needs in-memory (CIFAR-style) data; '{config.dataset}' "
+                          "reads image files: use --aug_backend pil")
+    accepts = tensor_recipe_options if backend == "tensor" else recipe_options
+    taken = set().union(*(accepts(recipe) for recipe in set(recipes)))
+    unused = sorted(set(config.aug_options) - taken)
+    if unused:
+        flags = ", ".join(f"--{name}" for name in unused)
+        takes = ", ".join(f"--{name}" for name in sorted(taken)) or "no option"
+        verb, them = ("does", "it") if len(unused) == 1 else ("do", "them")
+        raise ConfigError(f"{flags} {verb} not apply to the training recipe (--aug {' '.join(dict.fromkeys(recipes))}, "
+                          f"which takes {takes}): drop {flags}, or choose a recipe that uses {them}")
+    return backend, tuple(recipes)
 
 
 # ---- the run folder ---------------------------------------------------------------------------------
@@ -425,8 +445,12 @@ class _PendingNotes:
         self.lines.append(message)
 
 
-def _close(logger: RunLogger, lock: Optional[RunFolderLock]) -> None:
-    """Closes the run's log and releases its folder (rank 0 holds the lock)."""
+def _close(logger: RunLogger, lock: Optional[RunFolderLock], error: Optional[BaseException] = None) -> None:
+    """Closes the run's log and releases its folder (rank 0 holds the lock). A run that failed
+    before its first checkpoint leaves no run files behind (``abandon_unstarted_run``); one
+    interrupted by Ctrl-C or SIGTERM keeps them, and --resume auto starts it again."""
     logger.close()
     if lock is not None:
         lock.release()
+        if error is not None and not isinstance(error, KeyboardInterrupt):
+            abandon_unstarted_run(lock)

@@ -104,9 +104,10 @@ class RunFolderLock:
     """An exclusive flock on ``<run>/.run.lock`` for as long as this object (or its process)
     lives; the file names the holder for the refusal message of the next process."""
 
-    def __init__(self, run_dir: str):
+    def __init__(self, run_dir: str, created: bool = False):
         self.run_dir = run_dir
         self.path = os.path.join(run_dir, LOCK_FILE)
+        self.created = created  # the claim made the folder (it did not exist before this command)
         self._descriptor: Optional[int] = None
 
     def acquire(self) -> None:
@@ -125,6 +126,23 @@ class RunFolderLock:
         if self._descriptor is not None:
             os.close(self._descriptor)  # closing the last descriptor drops the flock
             self._descriptor = None
+
+
+def abandon_unstarted_run(lock: RunFolderLock) -> bool:
+    """After a run failed before its first checkpoint (a refusal found while building its loaders,
+    a bad image or a non-finite loss in epoch 1): removes what it wrote, so the folder is free
+    for the corrected command, not a half-made run that --out_dir then refuses. The whole folder
+    goes when the claim made it; otherwise only the run's own files (anything else stays). A
+    folder holding a checkpoint is left as it is. Call after the lock is released and the log
+    closed; returns whether anything was removed."""
+    run_dir = lock.run_dir
+    if any(os.path.exists(os.path.join(run_dir, name)) for name in ("last.pth", "best.pth", "results.json")):
+        return False
+    if lock.created:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    else:
+        discard_run_outputs(run_dir)
+    return True
 
 
 def busy_message(run_dir: str, holder: str) -> str:
@@ -336,8 +354,9 @@ def claim_run_folder(plan: RunPlan, config: TrainConfig, label: str) -> Tuple[st
     into it since the plan, and clears what the plan discards. Returns the folder, the held lock
     and the lines to log once the log file is open."""
     try:
+        created = plan.run_dir is None or not os.path.isdir(plan.run_dir)
         run_dir = plan.run_dir or _new_run_folder(config, label)
-        lock = RunFolderLock(run_dir)
+        lock = RunFolderLock(run_dir, created=created)
         lock.acquire()
     except OSError as error:  # a read-only or missing parent, a full disk
         raise ConfigError(f"cannot create or lock the run folder under {plan.run_dir or config.run.root_log}: "
