@@ -19,7 +19,7 @@ from typing import Any, Dict
 
 import torch
 
-from utils.config import AMP_CHOICES, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, OneLineErrorParser, output_file
+from utils.config import AMP_CHOICES, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, OneLineErrorParser
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -43,9 +43,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tta_flip", action="store_true", help="average with the mirrored image")
     parser.add_argument("--tau_norm", type=NON_NEGATIVE, default=None, help="tau-normalise the classifier")
     parser.add_argument("--posthoc_tau", type=NON_NEGATIVE, default=None, help="post-hoc logit adjustment")
-    parser.add_argument("--json", type=output_file, default=None, help="write the summary to this JSON file")
-    parser.add_argument("--plot", type=output_file, default=None,
-                        help="write per-class accuracy vs training count (PNG)")
+    parser.add_output_argument("--json", default=None, help="write the summary to this JSON file")
+    parser.add_output_argument("--plot", default=None, help="write per-class accuracy vs training count (PNG)")
     add_trust_argument(parser)
     return parser
 

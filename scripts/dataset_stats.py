@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets import DATASETS, DataOptions, DatasetError, LongTailData, build_dataset  # noqa: E402
 from datasets.longtail import IMB_TYPES, SELECTIONS  # noqa: E402
-from utils.config import FRACTION, SEED, OneLineErrorParser, output_file  # noqa: E402
+from utils.config import FRACTION, SEED, OneLineErrorParser  # noqa: E402
 from utils.metrics import shot_groups  # noqa: E402
 
 
@@ -39,8 +39,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train_list", default=None)
     parser.add_argument("--test_list", default=None)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    parser.add_argument("--plot", type=output_file, default=None, metavar="PATH",
-                        help="write a bar chart of the counts (PNG)")
+    parser.add_output_argument("--plot", default=None, metavar="PATH", help="write a bar chart of the counts (PNG)")
     return parser
 
 

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.checkpoint import add_trust_argument  # noqa: E402
 from utils.config import (AMP_CHOICES, NON_NEGATIVE_INT, POSITIVE_INT, PROBABILITY, ConfigError,  # noqa: E402
-                          OneLineErrorParser, add_bool_flag, output_file)
+                          OneLineErrorParser, add_bool_flag)
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,10 +38,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--which", choices=["last", "best"], default="last", help="checkpoint of a run folder")
     parser.add_argument("--pool", required=True, help="leftover | svhn_extra | PICKLE | FOLDER | LIST")
     parser.add_argument("--pool_root", default=None, help="SVHN .mat folder, or the root of a list's paths")
-    parser.add_argument("--out", type=output_file, required=True, help="pseudo-label file to write (.npz)")
+    parser.add_output_argument("--out", required=True, help="pseudo-label file to write (.npz)")
     parser.add_argument("--threshold", type=PROBABILITY, default=None,
                         help="keep predictions with confidence >= T only (default: keep all, as the paper)")
-    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     parser.add_argument("--data_root", "--data", dest="data_root", default=None,
                         help="override the run's data folder (leftover pool)")
     add_bool_flag(parser, "--download", default=False, help="download missing SVHN files")
@@ -113,8 +112,6 @@ def main(args: argparse.Namespace) -> None:
         # The file is a NumPy archive (it cannot carry code, unlike the pickles of earlier versions).
         raise ConfigError(f"--out {args.out}: pseudo-label files are .npz archives; name it "
                           f"{os.path.splitext(args.out)[0]}.npz")
-    if os.path.exists(args.out) and not args.force:
-        raise ConfigError(f"--out {args.out} exists; pass --force to overwrite it")
     payload = load_checkpoint(args.path, prefer=f"{args.which}.pth", trust=args.trust_checkpoint,
                               exact=True)
     if is_self_supervised(payload):  # no classifier of the dataset's classes worth trusting for labels

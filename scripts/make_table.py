@@ -35,7 +35,7 @@ import numpy as np
 # Runnable as ``python scripts/make_table.py`` from anywhere: make the packages importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.config import OneLineErrorParser, output_file  # noqa: E402  (torch-free: this script stays light)
+from utils.config import OneLineErrorParser  # noqa: E402  (torch-free: this script stays light)
 
 # Top-1 accuracy (%) reported by the papers (their code selects on the test set), keyed by
 # (paper row, dataset, imbalance ratio). BCCL: its README; LCSL: its paper; semi-self: 100 - the
@@ -473,7 +473,7 @@ def plot_per_class(results: List[Dict[str, Any]], path: str) -> None:
     plt.close(figure)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def get_args_parser() -> OneLineErrorParser:
     parser = OneLineErrorParser(prog="make_table.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run folders, folders of runs, or results.json files")
@@ -481,13 +481,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--gains", action="store_true",
                         help="add a table of each row's gain over CE (paired by seed: mean ± std) beside the "
                              "papers' gain")
-    parser.add_argument("--plot", type=output_file, default=None,
-                        help="PNG of per-class accuracy against training count")
-    parser.add_argument("--out", type=output_file, default=None,
-                        help="also write the table (and the unfinished-runs note) to this Markdown file")
+    parser.add_output_argument("--plot", default=None, help="PNG of per-class accuracy against training count")
+    parser.add_output_argument("--out", default=None,
+                               help="also write the table (and the unfinished-runs note) to this Markdown file")
     parser.add_argument("--by", nargs="+", default=[], metavar="FIELD",
                         help="also group by these config.json fields (dotted, e.g. run.aug_backend)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = get_args_parser().parse_args(argv)
     try:
         paths = find_results(args.runs)
     except FileNotFoundError as error:

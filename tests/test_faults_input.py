@@ -229,6 +229,26 @@ def test_an_output_file_in_a_missing_folder_is_refused_at_parse_time(script, arg
     assert f"the folder {missing} does not exist" in line and not missing.exists()
 
 
+@pytest.mark.parametrize("script,argv", [
+    ("test.py", ["--path", "run", "--plot", "{old}"]),
+    ("test.py", ["--path", "run", "--json", "{old}"]),
+    ("dataset_stats.py", ["--dataset", "cifar10_sample", "--plot", "{old}"]),
+    ("gen_pseudolabels.py", ["--path", "run", "--pool", "leftover", "--out", "{old}"]),
+    ("make_table.py", ["runs", "--out", "{old}"]),
+    ("make_table.py", ["runs", "--plot", "{old}"]),
+])
+def test_an_existing_output_file_is_refused_unless_force(script, argv, tmp_path, capsys):
+    """A run's results.json given as --json (or a table as --out) must not be replaced silently."""
+    old = tmp_path / "results.json"
+    old.write_text('{"kept": true}')
+    factory = PARSERS[script][0] if script in PARSERS else make_table.get_args_parser
+    typed = [a.format(old=old) for a in argv]
+    line = refused(factory, typed, capsys)
+    assert f"{old} exists: choose another path, or pass --force to replace it" in line
+    assert old.read_text() == '{"kept": true}'
+    assert factory().parse_args([*typed, "--force"]).force
+
+
 def test_an_output_path_that_is_a_folder_is_refused(tmp_path, capsys):
     line = refused(test_script.get_args_parser, ["--path", "run", "--json", str(tmp_path)], capsys)
     assert f"{tmp_path} is a folder" in line

@@ -441,8 +441,10 @@ def test_rotation_then_ce_then_pseudo_labels_then_semi_supervised(smoke, capsys)
                                                              "--out", out, "--workers", "0"], capsys)
     assert code == 0, err[-2000:]
     assert len(semi.load_pseudo_labels(out)["pseudo_labels"]) == 400 - 159  # the images the LT cut left out
-    for argv, fragment in ((["--path", str(root / "ce"), "--out", out], "--force"),
-                           (["--path", str(root / "nope"), "--out", str(root / "new.npz")], "not found"),
+    with pytest.raises(SystemExit) as stop:  # an existing --out: refused while the flags are read
+        script.get_args_parser().parse_args(["--path", str(root / "ce"), "--out", out, "--pool", "leftover"])
+    assert stop.value.code == 2 and "pass --force to replace it" in capsys.readouterr().err
+    for argv, fragment in ((["--path", str(root / "nope"), "--out", str(root / "new.npz")], "not found"),
                            (["--path", str(root / "rot"), "--out", str(root / "new.npz")], "pre-training run")):
         args = script.get_args_parser().parse_args([*argv, "--pool", "leftover", "--workers", "0"])
         assert run_guarded("gen_pseudolabels.py", lambda: script.main(args)) == 2

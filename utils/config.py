@@ -135,9 +135,24 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     _typed: Sequence[str] = ()
 
+    def add_output_argument(self, flag: str, **kwargs: Any) -> None:
+        """A file the script writes (``output_file``). An existing file is refused unless ``--force``
+        (added with the first output flag) is given: nothing written before is replaced silently."""
+        outputs = getattr(self, "_outputs", [])
+        if not outputs:
+            self.add_argument("--force", action="store_true",
+                              help="replace the files named by the output flags if they exist")
+        action = self.add_argument(flag, type=output_file, **kwargs)
+        self._outputs = outputs + [(flag, action.dest)]
+
     def parse_known_args(self, args=None, namespace=None):
         self._typed = list(sys.argv[1:] if args is None else args)
-        return super().parse_known_args(args, namespace)
+        namespace, extras = super().parse_known_args(args, namespace)
+        for flag, dest in getattr(self, "_outputs", []):
+            path = getattr(namespace, dest, None)
+            if path and os.path.lexists(path) and not namespace.force:
+                self.error(f"{flag} {path} exists: choose another path, or pass --force to replace it")
+        return namespace, extras
 
     def error(self, message: str):  # noqa: D401 - argparse API
         self.exit(2, f"{self.prog}: error: {self._as_typed(message)}\n")
