@@ -98,6 +98,19 @@ def test_overwrite_deletes_the_old_run_and_logs_what_it_deleted(finished_run, ci
     assert load_checkpoint(os.path.join(finished_run, "last.pth"))["epoch"] == 2
 
 
+@pytest.mark.parametrize("through_link", [False, True], ids=["same-path", "symlink"])
+def test_a_run_never_writes_into_the_run_it_starts_from(finished_run, cifar10_root, tmp_path, capsys, through_link):
+    before = snapshot(finished_run)
+    out_dir = finished_run
+    if through_link:
+        out_dir = str(tmp_path / "link")
+        os.symlink(finished_run, out_dir)
+    code, err = guarded(capsys, cifar10_root.root, "--pretrained_model", finished_run, "--out_dir", out_dir,
+                        "--overwrite")
+    assert code == 2 and "is the folder of --pretrained_model" in err and err.strip().count("\n") == 0
+    assert snapshot(finished_run) == before
+
+
 def test_overwrite_and_resume_contradict(cifar10_root, tmp_path):
     with pytest.raises(ConfigError, match="--overwrite .*--resume"):
         config_for(cifar10_root.root, "--out_dir", str(tmp_path / "run"), "--overwrite", "--resume", "auto")

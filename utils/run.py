@@ -274,9 +274,10 @@ def check_not_own_input(config: TrainConfig, run_dir: str) -> None:
     """A run must never write into the run folder it starts from (--pretrained_model)."""
     if config.pretrained_model is None:
         return
-    source = os.path.abspath(config.pretrained_model)
+    # realpath: a link to the input run (or a path through one) is the input run.
+    source = os.path.realpath(config.pretrained_model)
     source_dir = source if os.path.isdir(source) else os.path.dirname(source)
-    if os.path.abspath(run_dir) == source_dir:
+    if os.path.realpath(run_dir) == source_dir:
         raise ConfigError(f"--out_dir {run_dir} is the folder of --pretrained_model: choose another "
                           "--out_dir so the input run is not overwritten")
 
