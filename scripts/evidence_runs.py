@@ -19,7 +19,8 @@ overwrite a file: ``restore`` places whole runs only (a run folder that exists h
 files is named and left as it is, so no folder mixes two moments of a run), ``collect`` names a
 record that differs and keeps it.
 
-Only the standard library is imported, so ``tree`` and ``pack`` run before anything is installed.
+Only the standard library (and the toolkit's torch-free ``utils.config``, for one-line flag
+errors) is imported, so ``tree`` and ``pack`` run before anything is installed.
 """
 from __future__ import annotations
 
@@ -30,9 +31,13 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zlib
 from typing import Dict, Iterable, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from utils.config import POSITIVE, POSITIVE_INT, OneLineErrorParser  # noqa: E402  (standard library only)
+
 PINNED = os.path.join(ROOT, ".device", "pinned.tar.gz")
 STAMPED = ("config.json", "results.json")  # the files whose git_commit says which code ran
 # What results/ keeps of a finished run: the log too, for the precision --amp auto became and
@@ -115,8 +120,15 @@ def run_folders(root: str) -> List[str]:
 
 def stamp_commit(path: str, commit: str) -> bool:
     """Writes ``commit`` as the git_commit of a JSON record that says 'unknown'; True if changed."""
-    with open(path, encoding="utf-8") as stream:
-        record = json.load(stream)
+    try:
+        with open(path, encoding="utf-8") as stream:
+            record = json.load(stream)
+    except ValueError as error:  # not UTF-8, not JSON
+        raise EvidenceError(f"{path} is not a readable JSON record ({type(error).__name__}): the run "
+                            "folder is damaged; move it out of the folder to pack") from None
+    if not isinstance(record, dict):
+        raise EvidenceError(f"{path} holds a {type(record).__name__}, not a run's record: the run folder is "
+                            "damaged; move it out of the folder to pack")
     if record.get("git_commit") != "unknown":
         return False
     record["git_commit"] = commit
@@ -151,6 +163,26 @@ def pack(args: argparse.Namespace) -> None:
     commit = args.commit[:7] if args.commit else None
     limit = int(args.max_mb * 2 ** 20)
     budget = int(args.max_total_mb * 2 ** 20)
+    earlier = [name for name in (os.listdir(args.out_dir) if os.path.isdir(args.out_dir) else [])
+               if name == RESULTS_TAR or (name.startswith("runs_checkpoints_") and name.endswith(".tar"))]
+    if earlier:
+        raise EvidenceError(f"{args.out_dir} holds an earlier pack ({', '.join(sorted(earlier))}): give a new or "
+                            "empty folder")
+    created = not os.path.exists(args.out_dir)
+    written: List[str] = []
+    try:
+        _pack_into(args, commit, limit, budget, written)
+    except BaseException:
+        for path in written:  # none of a failed pack, so no folder holds half a pack
+            for leftover in (path, path + ".tmp"):
+                if os.path.exists(leftover):
+                    os.remove(leftover)
+        if created and os.path.isdir(args.out_dir) and not os.listdir(args.out_dir):
+            os.rmdir(args.out_dir)
+        raise
+
+
+def _pack_into(args: argparse.Namespace, commit: Optional[str], limit: int, budget: int, written: List[str]) -> None:
     os.makedirs(args.out_dir, exist_ok=True)
     records: List[Tuple[str, str]] = []
     checkpoints: List[Tuple[str, List[Tuple[str, str]]]] = []  # run -> its .pth files
@@ -172,7 +204,8 @@ def pack(args: argparse.Namespace) -> None:
                 records.append((path, name))
         if weights:
             checkpoints.append((run, weights))
-    written = [write_tar(os.path.join(args.out_dir, RESULTS_TAR), records)]
+    written.append(os.path.join(args.out_dir, RESULTS_TAR))
+    write_tar(written[-1], records)
     total = os.path.getsize(written[0])
     if total > min(limit, budget):
         raise EvidenceError(f"{written[0]} is over {min(args.max_mb, args.max_total_mb):g} MB: the run folders "
@@ -193,7 +226,8 @@ def pack(args: argparse.Namespace) -> None:
             total += tar_bytes(target + weights) - (tar_bytes(target) if target else 0)
             target.extend(weights)
     for number, members in enumerate(bins, start=1):
-        written.append(write_tar(os.path.join(args.out_dir, CHECKPOINTS_TAR.format(number)), members))
+        written.append(os.path.join(args.out_dir, CHECKPOINTS_TAR.format(number)))
+        write_tar(written[-1], members)
     carried = [run for run, _ in checkpoints if run not in left_out]
     print(f"packed {len(finished)} finished runs ({', '.join(finished) or 'none'}) and the checkpoints of "
           f"{len(carried)} runs ({', '.join(carried) or 'none'}) into "
@@ -248,15 +282,20 @@ def read_runs(archives: List[str]) -> Dict[str, Dict[str, bytes]]:
     checkpoints travel in different files)."""
     runs: Dict[str, Dict[str, bytes]] = {}
     for archive_path in archives:
-        with tarfile.open(archive_path) as archive:
-            for member in archive.getmembers():
-                if not member.isfile():
-                    continue
-                name = os.path.normpath(member.name)
-                if os.path.isabs(name) or name.startswith("..") or os.sep not in name:
-                    raise EvidenceError(f"{archive_path}: member {member.name!r} is not a file inside a run folder")
-                run, inside = name.split(os.sep, 1)
-                runs.setdefault(run, {})[inside] = archive.extractfile(member).read()
+        try:
+            with tarfile.open(archive_path) as archive:
+                for member in archive.getmembers():
+                    if not member.isfile():
+                        continue
+                    name = os.path.normpath(member.name)
+                    if os.path.isabs(name) or name.startswith("..") or os.sep not in name:
+                        raise EvidenceError(f"{archive_path}: member {member.name!r} is not a file inside a run "
+                                            "folder")
+                    run, inside = name.split(os.sep, 1)
+                    runs.setdefault(run, {})[inside] = archive.extractfile(member).read()
+        except (tarfile.TarError, EOFError, zlib.error) as error:
+            raise EvidenceError(f"{archive_path} is not a complete tar file ({error}): fetch it again; nothing "
+                                "was restored") from None
     return runs
 
 
@@ -306,8 +345,8 @@ def collect(args: argparse.Namespace) -> None:
                             f"as they are, e.g. {conflicts[0]}")
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def get_args_parser() -> OneLineErrorParser:
+    parser = OneLineErrorParser(prog="evidence_runs.py", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     make = commands.add_parser("pin", help="archive one commit's files for a machine without the history")
     make.add_argument("--commit", required=True, help="the commit the evidence runs use")
@@ -320,9 +359,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     bag.add_argument("root", help="folder holding the run folders (the evidence queue's ROOT_LOG)")
     bag.add_argument("out_dir")
     bag.add_argument("--commit", default=None, help="written as git_commit where a record says 'unknown'")
-    bag.add_argument("--max_files", type=int, default=6, help="tar files at most (records + checkpoints)")
-    bag.add_argument("--max_mb", type=float, default=15.0, help="size of one tar file at most")
-    bag.add_argument("--max_total_mb", type=float, default=60.0, help="size of all tar files together at most")
+    bag.add_argument("--max_files", type=POSITIVE_INT, default=6, help="tar files at most (records + checkpoints)")
+    bag.add_argument("--max_mb", type=POSITIVE, default=15.0, help="size of one tar file at most")
+    bag.add_argument("--max_total_mb", type=POSITIVE, default=60.0, help="size of all tar files together at most")
     back = commands.add_parser("restore", help="tar files -> run folders, never overwriting")
     back.add_argument("archives", nargs="+")
     back.add_argument("--into", required=True)

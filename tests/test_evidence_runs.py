@@ -191,3 +191,49 @@ def test_finished_stage_one_runs_keep_their_weights_and_the_total_is_capped(tmp_
                                                                     "rotation_cifar10_seed1/last.pth"]
     assert "checkpoints left out" in printed and printed.rstrip().endswith("lcsl_cifar10_seed1")
     assert sum(os.path.getsize(os.path.join(out, n)) for n in os.listdir(out)) <= 50000
+
+
+def test_pack_never_replaces_an_earlier_pack_and_a_failed_pack_leaves_nothing(tmp_path, capsys):
+    root, out = str(tmp_path / "runs"), str(tmp_path / "out")
+    make_runs(root)
+    assert evidence_runs.main(["pack", root, out]) == 0
+    before = {name: open(os.path.join(out, name), "rb").read() for name in os.listdir(out)}
+    capsys.readouterr()
+    assert evidence_runs.main(["pack", root, out]) == 2
+    assert "holds an earlier pack (runs_checkpoints_1.tar, runs_records.tar)" in capsys.readouterr().err
+    assert {name: open(os.path.join(out, name), "rb").read() for name in os.listdir(out)} == before
+    # Records over the cap: the records file was written, then refused; neither it nor the folder stays.
+    fresh = str(tmp_path / "fresh")
+    assert evidence_runs.main(["pack", root, fresh, "--max_mb", "0.001"]) == 2
+    assert "is over 0.001 MB" in capsys.readouterr().err and not os.path.exists(fresh)
+
+
+@pytest.mark.parametrize("content, message", [(b"[1, 2]", "holds a list, not a run's record"),
+                                              (b"\xff\xfe{", "is not a readable JSON record")],
+                         ids=["list", "not-utf8"])
+def test_pack_names_a_damaged_record(tmp_path, capsys, content, message):
+    root, out = str(tmp_path / "runs"), str(tmp_path / "out")
+    make_runs(root)
+    write(os.path.join(root, "ce_cifar10_seed0", "results.json"), content)
+    assert evidence_runs.main(["pack", root, out, "--commit", "abcdef0"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "ce_cifar10_seed0" in err and err.count("\n") == 1 and not os.path.exists(out)
+
+
+def test_restore_names_a_truncated_archive_and_flags_are_checked(tmp_path, capsys):
+    root, out = str(tmp_path / "runs"), str(tmp_path / "out")
+    make_runs(root)
+    assert evidence_runs.main(["pack", root, out]) == 0
+    archive = os.path.join(out, "runs_checkpoints_1.tar")
+    with open(archive, "r+b") as stream:
+        stream.truncate(700)
+    capsys.readouterr()
+    into = str(tmp_path / "into")
+    assert evidence_runs.main(["restore", os.path.join(out, "runs_records.tar"), archive, "--into", into]) == 2
+    err = capsys.readouterr().err
+    assert f"{archive} is not a complete tar file" in err and err.count("\n") == 1 and not os.path.exists(into)
+    for flag, value in (("--max_mb", "nan"), ("--max_mb", "-1"), ("--max_files", "0")):
+        with pytest.raises(SystemExit) as stop:
+            evidence_runs.main(["pack", root, str(tmp_path / "other"), flag, value])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and flag in err and err.count("\n") == 1
