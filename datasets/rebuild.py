@@ -36,8 +36,12 @@ def data_options(payload: Dict[str, Any], data_root: Optional[str]) -> DataOptio
     its folder. Checkpoints from before paths were stored absolute hold them relative to the
     folder training ran in, recovered by ``training_folder``; never relative to this process's."""
     info = payload["dataset"]
-    # download=False: the evaluation must read the run's data, never a fresh copy fetched here.
-    options = DataOptions(**{**info["options"], "download": False})
+    try:
+        # download=False: the evaluation must read the run's data, never a fresh copy fetched here.
+        options = DataOptions(**{**info["options"], "download": False})
+    except (KeyError, TypeError) as error:  # a damaged description, or one of another version
+        raise DatasetError(f"{payload['path']}: its recorded data options cannot be read ({type(error).__name__}: "
+                           f"{error})") from None
     if data_root is not None:
         options = dataclasses.replace(options, data_root=os.path.abspath(data_root))
     relative = [key for key in PATH_OPTIONS if getattr(options, key) is not None
@@ -60,9 +64,12 @@ def data_options(payload: Dict[str, Any], data_root: Optional[str]) -> DataOptio
 def evaluation_set(payload: Dict[str, Any], data_root: Optional[str], split: str) -> Tuple[LongTailData, str]:
     """The run's dataset (checked to give the class counts it was trained with) and the data
     folder read; `split` ('test' or 'val') must exist in it."""
-    from datasets import build_dataset  # the registry, filled when the package is imported
+    from datasets import DATASETS, build_dataset  # the registry, filled when the package is imported
 
     info = payload["dataset"]
+    if info.get("name") not in DATASETS:
+        raise DatasetError(f"{payload['path']} records the dataset {info.get('name')!r}, which this version of "
+                           f"ltkit does not know (it knows {', '.join(sorted(DATASETS.names()))})")
     options = data_options(payload, data_root)
     data = build_dataset(info["name"], options)
     if list(data.train_counts) != list(info.get("labeled_counts", info["train_counts"])):

@@ -25,12 +25,21 @@ def rebuild(payload: Dict[str, Any]) -> Method:
     from models import build_model
     from utils.checkpoint import CheckpointError
 
-    model = build_model(**payload["model_kwargs"])
-    method = build_method(payload["method"], model, payload["dataset"]["train_counts"],
-                          **payload["method_kwargs"])
+    from utils.config import ConfigError
+
+    try:
+        model = build_model(**payload["model_kwargs"])
+        method = build_method(payload["method"], model, payload["dataset"]["train_counts"],
+                              **payload["method_kwargs"])
+    except (KeyError, TypeError, ValueError, ConfigError) as error:  # unknown names, options of another version
+        detail = str(error.args[0] if isinstance(error, KeyError) and error.args else error).splitlines()[0][:160]
+        raise CheckpointError(f"{payload['path']}: this version of ltkit cannot rebuild the recorded method "
+                              f"'{payload['method']}' ({type(error).__name__}: {detail})") from None
     try:
         method.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise CheckpointError(f"{payload['path']}: weights do not match the recorded model ({first})") from None
+        # torch's message: a header line, then one line per kind of mismatch (missing, unexpected, size).
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = (lines[1] if len(lines) > 1 else lines[0] if lines else "")[:200]
+        raise CheckpointError(f"{payload['path']}: weights do not match the recorded model ({detail})") from None
     return method

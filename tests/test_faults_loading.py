@@ -95,6 +95,53 @@ def test_real_run_checkpoints_need_no_allow_list(cifar10_root, tmp_path, method,
         assert payload["method"] == recorded and payload["epoch"] == 1
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"state_dict": None}, "its 'state_dict' is a NoneType (None), not a dict"),
+    ({"config": [1, 2]}, "its 'config' is a list ([1, 2]), not a dict"),
+    ({"epoch": "x"}, "its 'epoch' is a str (x), not a count"),
+    ({"epoch": -1}, "its 'epoch' is a int (-1), not a count"),
+    ({"version": "2"}, "its format version is '2', not a number"),
+], ids=["state_dict", "config", "epoch-str", "epoch-negative", "version"])
+def test_a_checkpoint_with_a_damaged_field_is_named_as_damaged(tmp_path, change, message):
+    path = str(tmp_path / "last.pth")
+    save_atomic({**tiny_payload(), **change}, path)
+    with pytest.raises(CheckpointError, match="damaged ltkit checkpoint") as caught:
+        load_checkpoint(path)
+    assert message in str(caught.value) and path in str(caught.value)
+    payload = tiny_payload()
+    del payload["dataset"]
+    save_atomic(payload, path)
+    with pytest.raises(CheckpointError, match="its 'dataset' is missing, not a dict"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"method": "nosuch"}, "cannot rebuild the recorded method 'nosuch' (KeyError: unknown method 'nosuch'"),
+    ({"method_kwargs": {"bogus": 1}}, "unexpected keyword argument 'bogus'"),
+    ({"model_kwargs": {"arch": "nosuch", "num_classes": 10}}, "unknown model 'nosuch'"),
+    ({"model_kwargs": {"arch": "resnet32", "num_classes": 100}}, "size mismatch for model.head.weight"),
+], ids=["method", "option", "arch", "weights"])
+def test_a_checkpoint_this_version_cannot_rebuild_is_one_line(tmp_path, change, message):
+    from methods import build_method, rebuild
+
+    method = build_method("erm", build_model("resnet32", 10), [5] * 10)
+    payload = {**tiny_payload(), "method": "erm", "state_dict": method.state_dict(), **change}
+    path = str(tmp_path / "best.pth")
+    save_atomic(payload, path)
+    with pytest.raises(CheckpointError) as caught:
+        rebuild(load_checkpoint(path))
+    assert message in str(caught.value) and path in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_checkpoint_of_an_unknown_dataset_is_named(tmp_path):
+    from datasets.rebuild import evaluation_set
+
+    path = str(tmp_path / "best.pth")
+    save_atomic({**tiny_payload(), "dataset": {"name": "nosuch", "train_counts": [5] * 10, "options": {}}}, path)
+    with pytest.raises(DatasetError, match="records the dataset 'nosuch', which this version of ltkit does not know"):
+        evaluation_set(load_checkpoint(path), None, "test")
+
+
 def test_checkpoint_of_earlier_versions_with_numpy_rng_state_still_loads(tmp_path):
     path = str(tmp_path / "last.pth")
     payload = tiny_payload()

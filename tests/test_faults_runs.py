@@ -1,6 +1,7 @@
 """Fault injection for run folders: a folder holds one run, a live run locks it, --resume and
 --resume auto never write somewhere unexpected, interrupted writes are cleaned up, and a
 diverged run keeps only finite checkpoints. Tiny synthetic CIFAR-10, one or two short epochs."""
+import errno
 import glob
 import json
 import os
@@ -109,6 +110,27 @@ def test_a_run_never_writes_into_the_run_it_starts_from(finished_run, cifar10_ro
                         "--overwrite")
     assert code == 2 and "is the folder of --pretrained_model" in err and err.strip().count("\n") == 0
     assert snapshot(finished_run) == before
+
+
+def test_a_config_json_that_is_not_an_object_counts_as_unreadable(finished_run, cifar10_root, capsys):
+    """JSON of another shape is read like a damaged config.json: the run's configuration then comes
+    from its last.pth (here: the finished run, nothing to do); with no checkpoint either, refused."""
+    with open(os.path.join(finished_run, "config.json"), "w") as stream:
+        stream.write("[1, 2]")
+    code, err = guarded(capsys, cifar10_root.root, "--out_dir", finished_run, "--resume", "auto")
+    assert code == 0 and err == ""
+    for name in ("last.pth", "best.pth", "results.json"):
+        os.remove(os.path.join(finished_run, name))
+    code, err = guarded(capsys, cifar10_root.root, "--out_dir", finished_run, "--resume", "auto")
+    assert code == 2 and "no readable config.json to compare with" in err and err.strip().count("\n") == 0
+
+
+def test_a_file_operation_the_machine_refuses_is_one_line(capsys):
+    def body():
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), "/runs/x/.run.lock")
+
+    assert run_guarded("main.py", body) == 2
+    assert capsys.readouterr().err == "main.py: error: /runs/x/.run.lock: Read-only file system\n"
 
 
 def test_overwrite_and_resume_contradict(cifar10_root, tmp_path):

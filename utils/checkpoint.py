@@ -261,11 +261,30 @@ def load_checkpoint(path: str, prefer: str = "best.pth", trust: Optional[bool] =
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path} is not an ltkit checkpoint (no '{FORMAT_NAME}' header); "
                               "for foreign weights use --pretrained_model")
-    if payload.get("version", 0) > FORMAT_VERSION:
+    version = payload.get("version", 0)
+    if not _is_int(version):
+        raise CheckpointError(f"{path} is a damaged ltkit checkpoint: its format version is {version!r}, not a number")
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"{path} has format version {payload['version']}, newer than this "
                               f"code's {FORMAT_VERSION}: update ltkit")
+    for field, kind in PAYLOAD_FIELDS.items():
+        value = payload.get(field)
+        if not (_is_int(value) and value >= 0 if kind is int else isinstance(value, kind)):
+            found = "missing" if field not in payload else f"a {type(value).__name__} ({str(value)[:40]})"
+            raise CheckpointError(f"{path} is a damaged ltkit checkpoint: its '{field}' is {found}, not "
+                                  f"{'a count' if kind is int else 'a ' + kind.__name__}")
     payload["path"] = path
     return payload
+
+
+# What every ltkit checkpoint holds (build_payload), checked on load so that a damaged or hand-edited
+# file is named as such instead of failing deep inside whatever reads the field first.
+PAYLOAD_FIELDS = {"method": str, "method_kwargs": dict, "model_kwargs": dict, "dataset": dict, "config": dict,
+                  "state_dict": dict, "epoch": int}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def capture_rng_state() -> Dict[str, Any]:

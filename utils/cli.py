@@ -267,6 +267,10 @@ def run_guarded(prog: str, body: Callable[[], Any], trains: bool = False) -> int
     except (ConfigError, DatasetError, CheckpointError, NonFiniteLossError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # the machine refused a file operation (read-only, full, permissions)
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"{prog}: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as error:
         how = "terminated (SIGTERM)" if isinstance(error, Terminated) else "interrupted"
         hint = "; continue with --resume auto (or the run's last.pth)" if trains else ""

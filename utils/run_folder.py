@@ -87,9 +87,10 @@ def lock_holder(run_dir: str) -> Optional[str]:
         descriptor = os.open(path, os.O_RDWR)
     except (FileNotFoundError, NotADirectoryError):
         return None  # no lock file yet, or no folder at all (creating it fails with one line later)
-    except PermissionError:
-        # A read-only or another user's run: no process of ours can lock it, so none is running
-        # here; a command that must write there fails with one line when it tries to lock it.
+    except OSError:
+        # A read-only file system (EROFS) or another user's run (EACCES): no process of ours can
+        # lock it, so none is running here; a command that must write there fails with one line
+        # when it tries to lock it.
         return None
     try:
         if _try_lock(descriptor):
@@ -214,7 +215,9 @@ def _saved_config(run_dir: str, from_checkpoint: bool = True) -> Optional[Dict[s
     config.json was written first) its last.pth; None when neither can be read."""
     try:
         with open(os.path.join(run_dir, "config.json")) as stream:
-            return json.load(stream)
+            saved = json.load(stream)
+        if isinstance(saved, dict):  # JSON of another shape is as unreadable as none
+            return saved
     except (OSError, ValueError):
         pass
     last = os.path.join(run_dir, "last.pth")
