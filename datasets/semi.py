@@ -250,7 +250,11 @@ def load_pseudo_labels(path: str) -> Dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise DatasetError(f"{path} is not a pseudo-label file of scripts/gen_pseudolabels.py "
                            f"(no '{FORMAT_NAME}' header)")
-    if meta.get("version", 0) > FORMAT_VERSION:
+    version = meta.get("version", 0)
+    if not _is_count(version):
+        raise DatasetError(f"--unlabeled {path}: its format version is {version!r}, not a number (damaged): "
+                           "regenerate it with scripts/gen_pseudolabels.py")
+    if version > FORMAT_VERSION:
         raise DatasetError(f"{path} has format version {meta['version']}, newer than this code's {FORMAT_VERSION}")
     entry = {**{name: None for name in OPTIONAL_ARRAYS}, **meta, **entry}
     if entry["paths"] is not None:
@@ -259,12 +263,44 @@ def load_pseudo_labels(path: str) -> Dict[str, Any]:
     if missing:
         raise DatasetError(f"{path}: the archive lacks {', '.join(missing)}; regenerate it with "
                            "scripts/gen_pseudolabels.py")
+    _check_shapes(path, entry)
     size = len(entry["pseudo_labels"])
     pixels = entry["images"] if entry["images"] is not None else entry["paths"]
     if pixels is None or len(pixels) != size or len(entry["confidences"]) != size or (
             entry["reference_labels"] is not None and len(entry["reference_labels"]) != size):
         raise DatasetError(f"{path}: images, pseudo labels, confidences and reference labels differ in length")
     return entry
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_shapes(path: str, entry: Dict[str, Any]) -> None:
+    """What gen_pseudolabels.py writes, field by field: a damaged or hand-made file is named here,
+    not by an error deep in the training loop."""
+    def fail(what: str) -> None:
+        raise DatasetError(f"--unlabeled {path}: {what}; regenerate it with scripts/gen_pseudolabels.py")
+
+    for name, kind in (("pseudo_labels", "integer"), ("confidences", "floating"), ("reference_labels", "integer"),
+                       ("labeled_indices", "integer")):
+        array = entry.get(name)
+        if array is None and name in OPTIONAL_ARRAYS:
+            continue
+        if not isinstance(array, np.ndarray) or array.ndim != 1 or not np.issubdtype(
+                array.dtype, np.integer if kind == "integer" else np.floating):
+            fail(f"'{name}' must be a 1-D {kind} array, got "
+                 + (f"{array.ndim}-D {array.dtype}" if isinstance(array, np.ndarray) else type(array).__name__))
+    images = entry["images"]
+    if images is not None and (images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3):
+        fail(f"'images' must be N x H x W x 3 uint8 pixels, got {images.ndim}-D {images.dtype} "
+             f"{tuple(images.shape)}")
+    if not _is_count(entry["num_classes"]) or entry["num_classes"] < 1:
+        fail(f"'num_classes' must be a positive number, got {entry['num_classes']!r}")
+    if not _is_count(entry.get("validation_size", 0)):
+        fail(f"'validation_size' must be a number, got {entry.get('validation_size')!r}")
+    if not isinstance(entry["dataset"], str):
+        fail(f"'dataset' must be a name, got {entry['dataset']!r}")
 
 
 # ---- D_U ------------------------------------------------------------------------------------------
@@ -356,6 +392,9 @@ def add_pseudo_labeled(data: LongTailData, path: str, imb_factor_unlabel: float,
     by_reference = entry["reference_labels"] is not None
     selection_labels = np.asarray(entry["reference_labels"] if by_reference else entry["pseudo_labels"])
     chosen = select_per_class(selection_labels, wanted, seed)
+    if not len(chosen):
+        raise DatasetError(f"--unlabeled {path} adds no image to D_U: none of its labels is a class of this "
+                           f"dataset (0..{data.num_classes - 1})")
     pseudo = np.asarray(entry["pseudo_labels"], dtype=np.int64)[chosen]
     if len(pseudo) and (pseudo.min() < 0 or pseudo.max() >= data.num_classes):
         raise DatasetError(f"{path}: pseudo labels outside 0..{data.num_classes - 1}")

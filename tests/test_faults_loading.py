@@ -471,6 +471,34 @@ def test_pseudo_label_file_is_an_archive_without_pickles(tmp_path):
     assert (entry["threshold"], entry["pool_size"], entry["validation_size"], entry["version"]) == (0.6, 3, 2, 2)
 
 
+@pytest.mark.parametrize("member, value, message", [
+    ("pseudo_labels", np.array([0.0, 1.0, 0.0]), "'pseudo_labels' must be a 1-D integer array, got 1-D float64"),
+    ("pseudo_labels", np.array([[0, 1, 0]]), "'pseudo_labels' must be a 1-D integer array, got 2-D int64"),
+    ("confidences", np.array(["a", "b", "c"]), "'confidences' must be a 1-D floating array, got 1-D <U1"),
+    ("reference_labels", np.array([np.nan, 1, 1]), "'reference_labels' must be a 1-D integer array"),
+    ("images", np.zeros((3, 32, 32, 4), np.uint8), "'images' must be N x H x W x 3 uint8 pixels, got 4-D uint8"),
+    ("meta", {"num_classes": "2"}, "'num_classes' must be a positive number, got '2'"),
+    ("meta", {"validation_size": "18"}, "'validation_size' must be a number, got '18'"),
+    ("meta", {"version": "3"}, "its format version is '3', not a number"),
+], ids=["labels-float", "labels-2d", "confidences-str", "reference-nan", "images-4ch", "classes-str",
+        "validation-str", "version-str"])
+def test_a_pseudo_label_file_with_a_damaged_member_is_named(tmp_path, member, value, message):
+    import json
+
+    pool = semi.Pool("toy", images=np.zeros((3, 32, 32, 3), np.uint8), reference_labels=np.array([0, 1, 1]))
+    path = str(tmp_path / "pseudo.npz")
+    semi.save_pseudo_labels(path, pool, np.array([0, 1, 0]), np.array([0.5, 0.9, 0.7]), num_classes=2,
+                            dataset="toy", prediction_model="/runs/ce/last.pth")
+    with np.load(path, allow_pickle=False) as archive:
+        members = {name: archive[name] for name in archive.files}
+    if member == "meta":
+        value = np.array(json.dumps({**json.loads(str(members["meta"])), **value}))
+    np.savez(path, **{**members, member: value})
+    with pytest.raises(DatasetError) as caught:
+        semi.load_pseudo_labels(path)
+    assert message in str(caught.value) and path in str(caught.value)
+
+
 def test_pickled_pseudo_label_files_are_not_unpickled(tmp_path):
     marker = tmp_path / "marker"
     old = str(tmp_path / "pseudo.pkl")
