@@ -44,7 +44,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tau_norm", type=NON_NEGATIVE, default=None, help="tau-normalise the classifier")
     parser.add_argument("--posthoc_tau", type=NON_NEGATIVE, default=None, help="post-hoc logit adjustment")
     parser.add_output_argument("--json", default=None, help="write the summary to this JSON file")
-    parser.add_output_argument("--plot", default=None, help="write per-class accuracy vs training count (PNG)")
+    parser.add_output_argument("--plot", figure=True, default=None,
+                               help="write per-class accuracy vs training count (PNG)")
     add_trust_argument(parser)
     return parser
 

@@ -39,7 +39,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train_list", default=None)
     parser.add_argument("--test_list", default=None)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    parser.add_output_argument("--plot", default=None, metavar="PATH", help="write a bar chart of the counts (PNG)")
+    parser.add_output_argument("--plot", figure=True, default=None, metavar="PATH",
+                               help="write a bar chart of the counts (PNG)")
     return parser
 
 

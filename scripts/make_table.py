@@ -124,6 +124,15 @@ def check_result(result: Any) -> None:
     for key in ("imb_factor", "imb_factor_unlabel", "train_time_s"):
         if not _is_number(result.get(key)):
             raise ResultError(f"'{key}' must be a finite number or null")
+    for key in ("imb_factor", "imb_factor_unlabel"):  # printed as the ratio 1 / factor
+        if result.get(key) is not None and not 1e-9 <= result[key] <= 1:
+            raise ResultError(f"'{key}' must lie in [1e-9, 1] (an imbalance ratio of at most 1e9), got {result[key]}")
+    for key in ("dataset", "label", "method", "arch", "precision", "select_on", "device", "hardware", "git_commit"):
+        if result.get(key) is not None and not isinstance(result[key], str):
+            raise ResultError(f"'{key}' must be a string, got {type(result[key]).__name__}")
+    if "seed" in result and result["seed"] is not None and not (isinstance(result["seed"], int)
+                                                               and not isinstance(result["seed"], bool)):
+        raise ResultError(f"'seed' must be an integer, got {type(result['seed']).__name__}")
     counts = result.get("labeled_counts") or result.get("train_counts") or []
     if not isinstance(counts, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
         raise ResultError("'train_counts' / 'labeled_counts' must be lists of integers")
@@ -481,7 +490,8 @@ def get_args_parser() -> OneLineErrorParser:
     parser.add_argument("--gains", action="store_true",
                         help="add a table of each row's gain over CE (paired by seed: mean ± std) beside the "
                              "papers' gain")
-    parser.add_output_argument("--plot", default=None, help="PNG of per-class accuracy against training count")
+    parser.add_output_argument("--plot", figure=True, default=None,
+                               help="PNG of per-class accuracy against training count")
     parser.add_output_argument("--out", default=None,
                                help="also write the table (and the unfinished-runs note) to this Markdown file")
     parser.add_argument("--by", nargs="+", default=[], metavar="FIELD",

@@ -239,7 +239,7 @@ def test_an_output_file_in_a_missing_folder_is_refused_at_parse_time(script, arg
 ])
 def test_an_existing_output_file_is_refused_unless_force(script, argv, tmp_path, capsys):
     """A run's results.json given as --json (or a table as --out) must not be replaced silently."""
-    old = tmp_path / "results.json"
+    old = tmp_path / ("figure.png" if "--plot" in argv else "results.json")
     old.write_text('{"kept": true}')
     factory = PARSERS[script][0] if script in PARSERS else make_table.get_args_parser
     typed = [a.format(old=old) for a in argv]
@@ -247,6 +247,17 @@ def test_an_existing_output_file_is_refused_unless_force(script, argv, tmp_path,
     assert f"{old} exists: choose another path, or pass --force to replace it" in line
     assert old.read_text() == '{"kept": true}'
     assert factory().parse_args([*typed, "--force"]).force
+
+
+@pytest.mark.parametrize("script,argv", [
+    ("test.py", ["--path", "run", "--plot", "{folder}/per_class.foo"]),
+    ("dataset_stats.py", ["--dataset", "cifar10_sample", "--plot", "{folder}/counts"]),
+    ("make_table.py", ["runs", "--plot", "{folder}/table.txt"]),
+])
+def test_a_figure_whose_extension_names_no_format_is_refused_before_the_work(script, argv, tmp_path, capsys):
+    factory = PARSERS[script][0] if script in PARSERS else make_table.get_args_parser
+    line = refused(factory, [a.format(folder=tmp_path) for a in argv], capsys)
+    assert "the figure's format comes from its extension; end the name in .png, .pdf or .svg" in line
 
 
 def test_an_output_path_that_is_a_folder_is_refused(tmp_path, capsys):
@@ -268,7 +279,10 @@ def test_make_table_skips_broken_results_and_lists_unfinished_runs(tmp_path, cap
     write_result(str(tmp_path / "good_s1"), last={"top1": 64.0, "per_class": [70.0, 58.0]})
     broken = {"invalid": '{"dataset": "cifar10", "last": ', "list": "[1, 2]", "nokey": '{"dataset": "cifar10"}',
               "badtype": json.dumps({"dataset": "cifar10", "last": {"top1": "high"}}), "latin1": b'{"x": "\xe9"}',
-              "nan": json.dumps({"dataset": "cifar10", "last": {"top1": float("nan")}})}
+              "nan": json.dumps({"dataset": "cifar10", "last": {"top1": float("nan")}}),
+              "dataset_list": json.dumps({"dataset": ["x"], "last": {"top1": 1.0}}),
+              "label_int": json.dumps({"dataset": "cifar10", "label": 5, "last": {"top1": 1.0}}),
+              "tiny_factor": json.dumps({"dataset": "cifar10", "imb_factor": 5e-324, "last": {"top1": 1.0}})}
     for name, content in broken.items():
         os.makedirs(tmp_path / name)
         mode = "wb" if isinstance(content, bytes) else "w"
@@ -286,7 +300,10 @@ def test_make_table_skips_broken_results_and_lists_unfinished_runs(tmp_path, cap
     assert len(warnings) == len(broken)
     for name, why in (("invalid", "invalid JSON (line 1"), ("list", "expected a JSON object, got list"),
                       ("nokey", "missing key 'last'"), ("badtype", "'last.top1' must be a finite number"),
-                      ("latin1", "not UTF-8"), ("nan", "'last.top1' must be a finite number")):
+                      ("latin1", "not UTF-8"), ("nan", "'last.top1' must be a finite number"),
+                      ("dataset_list", "'dataset' must be a string, got list"),
+                      ("label_int", "'label' must be a string, got int"),
+                      ("tiny_factor", "'imb_factor' must lie in [1e-9, 1]")):
         assert any(str(tmp_path / name / "results.json") in w and why in w for w in warnings), (name, warnings)
     assert "Unfinished runs (no results.json yet), not in the table: 2" in captured.out
     assert f"- {tmp_path / 'running'} (last.pth)" in captured.out

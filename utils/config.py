@@ -109,6 +109,19 @@ def output_file(path: str) -> str:
     return path
 
 
+# The formats matplotlib's Agg, PDF, PS and SVG back ends write, named by the file's extension.
+FIGURE_FORMATS = ("png", "pdf", "svg", "svgz", "jpg", "jpeg", "tif", "tiff", "webp", "eps", "ps")
+
+
+def figure_file(path: str) -> str:
+    """``output_file`` for a figure: the extension picks the format, so it must be one we can write."""
+    extension = os.path.splitext(path)[1].lstrip(".").lower()
+    if extension not in FIGURE_FORMATS:
+        raise argparse.ArgumentTypeError(f"{path}: the figure's format comes from its extension; end the name in "
+                                         f".png, .pdf or .svg (or one of {', '.join(FIGURE_FORMATS[3:])})")
+    return output_file(path)
+
+
 def str2bool(value: str | bool) -> bool:
     """Parses 'True'/'False' style strings, so ``--cos False`` really means False."""
     if isinstance(value, bool):
@@ -135,14 +148,16 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     _typed: Sequence[str] = ()
 
-    def add_output_argument(self, flag: str, **kwargs: Any) -> None:
+    def add_output_argument(self, flag: str, figure: bool = False, **kwargs: Any) -> None:
         """A file the script writes (``output_file``). An existing file is refused unless ``--force``
-        (added with the first output flag) is given: nothing written before is replaced silently."""
+        (added with the first output flag) is given: nothing written before is replaced silently.
+        A ``figure``'s extension must name a format the plot can be saved in, checked before the
+        work whose result it draws."""
         outputs = getattr(self, "_outputs", [])
         if not outputs:
             self.add_argument("--force", action="store_true",
                               help="replace the files named by the output flags if they exist")
-        action = self.add_argument(flag, type=output_file, **kwargs)
+        action = self.add_argument(flag, type=figure_file if figure else output_file, **kwargs)
         self._outputs = outputs + [(flag, action.dest)]
 
     def parse_known_args(self, args=None, namespace=None):
