@@ -12,12 +12,17 @@ labels reach the tail); the last column is the row's sum.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
+import math
 import os
 import sys
 from typing import Dict, List, Optional, Sequence
+
+# Runnable as ``python scripts/per_class_stats.py`` from anywhere: make the packages importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.config import POSITIVE_INT, OneLineErrorParser  # noqa: E402  (standard library only)
 
 PER_CLASS_FILE = "per_class.csv"
 
@@ -32,16 +37,24 @@ def read_per_class(run: str) -> Dict[str, Dict[int, List[float]]]:
     if not os.path.isfile(path):
         raise StatsError(f"{path} is missing: only methods with per-class statistics (LCSL) write it")
     table: Dict[str, Dict[int, List[float]]] = {}
-    with open(path, newline="", encoding="utf-8") as stream:
-        rows = csv.reader(stream)
-        header = next(rows, None)
-        if not header or header[:2] != ["epoch", "statistic"]:
-            raise StatsError(f"{path}: not a per-class statistics file (header {header})")
-        for number, row in enumerate(rows, start=2):
-            try:
-                table.setdefault(row[1], {})[int(row[0])] = [float(v) for v in row[2:] if v != ""]
-            except (ValueError, IndexError):
-                raise StatsError(f"{path}:{number}: expected epoch, statistic, then numbers") from None
+    try:
+        with open(path, newline="", encoding="utf-8") as stream:
+            lines = stream.read().splitlines()
+    except UnicodeDecodeError:
+        raise StatsError(f"{path} is not UTF-8 text (damaged?)") from None
+    rows = csv.reader(lines)
+    header = next(rows, None)
+    if not header or header[:2] != ["epoch", "statistic"]:
+        raise StatsError(f"{path}: not a per-class statistics file (header {header})")
+    for number, row in enumerate(rows, start=2):
+        try:
+            values = [float(v) for v in row[2:] if v != ""]
+            table.setdefault(row[1], {})[int(row[0])] = values
+        except (ValueError, IndexError):
+            raise StatsError(f"{path}:{number}: expected epoch, statistic, then numbers") from None
+        if not all(math.isfinite(v) for v in values):
+            raise StatsError(f"{path}:{number}: a value is not finite (nan or inf): the run diverged, or the "
+                             "file is damaged")
     return table
 
 
@@ -49,9 +62,15 @@ def train_counts(run: str) -> Optional[List[int]]:
     path = os.path.join(run, "results.json")
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as stream:
-        counts = json.load(stream).get("train_counts")
-    return [int(c) for c in counts] if counts else None
+    try:
+        with open(path, encoding="utf-8") as stream:
+            result = json.load(stream)
+    except ValueError as error:  # not UTF-8, not JSON
+        raise StatsError(f"{path} is not readable JSON ({type(error).__name__})") from None
+    counts = result.get("train_counts") if isinstance(result, dict) else None
+    if counts is not None and not (isinstance(counts, list) and all(isinstance(c, int) for c in counts)):
+        raise StatsError(f"{path}: 'train_counts' must be a list of integers")
+    return counts or None
 
 
 def default_epochs(available: Sequence[int]) -> List[int]:
@@ -97,15 +116,15 @@ def report(run: str, stats: Optional[Sequence[str]], epochs: Optional[Sequence[i
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(prog="per_class_stats.py", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run folders holding per_class.csv")
     parser.add_argument("--stat", nargs="+", default=None, help="statistics to show (default: all recorded)")
-    parser.add_argument("--epochs", nargs="+", type=int, default=None, help="epochs to show (1-based)")
+    parser.add_argument("--epochs", nargs="+", type=POSITIVE_INT, default=None, help="epochs to show (1-based)")
     parser.add_argument("--share", action="store_true", help="each row as percentages of its sum")
     args = parser.parse_args(argv)
     try:
         print("\n\n".join(report(run, args.stat, args.epochs, args.share) for run in args.runs))
-    except (StatsError, OSError, json.JSONDecodeError) as error:
+    except (StatsError, OSError) as error:
         print(f"per_class_stats.py: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -3,6 +3,8 @@ import json
 import os
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import per_class_stats  # noqa: E402
@@ -53,3 +55,32 @@ def test_errors_name_the_file_the_statistic_or_the_epoch(tmp_path, capsys):
     (tmp_path / "per_class.csv").write_text("epoch,statistic,class_0\n1,x,abc\n")
     assert per_class_stats.main([str(tmp_path)]) == 2
     assert "per_class.csv:2: expected epoch, statistic, then numbers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("csv_bytes, results, message", [
+    (b"epoch,statistic,class_0\n1,x,nan\n", None, "per_class.csv:2: a value is not finite"),
+    (b"epoch,statistic,class_0\n1,x,\xff\n", None, "per_class.csv is not UTF-8 text"),
+    (b"epoch,statistic,class_0\n1,x,3\n", '{"train_counts": "10"}', "results.json: 'train_counts' must be a list"),
+    (b"epoch,statistic,class_0\n1,x,3\n", "{", "results.json is not readable JSON"),
+], ids=["nan", "not-utf8", "counts-str", "results-invalid"])
+def test_damaged_files_are_one_line(tmp_path, capsys, csv_bytes, results, message):
+    (tmp_path / "per_class.csv").write_bytes(csv_bytes)
+    if results is not None:
+        (tmp_path / "results.json").write_text(results)
+    assert per_class_stats.main([str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and message in error, error
+
+
+def test_results_of_another_shape_only_lose_the_counts_in_the_header(tmp_path, capsys):
+    (tmp_path / "per_class.csv").write_text("epoch,statistic,class_0\n1,x,3\n")
+    (tmp_path / "results.json").write_text("[1, 2]")
+    assert per_class_stats.main([str(tmp_path)]) == 0
+    assert "| epoch | 0 | sum |" in capsys.readouterr().out
+
+
+def test_flags_are_checked_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        per_class_stats.main([str(tmp_path), "--epochs", "x"])
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and error.count("\n") == 1 and "--epochs" in error
