@@ -44,6 +44,7 @@ from PIL import Image
 
 from .base import DatasetError, ImageSource, LongTailData
 from .cifar_lt import UnsafePickleError, read_array_pickle
+from .list_dataset import text_lines
 from .longtail import unlabeled_class_counts
 
 FORMAT_NAME = "ltkit-pseudo-labels"
@@ -144,16 +145,12 @@ def image_list_pool(list_path: str, root: Optional[str] = None) -> Pool:
     list's folder). Labels, when every line has one, become the reference labels."""
     root = os.path.abspath(root if root is not None else os.path.dirname(os.path.abspath(list_path)))
     paths, labels = [], []
-    try:
-        with open(list_path, encoding="utf-8") as handle:
-            lines = [line.strip() for line in handle]
-    except OSError as error:
-        raise DatasetError(f"cannot read pool list {list_path}: {error}") from error
-    for number, line in enumerate(lines, start=1):
+    for _, line in text_lines(list_path):  # an unreadable file or a non-UTF-8 line is named FILE:LINE
+        line = line.strip()
         if not line:
             continue
         fields = line.rsplit(None, 1)
-        has_label = len(fields) == 2 and fields[1].isdigit()
+        has_label = len(fields) == 2 and fields[1].isascii() and fields[1].isdigit()
         paths.append(os.path.join(root, fields[0] if has_label else line))
         labels.append(int(fields[1]) if has_label else None)
     if not paths:

@@ -165,6 +165,12 @@ def test_add_pseudo_labeled_selects_by_reference_and_trains_on_pseudo_labels(tmp
     np.testing.assert_array_equal(again.train.array, data.train.array)  # seeded
 
 
+def test_a_pool_list_in_another_encoding_names_its_line(tmp_path):
+    (tmp_path / "pool.txt").write_bytes("a.png 0\ncaf\u00e9.png 1\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"pool.txt:2: byte 0xe9 at column 4 is not UTF-8"):
+        semi.image_list_pool(str(tmp_path / "pool.txt"))
+
+
 def test_folder_and_list_pools_join_file_and_memory_training_sets(tmp_path):
     from PIL import Image
 
