@@ -83,6 +83,9 @@ def ensure_cifar_files(root: str, layout: CifarLayout, download: bool) -> None:
 
     Files already on disk are trusted as they are (no md5), so re-encoded copies work.
     """
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise DatasetError(f"--data_root {root} is a file, not a folder: point it at the folder holding "
+                           f"'{layout.folder}' (or where it should be downloaded to)")
     missing = _missing_files(root, layout)
     if not missing:
         return

@@ -137,6 +137,15 @@ def test_missing_files_without_download(tmp_path, monkeypatch):
         build_dataset("cifar100", DataOptions(data_root=str(tmp_path), download=False))
 
 
+def test_a_data_root_that_is_a_file_is_named_before_any_download(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tv_utils
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", lambda *a, **k: pytest.fail("no download"))
+    (tmp_path / "data").write_text("not a folder")
+    with pytest.raises(DatasetError, match=r"--data_root .*data is a file, not a folder"):
+        build_dataset("cifar10", DataOptions(data_root=str(tmp_path / "data")))
+
+
 def test_pickle_with_wrong_keys_is_named(cifar10_root):
     path = os.path.join(cifar10_root.root, "cifar-10-batches-py", "data_batch_2")
     with open(path, "wb") as handle:
