@@ -133,6 +133,12 @@ def test_a_file_operation_the_machine_refuses_is_one_line(capsys):
     assert capsys.readouterr().err == "main.py: error: /runs/x/.run.lock: Read-only file system\n"
 
 
+def test_resume_from_a_file_that_is_no_checkpoint_says_so(finished_run, cifar10_root, capsys):
+    config = os.path.join(finished_run, "config.json")
+    code, err = guarded(capsys, cifar10_root.root, "--resume", config, "--epochs", "2")
+    assert code == 2 and f"{config} is not a checkpoint: resume from the run folder or its last.pth" in err
+
+
 def test_overwrite_and_resume_contradict(cifar10_root, tmp_path):
     with pytest.raises(ConfigError, match="--overwrite .*--resume"):
         config_for(cifar10_root.root, "--out_dir", str(tmp_path / "run"), "--overwrite", "--resume", "auto")

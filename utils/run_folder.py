@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import time
+import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
 from utils.checkpoint import is_temporary_checkpoint, load_checkpoint, resolve_checkpoint_path
@@ -325,6 +326,9 @@ def _check_resume_folder(flag_value: str, path: str, run_dir: str, config: Train
     """A continuation writes last.pth, best.pth, results.json and log.txt of the checkpoint's
     folder, so that folder must hold this run, and the file must be its newest state: resuming an
     older file (best.pth, a copied snapshot) would silently replace the later epochs."""
+    if not zipfile.is_zipfile(path):  # every checkpoint ltkit writes is a torch zip archive
+        raise ConfigError(f"--resume {flag_value}: {path} is not a checkpoint: resume from the run folder or "
+                          "its last.pth")
     saved = _saved_config(run_dir, from_checkpoint=False)
     if saved is not None:
         for flag, old, new in config_differences(config, saved)[:1]:
