@@ -371,12 +371,16 @@ def test_a_run_that_fails_in_its_first_epoch_leaves_no_folder_for_the_corrected_
 def test_a_failed_first_epoch_in_a_folder_made_beforehand_removes_only_the_run_files(cifar10_root, tmp_path,
                                                                                      monkeypatch):
     run = tmp_path / "run"
-    run.mkdir()
+    (run / "tb").mkdir(parents=True)  # the user's own: not a run marker, so the folder counts as free
+    (run / "tb" / "mine.txt").write_text("mine")
     (run / "notes.txt").write_text("mine")
     poison_after_epoch(monkeypatch, bad_epoch=1)
     with pytest.raises(DivergedError):
         train(cifar10_root.root, "--out_dir", str(run))
-    assert sorted(os.listdir(run)) == [LOCK_FILE, "notes.txt"] and (run / "notes.txt").read_text() == "mine"
+    assert sorted(os.listdir(run)) == [LOCK_FILE, "notes.txt", "tb"] and (run / "notes.txt").read_text() == "mine"
+    assert (run / "tb" / "mine.txt").read_text() == "mine"
+    monkeypatch.undo()
+    assert train(cifar10_root.root, "--out_dir", str(run))["last"]["epoch"] == 1  # the folder is free
 
 
 def test_an_interrupted_first_epoch_keeps_its_folder_for_resume_auto(cifar10_root, tmp_path, monkeypatch):

@@ -110,6 +110,7 @@ class RunFolderLock:
         self.run_dir = run_dir
         self.path = os.path.join(run_dir, LOCK_FILE)
         self.created = created  # the claim made the folder (it did not exist before this command)
+        self.preexisting: frozenset = frozenset()  # what the folder held once claimed and cleared
         self._descriptor: Optional[int] = None
 
     def acquire(self) -> None:
@@ -134,7 +135,8 @@ def abandon_unstarted_run(lock: RunFolderLock) -> bool:
     """After a run failed before its first checkpoint (a refusal found while building its loaders,
     a bad image or a non-finite loss in epoch 1): removes what it wrote, so the folder is free
     for the corrected command, not a half-made run that --out_dir then refuses. The whole folder
-    goes when the claim made it; otherwise only the run's own files (anything else stays). A
+    goes when the claim made it; otherwise only the run files this command created, so nothing
+    that was there before it (an earlier attempt's log, a tb/ folder of the user's) is lost. A
     folder holding a checkpoint is left as it is. Call after the lock is released and the log
     closed; returns whether anything was removed."""
     run_dir = lock.run_dir
@@ -142,9 +144,18 @@ def abandon_unstarted_run(lock: RunFolderLock) -> bool:
         return False
     if lock.created:
         shutil.rmtree(run_dir, ignore_errors=True)
-    else:
-        discard_run_outputs(run_dir)
-    return True
+        return True
+    removed = False
+    for name in RUN_OUTPUTS:
+        path = os.path.join(run_dir, name)
+        if name in lock.preexisting or not os.path.lexists(path):
+            continue
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+        removed = True
+    return removed
 
 
 def busy_message(run_dir: str, holder: str) -> str:
@@ -373,6 +384,7 @@ def claim_run_folder(plan: RunPlan, config: TrainConfig, label: str) -> Tuple[st
             raise ConfigError(f"run folder {run_dir} changed while this run was starting (another process "
                               "wrote into it): run the command again")
         notes = _clear_for(plan, run_dir)
+        lock.preexisting = frozenset(os.listdir(run_dir))
     except BaseException:
         lock.release()
         raise
