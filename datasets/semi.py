@@ -389,9 +389,14 @@ def add_pseudo_labeled(data: LongTailData, path: str, imb_factor_unlabel: float,
     by_reference = entry["reference_labels"] is not None
     selection_labels = np.asarray(entry["reference_labels"] if by_reference else entry["pseudo_labels"])
     chosen = select_per_class(selection_labels, wanted, seed)
-    if not len(chosen):
-        raise DatasetError(f"--unlabeled {path} adds no image to D_U: none of its labels is a class of this "
-                           f"dataset (0..{data.num_classes - 1})")
+    if not len(chosen):  # a "_semi" run that trains on D_L alone would be mislabelled
+        if sum(wanted) == 0:
+            why = f"--unlabel_size_factor {size_factor:g} asks for no image in any class: raise it"
+        elif not len(selection_labels):
+            why = "the file holds no image (did its --threshold keep none?)"
+        else:
+            why = f"none of its labels is a class of this dataset (0..{data.num_classes - 1})"
+        raise DatasetError(f"--unlabeled {path} adds no image to D_U: {why}")
     pseudo = np.asarray(entry["pseudo_labels"], dtype=np.int64)[chosen]
     if len(pseudo) and (pseudo.min() < 0 or pseudo.max() >= data.num_classes):
         raise DatasetError(f"{path}: pseudo labels outside 0..{data.num_classes - 1}")

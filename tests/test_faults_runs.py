@@ -383,8 +383,10 @@ def test_a_failed_first_epoch_in_a_folder_made_beforehand_removes_only_the_run_f
     assert train(cifar10_root.root, "--out_dir", str(run))["last"]["epoch"] == 1  # the folder is free
 
 
-def test_an_interrupted_first_epoch_keeps_its_folder_for_resume_auto(cifar10_root, tmp_path, monkeypatch):
-    """Ctrl-C is no failure: the run is kept, and --resume auto starts it again."""
+def test_an_interrupted_first_epoch_keeps_its_folder_and_a_failed_restart_keeps_it_too(cifar10_root, tmp_path,
+                                                                                      monkeypatch):
+    """Ctrl-C is no failure: the run is kept, and --resume auto starts it again. A restart that then
+    fails removes nothing the interrupted attempt wrote."""
     run = str(tmp_path / "run")
 
     def interrupted(self):
@@ -395,8 +397,31 @@ def test_an_interrupted_first_epoch_keeps_its_folder_for_resume_auto(cifar10_roo
         train(cifar10_root.root, "--out_dir", run)
     assert sorted(os.listdir(run)) == [LOCK_FILE, "config.json", "log.txt", "tb"]
     monkeypatch.undo()
+    poison_after_epoch(monkeypatch, bad_epoch=1)
+    with pytest.raises(DivergedError):
+        train(cifar10_root.root, "--out_dir", run, "--resume", "auto")
+    assert sorted(os.listdir(run)) == [LOCK_FILE, "config.json", "log.txt", "tb"]
+    assert "training interrupted" in log_of(run)  # the first attempt's log is still there
+    monkeypatch.undo()
     assert train(cifar10_root.root, "--out_dir", run, "--resume", "auto")["last"]["epoch"] == 1
     assert "stopped before its first checkpoint: starting it again from epoch 1" in log_of(run)
+
+
+def test_a_continued_run_that_fails_keeps_its_folder_whole(finished_run, cifar10_root, tmp_path, monkeypatch):
+    """A branch made as --resume advises (the run's files and one checkpoint copied to a folder of its
+    own), continued, then failing in its first new epoch: nothing of the folder is removed."""
+    import shutil
+
+    branch = tmp_path / "branch"
+    branch.mkdir()
+    for name in ("config.json", "log.txt", "tb"):
+        source = os.path.join(finished_run, name)
+        (shutil.copytree if os.path.isdir(source) else shutil.copy)(source, branch / name)
+    shutil.copy(os.path.join(finished_run, "last.pth"), branch / "epoch1.pth")
+    poison_after_epoch(monkeypatch, bad_epoch=1)  # this process's first epoch: epoch 2 of the run
+    with pytest.raises(DivergedError):
+        train(cifar10_root.root, "--resume", str(branch / "epoch1.pth"), "--epochs", "2")
+    assert sorted(os.listdir(branch)) == [LOCK_FILE, "config.json", "epoch1.pth", "log.txt", "tb"]
 
 
 @pytest.mark.parametrize("extra, flag", [

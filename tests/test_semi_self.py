@@ -148,6 +148,19 @@ def toy_data(counts=(8, 4, 2)):
                         list(counts), (0.5,) * 3, (0.5,) * 3, 4, train_indices=np.arange(len(targets)))
 
 
+def test_a_pool_that_adds_no_image_is_refused_with_its_reason(tmp_path):
+    path = str(tmp_path / "p.npz")
+    semi.save_pseudo_labels(path, pool_of(np.array([0, 1, 2])), np.array([0, 1, 2]), np.array([0.1, 0.2, 0.3]),
+                            num_classes=3, dataset="toy", prediction_model="m")
+    with pytest.raises(DatasetError, match=r"adds no image to D_U: --unlabel_size_factor 0.01 asks for no image"):
+        semi.add_pseudo_labeled(toy_data(), path, 1.0, 0.01, log=lambda _: None)
+    empty = str(tmp_path / "empty.npz")
+    semi.save_pseudo_labels(empty, pool_of(np.array([0, 1, 2])), np.array([0, 1, 2]), np.array([0.1, 0.2, 0.3]),
+                            num_classes=3, dataset="toy", prediction_model="m", threshold=0.9)
+    with pytest.raises(DatasetError, match=r"the file holds no image \(did its --threshold keep none\?\)"):
+        semi.add_pseudo_labeled(toy_data(), empty, 1.0, 1, log=lambda _: None)
+
+
 def test_add_pseudo_labeled_selects_by_reference_and_trains_on_pseudo_labels(tmp_path):
     reference = np.array([0] * 5 + [1] * 10 + [2] * 3)  # class 0 can give 5 of the 16 wanted
     pool, path = pool_of(reference), str(tmp_path / "p.npz")

@@ -452,6 +452,10 @@ def _close(logger: RunLogger, lock: Optional[RunFolderLock], error: Optional[Bas
     interrupted by Ctrl-C or SIGTERM keeps them, and --resume auto starts it again."""
     logger.close()
     if lock is not None:
-        lock.release()
-        if error is not None and not isinstance(error, KeyboardInterrupt):
-            abandon_unstarted_run(lock)
+        try:
+            if error is not None and not isinstance(error, KeyboardInterrupt):
+                abandon_unstarted_run(lock)  # under the lock: no other process can claim it meanwhile
+        except OSError:
+            pass  # the run's own error is what the user must see; the files stay as they are
+        finally:
+            lock.release()

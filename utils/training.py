@@ -42,9 +42,10 @@ def check_finite_state(state: Dict[str, Any], epoch: int, name: str, run_dir: st
     where = (f"{' and '.join(kept)} in {run_dir} keep the last finite state" if kept
              else "no checkpoint was written")
     first = f" (first: {bad[0]})" if bad else ""
+    # Without a checkpoint the run's files are removed as it stops, so the same folder is free again.
     raise DivergedError(f"training diverged in epoch {epoch}: {len(bad) or 'some'} parameter/buffer tensor(s) "
                         f"hold NaN/inf{first}; stopped before writing {name}, {where}. Start again with a "
-                        f"lower --lr (this run: {config.optim.lr:g}) in a new run folder")
+                        f"lower --lr (this run: {config.optim.lr:g})" + (" in a new run folder" if kept else ""))
 
 
 def train(run) -> Dict[str, Any]:
