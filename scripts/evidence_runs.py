@@ -118,8 +118,8 @@ def run_folders(root: str) -> List[str]:
     return sorted(name for name in os.listdir(root) if os.path.isfile(os.path.join(root, name, "config.json")))
 
 
-def stamp_commit(path: str, commit: str) -> bool:
-    """Writes ``commit`` as the git_commit of a JSON record that says 'unknown'; True if changed."""
+def read_record(path: str) -> Dict:
+    """A run's config.json or results.json; EvidenceError names a damaged one."""
     try:
         with open(path, encoding="utf-8") as stream:
             record = json.load(stream)
@@ -129,6 +129,12 @@ def stamp_commit(path: str, commit: str) -> bool:
     if not isinstance(record, dict):
         raise EvidenceError(f"{path} holds a {type(record).__name__}, not a run's record: the run folder is "
                             "damaged; move it out of the folder to pack")
+    return record
+
+
+def stamp_commit(path: str, commit: str) -> bool:
+    """Writes ``commit`` as the git_commit of a JSON record that says 'unknown'; True if changed."""
+    record = read_record(path)
     if record.get("git_commit") != "unknown":
         return False
     record["git_commit"] = commit
@@ -155,8 +161,7 @@ def needs_weights(root: str, run: str) -> bool:
     results = os.path.join(root, run, "results.json")
     if not os.path.isfile(results):
         return True
-    with open(results, encoding="utf-8") as stream:
-        return json.load(stream).get("method") in SELF_SUPERVISED
+    return read_record(results).get("method") in SELF_SUPERVISED
 
 
 def pack(args: argparse.Namespace) -> None:

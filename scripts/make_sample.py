@@ -134,15 +134,24 @@ def main(argv: List[str] | None = None) -> int:
     try:
         if os.path.exists(out) and not args.overwrite:
             raise SampleError(f"{args.out} exists; pass --overwrite to rebuild it")
+        if os.path.islink(out):
+            raise SampleError(f"{args.out} is a symbolic link: give the folder it points to")
         if os.path.exists(out) and not os.path.isdir(out):
             raise SampleError(f"{args.out} is a file, not a sample folder: choose another OUT")
+        source = os.path.realpath(args.src)
+        if os.path.commonpath([source, os.path.realpath(out)]) in (source, os.path.realpath(out)):
+            raise SampleError(f"{args.out} and SRC {args.src} lie one inside the other: write the sample elsewhere")
         classes, splits = plan_sample(args.src, args.train_per_class, args.test_per_class)
         os.makedirs(building)
         write_sample(args.src, building, classes, splits, args.train_per_class, args.test_per_class)
         if os.path.exists(out):
             replaced = f"{out}.replaced-{os.getpid()}"
             os.rename(out, replaced)
-            os.rename(building, out)
+            try:
+                os.rename(building, out)
+            except OSError:
+                os.rename(replaced, out)  # the earlier sample goes back where it was
+                raise
             shutil.rmtree(replaced)
         else:
             os.rename(building, out)

@@ -52,9 +52,6 @@ def read_per_class(run: str) -> Dict[str, Dict[int, List[float]]]:
             table.setdefault(row[1], {})[int(row[0])] = values
         except (ValueError, IndexError):
             raise StatsError(f"{path}:{number}: expected epoch, statistic, then numbers") from None
-        if not all(math.isfinite(v) for v in values):
-            raise StatsError(f"{path}:{number}: a value is not finite (nan or inf): the run diverged, or the "
-                             "file is damaged")
     return table
 
 
@@ -81,6 +78,8 @@ def default_epochs(available: Sequence[int]) -> List[int]:
 
 
 def format_value(value: float) -> str:
+    if not math.isfinite(value):  # a diverged run's last epoch: shown as it was recorded
+        return str(value)
     return f"{value:.0f}" if abs(value) >= 100 or value == int(value) else f"{value:.3g}"
 
 
@@ -95,7 +94,8 @@ def stat_table(values: Dict[int, List[float]], epochs: Sequence[int], counts: Op
             raise StatsError(f"epoch {epoch} is not recorded (recorded: {min(values)} to {max(values)})")
         row = values[epoch]
         total = sum(row)
-        cells = [f"{100 * v / total:.1f}" if share and total else format_value(v) for v in row]
+        cells = [f"{100 * v / total:.1f}" if share and total and math.isfinite(total) else format_value(v)
+                 for v in row]
         lines.append(f"| {epoch} | " + " | ".join(cells) + f" | {format_value(total)} |")
     return "\n".join(lines)
 

@@ -215,9 +215,10 @@ def test_pack_names_a_damaged_record(tmp_path, capsys, content, message):
     root, out = str(tmp_path / "runs"), str(tmp_path / "out")
     make_runs(root)
     write(os.path.join(root, "ce_cifar10_seed0", "results.json"), content)
-    assert evidence_runs.main(["pack", root, out, "--commit", "abcdef0"]) == 2
-    err = capsys.readouterr().err
-    assert message in err and "ce_cifar10_seed0" in err and err.count("\n") == 1 and not os.path.exists(out)
+    for commit in (["--commit", "abcdef0"], []):  # read to stamp the commit, and to decide what travels
+        assert evidence_runs.main(["pack", root, out, *commit]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "ce_cifar10_seed0" in err and err.count("\n") == 1 and not os.path.exists(out)
 
 
 def test_restore_names_a_truncated_archive_and_flags_are_checked(tmp_path, capsys):

@@ -9,6 +9,12 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import make_sample  # noqa: E402
 
 
+def tree(folder):
+    """Every file below `folder` by its relative path, with its bytes."""
+    return {os.path.relpath(os.path.join(base, name), folder): open(os.path.join(base, name), "rb").read()
+            for base, _, names in os.walk(folder) for name in names}
+
+
 @pytest.fixture
 def source(tmp_path):
     """Three classes, three training and two test 'images' each (distinct bytes), train.txt in a
@@ -52,15 +58,14 @@ def test_the_first_images_of_each_class_are_copied_byte_for_byte(source, tmp_pat
 def test_bad_input_is_one_line_and_an_earlier_sample_survives_overwrite(source, tmp_path, capsys, damage, message):
     out = tmp_path / "sample"
     assert make_sample.main([str(source), str(out), "--train_per_class", "1", "--test_per_class", "1"]) == 0
-    before = {p: open(os.path.join(base, p), "rb").read() for base, _, names in os.walk(out) for p in names}
+    before = tree(out)
     damage(source)
     capsys.readouterr()
     one_each = ["--train_per_class", "1", "--test_per_class", "1"]
     assert make_sample.main([str(source), str(out), *one_each, "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("make_sample.py: error: ") and err.count("\n") == 1 and message in err, err
-    after = {p: open(os.path.join(base, p), "rb").read() for base, _, names in os.walk(out) for p in names}
-    assert after == before and sorted(os.listdir(tmp_path)) == ["sample", "src"]  # no half-built folder
+    assert tree(out) == before and sorted(os.listdir(tmp_path)) == ["sample", "src"]  # no half-built folder
 
 
 def test_an_existing_out_needs_overwrite_and_is_then_replaced_whole(source, tmp_path, capsys):
@@ -73,3 +78,17 @@ def test_an_existing_out_needs_overwrite_and_is_then_replaced_whole(source, tmp_
                              "--overwrite"]) == 0
     assert not (out / "stale.jpg").exists() and len((out / "train.txt").read_text().splitlines()) == 9
     assert sorted(os.listdir(tmp_path)) == ["sample", "src"]
+
+
+@pytest.mark.parametrize("where", ["inside", "around", "link"])
+def test_an_out_that_would_touch_the_source_is_refused(source, tmp_path, capsys, where):
+    before = tree(source)
+    if where == "link":
+        (tmp_path / "real").mkdir()
+        os.symlink(tmp_path / "real", tmp_path / "link")
+        out, message = tmp_path / "link", "is a symbolic link"
+    else:
+        out, message = (source / "train", "lie one inside the other") if where == "inside" else (tmp_path, "lie one")
+    assert make_sample.main([str(source), str(out), "--train_per_class", "1", "--test_per_class", "1",
+                             "--overwrite"]) == 2
+    assert message in capsys.readouterr().err and tree(source) == before

@@ -58,11 +58,10 @@ def test_errors_name_the_file_the_statistic_or_the_epoch(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("csv_bytes, results, message", [
-    (b"epoch,statistic,class_0\n1,x,nan\n", None, "per_class.csv:2: a value is not finite"),
     (b"epoch,statistic,class_0\n1,x,\xff\n", None, "per_class.csv is not UTF-8 text"),
     (b"epoch,statistic,class_0\n1,x,3\n", '{"train_counts": "10"}', "results.json: 'train_counts' must be a list"),
     (b"epoch,statistic,class_0\n1,x,3\n", "{", "results.json is not readable JSON"),
-], ids=["nan", "not-utf8", "counts-str", "results-invalid"])
+], ids=["not-utf8", "counts-str", "results-invalid"])
 def test_damaged_files_are_one_line(tmp_path, capsys, csv_bytes, results, message):
     (tmp_path / "per_class.csv").write_bytes(csv_bytes)
     if results is not None:
@@ -70,6 +69,13 @@ def test_damaged_files_are_one_line(tmp_path, capsys, csv_bytes, results, messag
     assert per_class_stats.main([str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and message in error, error
+
+
+def test_a_diverged_epoch_is_shown_as_recorded(tmp_path, capsys):
+    (tmp_path / "per_class.csv").write_text("epoch,statistic,class_0,class_1\n1,x,3,1\n2,x,nan,1\n")
+    assert per_class_stats.main([str(tmp_path), "--share"]) == 0
+    out = capsys.readouterr().out
+    assert "| 1 | 75.0 | 25.0 | 4 |" in out and "| 2 | nan | 1 | nan |" in out
 
 
 def test_results_of_another_shape_only_lose_the_counts_in_the_header(tmp_path, capsys):
