@@ -24,7 +24,6 @@ def rebuild(payload: Dict[str, Any]) -> Method:
     description (``utils.checkpoint.load_checkpoint``); weights load with strict=True."""
     from models import build_model
     from utils.checkpoint import CheckpointError
-
     from utils.config import ConfigError
 
     try:

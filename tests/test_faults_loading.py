@@ -96,10 +96,10 @@ def test_real_run_checkpoints_need_no_allow_list(cifar10_root, tmp_path, method,
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"state_dict": None}, "its 'state_dict' is a NoneType (None), not a dict"),
-    ({"config": [1, 2]}, "its 'config' is a list ([1, 2]), not a dict"),
-    ({"epoch": "x"}, "its 'epoch' is a str (x), not a count"),
-    ({"epoch": -1}, "its 'epoch' is a int (-1), not a count"),
+    ({"state_dict": None}, "its 'state_dict' is None (NoneType), not a dict"),
+    ({"config": [1, 2]}, "its 'config' is [1, 2] (list), not a dict"),
+    ({"epoch": "x"}, "its 'epoch' is x (str), not a count"),
+    ({"epoch": -1}, "its 'epoch' is -1 (int), not a count"),
     ({"version": "2"}, "its format version is '2', not a number"),
 ], ids=["state_dict", "config", "epoch-str", "epoch-negative", "version"])
 def test_a_checkpoint_with_a_damaged_field_is_named_as_damaged(tmp_path, change, message):

@@ -270,7 +270,7 @@ def load_checkpoint(path: str, prefer: str = "best.pth", trust: Optional[bool] =
     for field, kind in PAYLOAD_FIELDS.items():
         value = payload.get(field)
         if not (_is_int(value) and value >= 0 if kind is int else isinstance(value, kind)):
-            found = "missing" if field not in payload else f"a {type(value).__name__} ({str(value)[:40]})"
+            found = "missing" if field not in payload else f"{str(value)[:40]} ({type(value).__name__})"
             raise CheckpointError(f"{path} is a damaged ltkit checkpoint: its '{field}' is {found}, not "
                                   f"{'a count' if kind is int else 'a ' + kind.__name__}")
     payload["path"] = path
