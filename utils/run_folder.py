@@ -141,7 +141,8 @@ def abandon_unstarted_run(lock: RunFolderLock) -> bool:
     folder holding a checkpoint, or whose run continued one, is left as it is. Call while the
     lock is held and the log closed; returns whether anything was removed."""
     run_dir = lock.run_dir
-    if lock.continues or any(os.path.exists(os.path.join(run_dir, name)) for name in ("last.pth", "best.pth", "results.json")):
+    checkpointed = any(os.path.exists(os.path.join(run_dir, name)) for name in ("last.pth", "best.pth", "results.json"))
+    if lock.continues or checkpointed:
         return False
     if lock.created:
         shutil.rmtree(run_dir, ignore_errors=True)
