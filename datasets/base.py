@@ -71,9 +71,17 @@ def load_image(path: str) -> Image.Image:
         raise DatasetError(f"image not found: {path} (check --data_root and the list file)")
     try:
         with Image.open(path) as image:
+            if image.mode in WIDE_MODES:
+                # convert("RGB") clips 16- and 32-bit values to 255: the image would train as white.
+                raise DatasetError(f"image {path} has {image.mode} pixels (16-bit or wider), which this toolkit "
+                                   "does not read: convert it to 8-bit RGB or grayscale")
             return image.convert("RGB")
-    except OSError as error:
-        raise DatasetError(f"cannot read image {path}: {error}") from error
+    except (OSError, Image.DecompressionBombError) as error:  # the bomb check is no OSError
+        raise DatasetError(f"cannot read image {path}: {error}") from None
+
+
+# PIL modes of more than 8 bits per channel.
+WIDE_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import codecs
 import os
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -75,6 +75,7 @@ def read_list(list_path: str, data_root: str) -> ImageSource:
     root = os.path.abspath(data_root)  # ImageSource keeps absolute paths, valid from any cwd
     paths: List[str] = []
     labels: List[int] = []
+    seen: Dict[str, int] = {}  # path -> first line: a repeated line would count its image twice
     for line_number, line in text_lines(list_path):
         line = line.strip()
         if not line:
@@ -85,6 +86,10 @@ def read_list(list_path: str, data_root: str) -> ImageSource:
             raise DatasetError(
                 f"{list_path}:{line_number}: expected 'relative/path label' with an integer label >= 0, got {line!r}"
             )
+        if fields[0] in seen:
+            raise DatasetError(f"{list_path}:{line_number}: {fields[0]} is listed again (first on line "
+                               f"{seen[fields[0]]}), which would count it twice: remove the repeated line")
+        seen[fields[0]] = line_number
         paths.append(os.path.join(root, fields[0]))
         labels.append(int(fields[1]))
     if not paths:

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Sampler
 
-from datasets.base import DataOptions, DatasetError, ImageDataset, ImageSource, LongTailData
+from datasets.base import WIDE_MODES, DataOptions, DatasetError, ImageDataset, ImageSource, LongTailData
 
 
 class ShuffleSampler(Sampler[int]):
@@ -240,8 +240,10 @@ def unreadable_image(path: str) -> Optional[str]:
     try:
         with open(path, "rb") as stream:
             with Image.open(stream) as image:
-                kind = image.format
+                kind, mode = image.format, image.mode
                 image.verify()
+            if mode in WIDE_MODES:
+                return f"of {mode} pixels (16-bit or wider), which this toolkit does not read (convert it to 8-bit)"
             stream.seek(max(os.fstat(stream.fileno()).st_size - 2, 0))
             complete = kind != "JPEG" or stream.read(2) == b"\xff\xd9"
         if not complete:

@@ -226,6 +226,34 @@ def test_wrong_data_root_fails_at_once_with_the_path(imagenet_lt_lists, tmp_path
         build_dataset("imagenet_lt", options)
 
 
+def test_a_repeated_list_line_is_named(imagenet_lt_lists):
+    path = os.path.join(imagenet_lt_lists.split_dir, "ImageNet_LT_train.txt")
+    with open(path) as handle:
+        first = handle.readline()
+    with open(path, "a") as handle:
+        handle.write(first)
+    with pytest.raises(DatasetError, match=r"ImageNet_LT_train.txt:10: train/\S+ is listed again \(first on line 1\)"):
+        build_dataset("imagenet_lt", list_options(imagenet_lt_lists))
+
+
+def test_wide_pixels_and_decompression_bombs_are_refused_not_clipped(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from datasets.base import load_image
+    from datasets.loaders import unreadable_image
+
+    wide = str(tmp_path / "wide.png")
+    Image.fromarray(np.full((4, 4), 1000, dtype=np.uint16)).save(wide)  # convert("RGB") would make it white
+    with pytest.raises(DatasetError, match=r"wide.png has I;16 pixels \(16-bit or wider\)"):
+        load_image(wide)
+    assert "of I;16 pixels (16-bit or wider)" in unreadable_image(wide)
+    big = str(tmp_path / "big.png")
+    Image.new("RGB", (64, 64)).save(big)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 4096 pixels is more than twice the limit
+    with pytest.raises(DatasetError, match=r"cannot read image .*big.png: Image size \(4096 pixels\) exceeds"):
+        load_image(big)
+
+
 def test_later_missing_image_fails_at_load_time(imagenet_lt_lists):
     os.remove(os.path.join(imagenet_lt_lists.data_root, "train", "c2", "0.png"))
     data = build_dataset("imagenet_lt", list_options(imagenet_lt_lists))  # lazy: no error yet
@@ -245,7 +273,7 @@ def test_labels_must_cover_every_class(imagenet_lt_lists):
 
 def test_test_labels_outside_training_classes(imagenet_lt_lists):
     with open(os.path.join(imagenet_lt_lists.split_dir, "ImageNet_LT_test.txt"), "a") as handle:
-        handle.write("test/c0/0.png 3\n")
+        handle.write("test/c0/extra.png 3\n")
     with pytest.raises(DatasetError, match="label 3 is outside the training classes 0..2"):
         build_dataset("imagenet_lt", list_options(imagenet_lt_lists))
 
