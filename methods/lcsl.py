@@ -121,6 +121,12 @@ class LCSLOptions(MethodOptions):
     select_on: str = derived("val", choices=SELECTION_SPLITS)  # --select_on
     mixup_alpha: float = derived(1.0, valid=NON_NEGATIVE)  # hard-coded in the reference
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.alpha == 0 and self.beta == 0:  # the loss is alpha * self-labels + beta * mixup
+            raise ConfigError("--alpha 0 and --beta 0 leave LCSL no loss to train on: give the self-labeling "
+                              "loss (--alpha) or the mixup loss (--beta) a positive weight")
+
 
 @METHODS.register("lcsl")
 class LCSL(Method):

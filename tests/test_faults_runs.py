@@ -139,6 +139,14 @@ def test_resume_from_a_file_that_is_no_checkpoint_says_so(finished_run, cifar10_
     assert code == 2 and f"{config} is not a checkpoint: resume from the run folder or its last.pth" in err
 
 
+def test_a_validation_split_that_holds_out_nothing_names_the_cause(cifar10_root, tmp_path, capsys):
+    run = str(tmp_path / "run")
+    code, err = guarded(capsys, cifar10_root.root, "--imb_factor", "1", "--val_per_class", "2", "--select_on", "val",
+                        "--out_dir", run)
+    assert code == 2 and "--val_per_class 2 holds out nothing" in err and "--select_on test" in err
+    assert not os.path.exists(run)
+
+
 def test_overwrite_and_resume_contradict(cifar10_root, tmp_path):
     with pytest.raises(ConfigError, match="--overwrite .*--resume"):
         config_for(cifar10_root.root, "--out_dir", str(tmp_path / "run"), "--overwrite", "--resume", "auto")

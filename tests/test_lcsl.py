@@ -267,6 +267,7 @@ def test_readme_command_parses_to_the_papers_recipe():
     (("--randaug_n", "3"), "--randaug_n"),
     (("--dataset", "places_lt"), "--arch"),
     (("--val_per_class", "0", "--select_on", "val"), "--val_per_class"),
+    (("--alpha", "0", "--beta", "0"), "--alpha 0 and --beta 0 leave LCSL no loss"),
 ])
 def test_contradictions_name_the_flag(argv, fragment):
     with pytest.raises(ConfigError, match=fragment):

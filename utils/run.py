@@ -233,7 +233,7 @@ def check_training_data(config: TrainConfig, data: Any, labeled_counts: Sequence
 def validation_shortfall(data, per_class: int) -> str:
     """The classes of a --val_per_class split that got fewer than ``per_class`` images, with their
     counts ('class 0 (airplane): 0, ...'); '' when the split is balanced or there is none."""
-    if data.val is None or per_class < 1:
+    if data.val is None or not len(data.val) or per_class < 1:  # no split: selection is on the test set
         return ""
     counts = np.bincount(data.val.targets, minlength=data.num_classes)
     names = list(data.class_names) + [""] * data.num_classes
@@ -260,6 +260,11 @@ def resolve_selection(config: TrainConfig, data: LongTailData) -> TrainConfig:
     papers' practice, labelled as such everywhere) only when there is none or when asked."""
     has_val = data.val is not None and len(data.val) > 0
     if config.select_on == "val" and not has_val:
+        if config.data.val_per_class:  # asked for, but the long-tailed subset left no image to hold out
+            raise ConfigError(f"--val_per_class {config.data.val_per_class} holds out nothing: the long-tailed "
+                              f"subset (--imb_factor {config.data.imb_factor:g}) uses every training image, so "
+                              "best.pth cannot be chosen on a validation split; pass --select_on test (labelled "
+                              "as test-selected everywhere)")
         raise ConfigError("--select_on val needs a validation split: add --val_per_class N (CIFAR) or "
                           "--val_list (list datasets), or pass --select_on test as the papers did")
     if config.select_on is None:
