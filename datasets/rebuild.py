@@ -43,7 +43,7 @@ def data_options(payload: Dict[str, Any], data_root: Optional[str]) -> DataOptio
         raise DatasetError(f"{payload['path']}: its recorded data options cannot be read ({type(error).__name__}: "
                            f"{error})") from None
     if data_root is not None:
-        options = dataclasses.replace(options, data_root=os.path.abspath(data_root))
+        options = _moved_to(options, os.path.abspath(data_root))
     relative = [key for key in PATH_OPTIONS if getattr(options, key) is not None
                 and not os.path.isabs(getattr(options, key))]
     if relative:
@@ -56,9 +56,23 @@ def data_options(payload: Dict[str, Any], data_root: Optional[str]) -> DataOptio
         options = absolute_data_options(info["name"], options, base)
     if not os.path.isdir(options.data_root):
         source = "--data_root" if data_root is not None else f"recorded in {payload['path']}"
-        raise DatasetError(f"data folder {options.data_root} ({source}) does not exist: point test.py "
+        what = "is a file, not a folder" if os.path.exists(options.data_root) else "does not exist"
+        raise DatasetError(f"data folder {options.data_root} ({source}) {what}: point test.py "
                            "--data_root at the data the run was trained on")
     return options
+
+
+def _moved_to(options: DataOptions, data_root: str) -> DataOptions:
+    """`options` with the data folder `data_root` (--data_root), and the split lists that lay inside
+    the recorded data folder, and are no longer there, moved along with it."""
+    recorded = options.data_root
+    moved = {}
+    for key in PATH_OPTIONS:
+        value = getattr(options, key)
+        if (key != "data_root" and value and os.path.isabs(value) and os.path.isabs(recorded or "")
+                and value.startswith(recorded.rstrip(os.sep) + os.sep) and not os.path.exists(value)):
+            moved[key] = os.path.join(data_root, os.path.relpath(value, recorded))
+    return dataclasses.replace(options, data_root=data_root, **moved)
 
 
 def evaluation_set(payload: Dict[str, Any], data_root: Optional[str], split: str) -> Tuple[LongTailData, str]:

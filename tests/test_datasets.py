@@ -333,3 +333,25 @@ def test_stats_script_reports_errors_in_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr
     assert "ImageNet_LT_train.txt" in done.stderr
+
+
+def test_a_moved_data_folder_takes_the_lists_inside_it_along(tmp_path):
+    """test.py --data_root NEW for a run whose data folder (lists included) moved; a list kept
+    outside the data folder, still where the run read it, stays."""
+    import dataclasses
+
+    from datasets.rebuild import data_options
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    (new / "lists").mkdir(parents=True)
+    (tmp_path / "test.txt").write_text("")
+    recorded = DataOptions(data_root=str(old), train_list=str(old / "lists" / "train.txt"),
+                           test_list=str(tmp_path / "test.txt"))
+    payload = {"path": str(tmp_path / "run" / "best.pth"), "config": {},
+               "dataset": {"name": "image_list", "options": dataclasses.asdict(recorded)}}
+    options = data_options(payload, str(new))
+    assert (options.data_root, options.train_list, options.test_list) == (
+        str(new), str(new / "lists" / "train.txt"), str(tmp_path / "test.txt"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DatasetError, match=r"file \(--data_root\) is a file, not a folder"):
+        data_options(payload, str(tmp_path / "file"))
