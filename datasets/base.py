@@ -77,7 +77,8 @@ def load_image(path: str) -> Image.Image:
                                    "does not read: convert it to 8-bit RGB or grayscale")
             return image.convert("RGB")
     except (OSError, Image.DecompressionBombError) as error:  # the bomb check is no OSError
-        raise DatasetError(f"cannot read image {path}: {error}") from None
+        raise DatasetError(f"cannot read image {path}: {error}; replace the file or remove its line from the "
+                           "list") from None
 
 
 # PIL modes of more than 8 bits per channel.
