@@ -1,15 +1,21 @@
 """Training methods: one module each, registered in METHODS when this package is imported."""
+import dataclasses
 import importlib
 import pkgutil
 from typing import Any, Dict
 
 from methods.base import METHOD_CLIS, METHODS, Method, MethodChoice, StepOutput
+from utils.config import METHOD_OPTION_FLAGS
 
 # Importing every module registers its method (and its command line, if it has one), so adding
 # a method is adding a file.
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in ("base",):
         importlib.import_module(f"{__name__}.{_module.name}")
+for _name in METHODS.names():  # the flags behind each method's options, for configuration messages
+    METHOD_OPTION_FLAGS[_name] = {spec.name: spec.metadata["flags"][0]
+                                  for spec in dataclasses.fields(METHODS.get(_name).Options)
+                                  if spec.metadata.get("flags")}
 
 __all__ = ["METHODS", "METHOD_CLIS", "Method", "MethodChoice", "StepOutput", "build_method", "rebuild"]
 

@@ -167,3 +167,14 @@ def test_a_run_saved_before_an_option_was_declared_still_matches_its_command():
     crt, _ = main_script.build_config(main_script.get_args_parser().parse_args(["--method", "crt", *REQUIRED["crt"]]))
     old_crt = {**crt.to_dict(), "method_options": {"update_bn": False}}
     assert config_differences(crt, old_crt) == []
+
+
+def test_configuration_messages_name_the_flag_behind_a_field():
+    import methods  # noqa: F401  (registering the methods fills the table of their flags)
+    from utils.config import flag_of
+
+    assert flag_of("lcsl", "method_options.threshold") == "--lambda_init"
+    assert flag_of("bccl", "method_options.temperature") == "--temp"
+    assert flag_of("erm", "optim.weight_decay") == "--wd/--weight_decay"
+    assert flag_of("erm", "data.imb_factor") == "--imb_factor" and flag_of("erm", "run.seed") == "--seed"
+    assert flag_of("erm", "optim.cosine") == "optim.cosine"  # no flag of that name: the field itself

@@ -355,3 +355,22 @@ class TrainConfig:
         values["run"] = RunConfig(**values["run"])
         values["train_aug"] = tuple(values["train_aug"])
         return TrainConfig(**values)
+
+
+# Option field -> the flag that sets it, per registered method (filled when the methods package
+# is imported), so that messages about a run's configuration name flags, not internal fields.
+METHOD_OPTION_FLAGS: Dict[str, Dict[str, str]] = {}
+
+
+def flag_of(method: str, field: str) -> str:
+    """The flag behind a dotted config field (``method_options.threshold`` -> ``--lambda_init`` for
+    LCSL, ``optim.lr`` -> ``--lr``); the field itself where no single flag sets it."""
+    group, _, key = field.rpartition(".")
+    if group == "method_options":
+        flag = METHOD_OPTION_FLAGS.get(method, {}).get(key)
+    elif group == "data":  # every data option is set by the flag of its own name
+        flag = f"--{key}"
+    else:
+        limits = {"optim": OptimConfig.LIMITS, "run": RunConfig.LIMITS, "": TrainConfig.LIMITS}.get(group, {})
+        flag = limits.get(key, (None, None))[0]
+    return flag or field

@@ -20,7 +20,7 @@ import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
 from utils.checkpoint import is_temporary_checkpoint, load_checkpoint, resolve_checkpoint_path
-from utils.config import ConfigError, TrainConfig
+from utils.config import ConfigError, TrainConfig, flag_of
 from utils.logger import PER_CLASS_FILE
 
 # Any of these in a folder means a run was started there.
@@ -202,7 +202,8 @@ def config_differences(config: TrainConfig, saved: Dict[str, Any]) -> List[Tuple
     for (group, key), value in current.items():
         if key in RESUMABLE_CHANGES.get(group, ()) or saved_flat.get((group, key), value) == value:
             continue
-        differences.append((f"{group}.{key}" if group else key, saved_flat[(group, key)], value))
+        differences.append((flag_of(config.method, f"{group}.{key}" if group else key), saved_flat[(group, key)],
+                            value))
     return differences
 
 
