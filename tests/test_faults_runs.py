@@ -404,6 +404,8 @@ def test_an_interrupted_first_epoch_keeps_its_folder_and_a_failed_restart_keeps_
     with pytest.raises(KeyboardInterrupt):
         train(cifar10_root.root, "--out_dir", run)
     assert sorted(os.listdir(run)) == [LOCK_FILE, "config.json", "log.txt", "tb"]
+    assert "training interrupted (Ctrl-C): no epoch finished, so it starts again; continue with --resume auto" \
+        in log_of(run)
     monkeypatch.undo()
     poison_after_epoch(monkeypatch, bad_epoch=1)
     with pytest.raises(DivergedError):

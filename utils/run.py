@@ -68,8 +68,10 @@ class Run:
         if isinstance(error, NonFiniteLossError):
             self.logger.info(f"training stopped: {error}", echo=False)  # run_guarded prints it on stderr
         elif isinstance(error, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (utils.cli.Terminated)
-            self.logger.info(f"training interrupted ({str(error) or 'Ctrl-C'}): last.pth holds the last finished epoch; "
-                             "continue with --resume auto", echo=False)
+            kept = ("last.pth holds the last finished epoch" if os.path.isfile(os.path.join(self.run_dir, "last.pth"))
+                    else "no epoch finished, so it starts again")
+            self.logger.info(f"training interrupted ({str(error) or 'Ctrl-C'}): {kept}; continue with --resume auto",
+                             echo=False)
         self.close(error)
 
     def close(self, error: Optional[BaseException] = None) -> None:
