@@ -123,6 +123,10 @@ def main(args: argparse.Namespace) -> None:
     if ctx.is_main:
         print(f"data: {data_root}" + (" (--data_root)" if args.data_root else " (recorded in the checkpoint)"))
         print(f"precision: {resolve_amp(amp, ctx.device)} ({why})")
+        scored, now = payload["dataset"].get("split_sizes", {}).get(args.split), len(getattr(data, args.split))
+        if scored is not None and scored != now:  # checkpoints before split_sizes was recorded: no note
+            print(f"note: the {args.split} split now holds {now} images, but the run was scored on {scored}: its "
+                  "list or data changed since training, so these numbers are not the log's")
     summary = evaluate_variants(method, [variant], loaders[args.split], inputs, ctx, data.train_counts, amp)[variant]
 
     if not ctx.is_main:

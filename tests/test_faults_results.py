@@ -218,6 +218,26 @@ def test_bad_validation_image_stops_the_run_before_training(tmp_path):
     assert not os.path.exists(tmp_path / "run")  # nothing written
 
 
+def test_test_script_notes_an_evaluation_list_changed_since_training(tmp_path, capsys):
+    lists = write_image_lists(tmp_path, "ImageNet_LT", ["train", "val", "test"])
+    run = str(tmp_path / "run")
+    config = main_script.build_config(main_script.get_args_parser().parse_args(
+        ["--dataset", "imagenet_lt", "--data_root", lists.data_root, "--split_dir", lists.split_dir,
+         "--method", "ce", "--arch", "resnet32", "--epochs", "1", "--workers", "0", "--progress", "False",
+         "--out_dir", run]))[0]
+    run_training(config, "ce")
+    capsys.readouterr()
+    run_test_script("--path", run, "--workers", "0")
+    assert "note: the test split" not in capsys.readouterr().out
+    test_list = os.path.join(lists.split_dir, "ImageNet_LT_test.txt")
+    with open(test_list) as stream:
+        kept = stream.readlines()[:-2]
+    with open(test_list, "w") as stream:
+        stream.writelines(kept)
+    run_test_script("--path", run, "--workers", "0")
+    assert "note: the test split now holds 4 images, but the run was scored on 6" in capsys.readouterr().out
+
+
 def _bad_list_data(tmp_path):
     lists = write_image_lists(tmp_path, "ImageNet_LT", ["train", "val", "test"])
     data = build_dataset("imagenet_lt", DataOptions(data_root=lists.data_root, split_dir=lists.split_dir))

@@ -84,6 +84,8 @@ class Run:
         data, config = self.data, self.config
         return {"name": data.name, "num_classes": data.num_classes, "train_counts": list(data.train_counts),
                 "labeled_counts": list(self.labeled_counts),
+                # What the log's numbers were scored on, so test.py can say when the lists changed since.
+                "split_sizes": {"test": len(data.test), "val": len(data.val) if data.val is not None else 0},
                 "mean": list(data.mean), "std": list(data.std), "image_size": data.image_size,
                 "style": data.style, "class_names": list(data.class_names),
                 # Absolute paths: test.py must read the data this run read, from whatever folder it runs in.
