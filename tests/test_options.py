@@ -163,7 +163,7 @@ def test_a_run_saved_before_an_option_was_declared_still_matches_its_command():
     del saved["method_options"]["mixup_alpha"]
     assert config_differences(lcsl, saved) == []
     saved["method_options"]["alpha"] = 0.0
-    assert config_differences(lcsl, saved) == [("method_options.alpha", 0.0, 1.0)]
+    assert config_differences(lcsl, saved) == [("--alpha", 0.0, 1.0)]  # named by its flag
     crt, _ = main_script.build_config(main_script.get_args_parser().parse_args(["--method", "crt", *REQUIRED["crt"]]))
     old_crt = {**crt.to_dict(), "method_options": {"update_bn": False}}
     assert config_differences(crt, old_crt) == []
