@@ -111,7 +111,6 @@ class RunFolderLock:
         self.path = os.path.join(run_dir, LOCK_FILE)
         self.created = created  # the claim made the folder (it did not exist before this command)
         self.preexisting: frozenset = frozenset()  # what the folder held once claimed and cleared
-        self.continues = False  # the run continues a checkpoint: its folder is never abandoned
         self._descriptor: Optional[int] = None
 
     def acquire(self) -> None:
@@ -138,11 +137,12 @@ def abandon_unstarted_run(lock: RunFolderLock) -> bool:
     for the corrected command, not a half-made run that --out_dir then refuses. The whole folder
     goes when the claim made it; otherwise only the run files this command created, so nothing
     that was there before it (an earlier attempt's log, a tb/ folder of the user's) is lost. A
-    folder holding a checkpoint, or whose run continued one, is left as it is. Call while the
-    lock is held and the log closed; returns whether anything was removed."""
+    folder holding a checkpoint is left as it is (a run continued from a copied checkpoint keeps
+    everything it found: it was all there before). Call while the lock is held and the log
+    closed; returns whether anything was removed."""
     run_dir = lock.run_dir
     checkpointed = any(os.path.exists(os.path.join(run_dir, name)) for name in ("last.pth", "best.pth", "results.json"))
-    if lock.continues or checkpointed:
+    if checkpointed:
         return False
     if lock.created:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -387,7 +387,7 @@ def claim_run_folder(plan: RunPlan, config: TrainConfig, label: str) -> Tuple[st
             raise ConfigError(f"run folder {run_dir} changed while this run was starting (another process "
                               "wrote into it): run the command again")
         notes = _clear_for(plan, run_dir)
-        lock.preexisting, lock.continues = frozenset(os.listdir(run_dir)), plan.action == "continue"
+        lock.preexisting = frozenset(os.listdir(run_dir))
     except BaseException:
         lock.release()
         raise
