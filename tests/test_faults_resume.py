@@ -1,6 +1,7 @@
 """Fault injection for what a continuation may write: an explicit --resume never replaces
 another run or a newer state of its own run, folders that cannot be locked or are files are one
 line, a bad --pretrained_model leaves no folder, and --which best never scores last.pth."""
+import json
 import os
 import shutil
 import subprocess
@@ -8,7 +9,9 @@ import sys
 
 import pytest
 
-from test_faults_runs import ROOT, guarded, snapshot, train
+import main as main_script
+from test_faults_runs import ROOT, argv, config_for, guarded, snapshot, train
+from utils.cli import run_guarded
 from utils.checkpoint import CheckpointError, load_checkpoint, read_torch_file
 
 
@@ -120,3 +123,38 @@ def test_a_json_file_is_not_a_checkpoint_and_trust_is_not_suggested(two_epoch_ru
         read_torch_file(os.path.join(two_epoch_run, "config.json"))
     message = str(caught.value)
     assert "not a torch" in message and "--trust_checkpoint" not in message and "\n" not in message
+
+
+def test_resume_without_the_runs_flags_names_every_differing_flag_before_the_data(
+        two_epoch_run, cifar10_root, tmp_path, capsys, monkeypatch):
+    # A bare `--resume RUN` takes the defaults for every other flag (this run's were --dataset
+    # cifar10 --imb_factor 0.1 --method ce ...). The refusal comes before any data is read (the
+    # default --data_root does not exist, and would have been the first error), names the
+    # method first and every other differing flag, and quotes the command that started the run.
+    from utils.run_folder import started_as
+
+    main_args = argv(cifar10_root.root, "--out_dir", str(tmp_path / "quoted"))
+    monkeypatch.setattr(sys, "argv", ["/somewhere/main.py", *main_args])
+    config = config_for(cifar10_root.root)
+    assert started_as(config) == {"command": "python main.py " + " ".join(main_args)}
+    monkeypatch.setattr(sys, "argv", ["-c"])  # a library call records no command
+    assert started_as(config) == {}
+
+    with open(os.path.join(two_epoch_run, "config.json")) as stream:
+        saved = json.load(stream)
+    saved["command"] = "python main.py --imb_factor 0.1 --method ce --out_dir run"
+    with open(os.path.join(two_epoch_run, "config.json"), "w") as stream:
+        json.dump(saved, stream)
+    before = snapshot(two_epoch_run)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # ./data is not there
+    args = main_script.get_args_parser().parse_args(["--resume", two_epoch_run, "--epochs", "3"])
+    capsys.readouterr()
+    code = run_guarded("main.py", lambda: main_script.main(args))
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().count("\n") == 0 and "Traceback" not in err
+    assert "the checkpoint was trained with other flags (--method='erm' there, 'bccl' here; " in err
+    assert "--imb_factor=0.1 there, 0.01 here" in err and "more flags" in err
+    assert err.strip().endswith("; the run was started as: python main.py --imb_factor 0.1 --method ce --out_dir run")
+    assert os.listdir(elsewhere) == [] and snapshot(two_epoch_run) == before

@@ -362,15 +362,26 @@ class TrainConfig:
 METHOD_OPTION_FLAGS: Dict[str, Dict[str, str]] = {}
 
 
+# Fields outside the LIMITS tables that one flag sets; the method's choice of loss, head, rule and
+# sampler comes from --method (or --loss_type, --train_rule, --use_norm, --sampler).
+FIELD_FLAGS = {"method": "--method", "dataset": "--dataset", "arch": "--arch", "head": "--use_norm",
+               "train_aug": "--aug", "sampler": "--sampler", "select_on": "--select_on",
+               "pretrained_model": "--pretrained_model", "unlabeled": "--unlabeled",
+               "method_options.loss": "--loss_type", "method_options.train_rule": "--train_rule",
+               "optim.cosine": "--cos", "optim.milestones": "--schedule", "optim.nesterov": "--nesterov"}
+
+
 def flag_of(method: str, field: str) -> str:
     """The flag behind a dotted config field (``method_options.threshold`` -> ``--lambda_init`` for
     LCSL, ``optim.lr`` -> ``--lr``); the field itself where no single flag sets it."""
     group, _, key = field.rpartition(".")
-    if group == "method_options":
-        flag = METHOD_OPTION_FLAGS.get(method, {}).get(key)
-    elif group == "data":  # every data option is set by the flag of its own name
+    if group == "method_options" and key in METHOD_OPTION_FLAGS.get(method, {}):
+        return METHOD_OPTION_FLAGS[method][key]
+    if field in FIELD_FLAGS:
+        return FIELD_FLAGS[field]
+    if group in ("data", "run"):  # every data and run option is set by the flag of its own name
         flag = f"--{key}"
     else:
-        limits = {"optim": OptimConfig.LIMITS, "run": RunConfig.LIMITS, "": TrainConfig.LIMITS}.get(group, {})
+        limits = {"optim": OptimConfig.LIMITS, "": TrainConfig.LIMITS}.get(group, {})
         flag = limits.get(key, (None, None))[0]
     return flag or field

@@ -34,13 +34,13 @@ from methods import Method, build_method
 from models import build_model
 from utils import dist
 from utils.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint_path
-from utils.config import ConfigError, TrainConfig
+from utils.config import SELECTION_SPLITS, ConfigError, TrainConfig
 from utils.dist import DeviceContext
 from utils.engine import DeviceInputs, NonFiniteLossError, resolve_amp
 from utils.logger import RunLogger
 from utils.metrics import SELECTION_METRICS
-from utils.run_folder import (RunFolderLock, RunPlan, abandon_unstarted_run, claim_run_folder, config_differences,
-                              plan_run_folder)
+from utils.run_folder import (RunFolderLock, RunPlan, abandon_unstarted_run, check_is_checkpoint, claim_run_folder,
+                              config_differences, describe_differences, plan_run_folder, started_as, started_as_hint)
 
 
 @dataclass
@@ -127,6 +127,7 @@ def build_run(config: TrainConfig, label: str):
     # Model initialisation must agree across DDP ranks (DDP also broadcasts it); augmentation is
     # re-seeded per rank and epoch by fit.
     seed_everything(config.run.seed, config.run.deterministic)
+    named_resume = _read_named_resume(config)  # before the data: a differing --dataset names itself
     data = build_dataset(config.dataset, config.data)
     check_evaluation_images(data, config.data, ctx.rank, ctx.world_size)  # a bad image stops it before epoch 1
     labeled_counts = list(data.train_counts)
@@ -147,7 +148,10 @@ def build_run(config: TrainConfig, label: str):
     model_kwargs = {"arch": config.arch, "num_classes": data.num_classes, "head": config.head,
                     "scale": config.head_scale}
     method = build_method(config.method, build_model(**model_kwargs), data.train_counts, **config.method_options)
-    resume = load_checkpoint(plan.resume, prefer="last.pth") if plan.resume else None
+    resume = None
+    if plan.resume:
+        same = named_resume is not None and named_resume["path"] == plan.resume
+        resume = named_resume if same else load_checkpoint(plan.resume, prefer="last.pth")
     if resume is not None:
         check_resume_matches(config, resume)
     if plan.run_dir:
@@ -166,7 +170,7 @@ def build_run(config: TrainConfig, label: str):
         if resume is None:
             from utils.checkpoint import git_commit
 
-            logger.write_json("config.json", {**config.to_dict(), "git_commit": git_commit()})
+            logger.write_json("config.json", {**config.to_dict(), "git_commit": git_commit(), **started_as(config)})
             for line in pretrained_notes:
                 logger.info(line)
         else:
@@ -291,11 +295,31 @@ def check_not_own_input(config: TrainConfig, run_dir: str) -> None:
                           "--out_dir so the input run is not overwritten")
 
 
+def _read_named_resume(config: TrainConfig) -> Optional[Dict[str, Any]]:
+    """The checkpoint an explicit ``--resume PATH`` names, read and compared with this command
+    before any data is built: a command that leaves out the run's flags (``--dataset``,
+    ``--data_root`` ...) is told which flag differs, instead of failing on the default dataset."""
+    if config.run.resume in (None, "auto"):
+        return None
+    path = resolve_checkpoint_path(config.run.resume, prefer="last.pth")
+    check_is_checkpoint(config.run.resume, path)
+    payload = load_checkpoint(path, prefer="last.pth")
+    saved_selection = payload["config"].get("select_on")
+    if config.select_on is None and saved_selection in SELECTION_SPLITS:
+        # the command left the choice to the data, which is not built yet: the run's own choice
+        # stands in for it here, and the comparison after the data is built checks the real one
+        config = dataclasses.replace(config, select_on=saved_selection)
+    check_resume_matches(config, payload)
+    return payload
+
+
 def check_resume_matches(config: TrainConfig, payload: Dict[str, Any]) -> None:
     """Continuing a run with other data, recipe or seed would silently mix two runs."""
-    for flag, saved, value in config_differences(config, payload["config"])[:1]:
-        raise ConfigError(f"--resume {payload['path']}: the checkpoint has {flag}={saved!r} "
-                          f"but this command has {value!r}; continue a run with its own flags")
+    differences = config_differences(config, payload["config"])
+    if differences:
+        raise ConfigError(f"--resume {payload['path']}: the checkpoint was trained with other flags "
+                          f"({describe_differences(differences)}); continue a run with its own flags"
+                          + started_as_hint(os.path.dirname(payload["path"]) or "."))
     if int(payload["epoch"]) > config.optim.epochs:
         raise ConfigError(f"--epochs {config.optim.epochs}: --resume {payload['path']} has already trained "
                           f"{payload['epoch']} epochs; pass --epochs {payload['epoch']} or more")

@@ -13,8 +13,10 @@ import glob
 import itertools
 import json
 import os
+import shlex
 import shutil
 import socket
+import sys
 import time
 import zipfile
 from typing import Any, Dict, List, Optional, Tuple
@@ -207,6 +209,30 @@ def config_differences(config: TrainConfig, saved: Dict[str, Any]) -> List[Tuple
     return differences
 
 
+def started_as(config: TrainConfig) -> Dict[str, str]:
+    """config.json's record of the command line that started a run, when this process is that
+    entry script (not a test or a library call), so a refusal can show the flags to repeat."""
+    if os.path.basename(sys.argv[0]) != config.script:
+        return {}
+    return {"command": shlex.join(["python", config.script, *sys.argv[1:]])}
+
+
+def started_as_hint(run_dir: str) -> str:
+    """'; the run was started as: python main.py ...', from its config.json, or '' when unrecorded."""
+    saved = _saved_config(run_dir, from_checkpoint=False) or {}
+    command = saved.get("command")
+    return f"; the run was started as: {command}" if isinstance(command, str) else ""
+
+
+def describe_differences(differences: List[Tuple[str, Any, Any]], limit: int = 4) -> str:
+    """The differing flags in one phrase, the method first (another method also changes the
+    options it derives, such as LDAM's --head_scale), so one refusal names every flag to fix."""
+    ordered = sorted(differences, key=lambda item: item[0] != "--method")
+    shown = "; ".join(f"{flag}={old!r} there, {new!r} here" for flag, old, new in ordered[:limit])
+    more = len(ordered) - limit
+    return shown + (f"; and {more} more flag{'s' if more > 1 else ''}" if more > 0 else "")
+
+
 @dataclasses.dataclass(frozen=True)
 class RunPlan:
     """What a command will do with its run folder."""
@@ -287,10 +313,11 @@ def _plan_auto(config: TrainConfig, label: str) -> RunPlan:
             raise ConfigError(f"--resume auto: {out_dir} holds run files ({', '.join(markers)}) but no readable "
                               "config.json to compare with: choose another --out_dir, or drop --resume and "
                               "pass --overwrite to delete them")
-        for flag, old, new in config_differences(config, saved)[:1]:
-            raise ConfigError(f"--resume auto: {out_dir} holds a run with {flag}={old!r} but this command has "
-                              f"{new!r}: choose another --out_dir for this configuration, continue that run "
-                              "with its own flags, or drop --resume and pass --overwrite to delete it")
+        differences = config_differences(config, saved)
+        if differences:
+            raise ConfigError(f"--resume auto: {out_dir} holds a run with other flags ({describe_differences(differences)}"
+                              "): choose another --out_dir for this configuration, continue that run with its "
+                              "own flags, or drop --resume and pass --overwrite to delete it" + started_as_hint(out_dir))
         return _existing_run(out_dir, config, markers)
     plans = [_existing_run(folder, config, run_markers(folder)) for folder in _runs_like_this(config, label)]
     for action in ("continue", "restart", "finished"):
@@ -336,19 +363,24 @@ def plan_run_folder(config: TrainConfig, label: str) -> RunPlan:
                       "start again")
 
 
+def check_is_checkpoint(flag_value: str, path: str) -> None:
+    if not zipfile.is_zipfile(path):  # every checkpoint ltkit writes is a torch zip archive
+        raise ConfigError(f"--resume {flag_value}: {path} is not a checkpoint: resume from the run folder or "
+                          "its last.pth")
+
+
 def _check_resume_folder(flag_value: str, path: str, run_dir: str, config: TrainConfig) -> None:
     """A continuation writes last.pth, best.pth, results.json and log.txt of the checkpoint's
     folder, so that folder must hold this run, and the file must be its newest state: resuming an
     older file (best.pth, a copied snapshot) would silently replace the later epochs."""
-    if not zipfile.is_zipfile(path):  # every checkpoint ltkit writes is a torch zip archive
-        raise ConfigError(f"--resume {flag_value}: {path} is not a checkpoint: resume from the run folder or "
-                          "its last.pth")
+    check_is_checkpoint(flag_value, path)
     saved = _saved_config(run_dir, from_checkpoint=False)
     if saved is not None:
-        for flag, old, new in config_differences(config, saved)[:1]:
-            raise ConfigError(f"--resume {flag_value}: its folder {run_dir} holds another run ({flag}={old!r} "
-                              f"there, {new!r} here) that continuing would overwrite: copy the checkpoint into "
-                              "a folder of its own and resume from there")
+        differences = config_differences(config, saved)
+        if differences:
+            raise ConfigError(f"--resume {flag_value}: its folder {run_dir} holds another run "
+                              f"({describe_differences(differences)}) that continuing would overwrite: copy the "
+                              "checkpoint into a folder of its own and resume from there" + started_as_hint(run_dir))
     last = os.path.join(run_dir, "last.pth")
     if os.path.isfile(last) and not os.path.samefile(last, path):
         raise ConfigError(f"--resume {flag_value}: {run_dir} holds this run's newer {last}, which continuing "
