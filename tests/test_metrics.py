@@ -150,3 +150,50 @@ def test_per_class_statistics_file_and_resume_truncation(tmp_path):
     assert rows == ["epoch,statistic,class_0,class_1", "1,a,1,2.5", "1,b,0,1", "2,a,2,2.5", "2,b,0,1",
                     "3,a,30,0.125", "3,b,1,1"]
     assert any(name.startswith("events") for name in os.listdir(tmp_path / "tb"))
+
+
+def test_each_test_time_variant_scores_its_own_hand_computed_logits():
+    # A two-class classifier on 1x2-pixel images: features (left, right) of channel 0, head rows
+    # w0 = (2, 0) and w1 = (0, 1), classes seen 9 : 1 in training. By hand, per image (target):
+    #   A (1): pixels (1, 1.6)  plain (2, 1.6) -> 0;  tau-norm rows (1,0),(0,1): (1, 1.6) -> 1
+    #          post-hoc adds (-log .9, -log .1) = (0.105, 2.303): (2.105, 3.903) -> 1
+    #          flip: mirrored (1.6, 1) gives (3.2, 1), mean with plain (2.6, 1.3) -> 0
+    #   B (0): pixels (0, 1)    plain (0, 1) -> 1;  tau-norm (0, 1) -> 1;  post-hoc (0.105, 3.303) -> 1
+    #          flip: mirrored (1, 0) gives (2, 0), mean (1, 0.5) -> 0
+    #   C (1): pixels (1, 0.8)  plain (2, 0.8) -> 0;  tau-norm (1, 0.8) -> 0;  post-hoc (2.105, 3.103) -> 1
+    #          flip: mirrored (0.8, 1) gives (1.6, 1), mean (1.8, 0.9) -> 0
+    from models import Classifier
+    from utils.dist import DeviceContext
+    from utils.engine import DeviceInputs
+    from utils.evaluation import Variant, evaluate_variants
+
+    class Pixels(torch.nn.Module):
+        out_dim = 2
+
+        def forward(self, images):
+            return images[:, 0, 0, :]
+
+    head = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[2.0, 0.0], [0.0, 1.0]]))
+    model = Classifier(Pixels(), head).eval()
+
+    class Trained:
+        predict = staticmethod(model)
+
+        @staticmethod
+        def classifier():
+            return model
+
+    pixels = torch.tensor([[1.0, 1.6], [0.0, 1.0], [1.0, 0.8]])
+    images = pixels.view(3, 1, 1, 2).expand(3, 3, 1, 2).contiguous()
+    loader = [(images, torch.tensor([1, 0, 1]), torch.arange(3))]
+    cpu = torch.device("cpu")
+    variants = {"plain": Variant(), "flip": Variant(flip=True), "tau": Variant(tau_norm=1.0),
+                "posthoc": Variant(posthoc_tau=1.0)}
+    summaries = evaluate_variants(Trained, list(variants.values()), loader, DeviceInputs((0,) * 3, (1,) * 3, cpu),
+                                  DeviceContext(cpu), train_counts=[9, 1])
+    per_class = {name: summaries[variant]["per_class"] for name, variant in variants.items()}
+    assert per_class == {"plain": [0.0, 0.0], "flip": [100.0, 0.0], "tau": [0.0, 50.0], "posthoc": [0.0, 100.0]}
+    assert summaries[variants["posthoc"]]["top1"] == pytest.approx(200 / 3)
+    assert head.weight.tolist() == [[2.0, 0.0], [0.0, 1.0]]  # tau-normalised on a copy
