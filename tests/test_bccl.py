@@ -256,6 +256,24 @@ def test_training_step_queues_centroids_and_gradients(one_thread):
     assert int(method.kmeans_runs) == 3
 
 
+def test_total_loss_weighs_its_parts_and_the_classifier_learns_from_view_one(one_thread):
+    # loss = alpha * SCL + beta * CE + ceta * centroid (the reference's weighting), with weights
+    # chosen apart from each other and from 1 so a swapped or dropped term shows.
+    method = tiny_method(warmup_epochs=0, alpha=0.5, beta=2.0, ceta=0.3)
+    method.eval()  # BatchNorm on running statistics, so view 1 alone gives the step's logits
+    method.training_step(*tiny_batch(0), epoch=0)  # fills the queues the centroids come from
+    views, targets = tiny_batch(1)
+    out = method.training_step(views, targets, epoch=0)
+    parts = {name.split("/")[1]: float(value) for name, value in out["parts"].items()}
+    assert set(parts) == {"ce", "scl", "centroid"} and min(parts.values()) > 0
+    assert float(out["loss"].detach()) == pytest.approx(0.5 * parts["scl"] + 2.0 * parts["ce"] + 0.3 * parts["centroid"])
+    with torch.no_grad():
+        view_one, view_two = method.model(views[0]), method.model(views[1])
+    torch.testing.assert_close(out["logits"].detach(), view_one)
+    assert parts["ce"] == pytest.approx(float(method.ce_loss(view_one, targets)))
+    assert parts["ce"] != pytest.approx(float(method.ce_loss(view_two, targets)))
+
+
 def test_epoch_refresh_mode_clusters_once_per_epoch(one_thread):
     method = tiny_method(warmup_epochs=0, kmeans_refresh="epoch")
     method.train()
