@@ -201,18 +201,26 @@ class MoCo(Method):
         with torch.no_grad():
             self.momentum_update()
             k = self.encode_keys(view_k)  # N x dim
-        positive = (q * k).sum(dim=1, keepdim=True)  # N x 1
         # The queue is cloned: it is overwritten below, and autograd keeps it for the backward.
-        negative = q @ self.queue.clone().t()  # N x K
-        logits = torch.cat([positive, negative], dim=1) / self.options.temperature  # N x (1 + K)
-        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        contrastive = F.cross_entropy(logits, labels)
+        contrastive, logits = infonce(q, k, self.queue.clone(), self.options.temperature)
         probe = F.cross_entropy(probe_logits, targets)
         self.enqueue(k)
         accuracy = (logits.detach().argmax(dim=1) == 0).float().mean() * 100.0
         return {"loss": contrastive + probe, "logits": probe_logits,
                 "parts": {"loss/infonce": contrastive.detach(), "loss/probe": probe.detach(),
                           "acc/instance": accuracy}}
+
+
+def infonce(queries: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor, temperature: float
+            ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """MoCo's InfoNCE loss (He et al., CVPR 2020, Eq. 1) and its logits: each query against its
+    own key (the positive, column 0) and the K queued keys (negatives), divided by the temperature,
+    cross-entropy towards column 0. queries, keys: N x dim; queue: K x dim (all unit vectors)."""
+    positive = (queries * keys).sum(dim=1, keepdim=True)  # N x 1
+    negative = queries @ queue.t()  # N x K
+    logits = torch.cat([positive, negative], dim=1) / temperature  # N x (1 + K)
+    labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    return F.cross_entropy(logits, labels), logits
 
 
 # ---- command line ------------------------------------------------------------------------------

@@ -316,6 +316,17 @@ def moco(**options):
     return build_method("moco", build_model("resnet32", 3), COUNTS, **{"dim": 4, "queue_size": 8, **options})
 
 
+def test_infonce_of_a_hand_computed_case():
+    # q = (1, 0), its key (0.6, 0.8), queued keys (0, 1) and (-1, 0), T = 0.2: logits
+    # (0.6, 0, -1) / 0.2 = (3, 0, -5), loss -log(e^3 / (e^3 + e^0 + e^-5)) = ln(1 + e^-3 + e^-8).
+    from methods.moco import infonce
+
+    loss, logits = infonce(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.6, 0.8]]),
+                           torch.tensor([[0.0, 1.0], [-1.0, 0.0]]), temperature=0.2)
+    torch.testing.assert_close(logits, torch.tensor([[3.0, 0.0, -5.0]]))
+    assert float(loss) == pytest.approx(0.048907, abs=1e-6)
+
+
 def test_moco_queue_wraps_around():
     method = moco()
     start = method.queue.clone()
