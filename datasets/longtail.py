@@ -8,13 +8,12 @@ The counts and the ``shuffle`` selection follow the LDAM-DRW recipe that BCCL an
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence
+from typing import List, Sequence
 
 import numpy as np
 
 IMB_TYPES = ("exp", "step")
 SELECTIONS = ("shuffle", "first")
-# OLTR's shot thresholds, used by every repo: many > 100 training images, few < 20.
 
 
 def class_counts(n_max: int, num_classes: int, imb_type: str = "exp", imb_factor: float = 0.01) -> List[int]:

@@ -19,7 +19,7 @@ from methods import METHODS, build_method
 from models import Classifier, build_model
 from utils import cli, dist
 from utils.checkpoint import CheckpointError, load_checkpoint, save_atomic
-from utils.config import OptimConfig, RunConfig, TrainConfig
+from utils.config import ConfigError, OptimConfig, RunConfig, TrainConfig
 from utils.engine import DeviceInputs, NonFiniteLossError, fit
 from utils.engine import runs_natively as engine_native
 from utils.runner import run_training
@@ -217,11 +217,11 @@ def test_native_precisions():
 def test_resume_with_other_flags_is_refused(cifar10_root, tmp_path):
     run = str(tmp_path / "run")
     run_training(config_for(cifar10_root.root, run, "--epochs", "1"), "ce")
-    with pytest.raises(Exception, match="--resume .*arch"):
+    with pytest.raises(ConfigError, match="--resume .*arch"):
         run_training(config_for(cifar10_root.root, run, "--resume", "auto", "--arch", "resnet34_cifar"), "ce")
-    with pytest.raises(Exception, match="--resume .*seed"):
+    with pytest.raises(ConfigError, match="--resume .*seed"):
         run_training(config_for(cifar10_root.root, run, "--resume", "auto", "--seed", "1"), "ce")
-    with pytest.raises(Exception, match="--resume .*lr"):
+    with pytest.raises(ConfigError, match="--resume .*lr"):
         run_training(config_for(cifar10_root.root, run, "--resume", "auto", "--lr", "0.05"), "ce")
 
 
@@ -347,7 +347,7 @@ def test_bf16_channels_last_and_gpu_flag_without_cuda(cifar10_root, tmp_path, ca
 
 
 def test_selection_split_is_resolved_from_the_data(cifar10_root, tmp_path):
-    with pytest.raises(Exception, match="--select_on val needs a validation split"):
+    with pytest.raises(ConfigError, match="--select_on val needs a validation split"):
         run_training(config_for(cifar10_root.root, str(tmp_path / "a"), "--select_on", "val"), "ce")
     results = run_training(config_for(cifar10_root.root, str(tmp_path / "b"), "--epochs", "1",
                                       "--val_per_class", "2"), "ce")
@@ -409,7 +409,7 @@ def test_run_never_writes_into_its_pretrained_input(cifar10_root, tmp_path):
     source = str(tmp_path / "source")
     run_training(config_for(cifar10_root.root, source, "--epochs", "1"), "ce")
     before = open(os.path.join(source, "config.json")).read()
-    with pytest.raises(Exception, match="--pretrained_model"):
+    with pytest.raises(ConfigError, match="--pretrained_model"):
         run_training(config_for(cifar10_root.root, source, "--pretrained_model", source), "ce")
     assert open(os.path.join(source, "config.json")).read() == before
 

@@ -57,6 +57,23 @@ def test_effective_number_weights_hand_values():
     assert weights.sum().item() == pytest.approx(2.0)
 
 
+@pytest.mark.parametrize("rule, before, after", [("none", 1.410038, 1.410038), ("reweight", 2.108981, 2.108981),
+                                                  ("drw", 1.410038, 2.108981)])
+def test_erm_applies_its_train_rule_at_each_epoch_start(rule, before, after):
+    # Counts 5000 : 50 give class weights (0.025034, 1.974966) (above). A batch of two: logits
+    # (0, 0) for target 0, loss ln 2 = 0.693147; logits (2, 0) for target 1, loss ln(1 + e^2) =
+    # 2.126928. Unweighted mean 1.410038; weighted (0.025034 * 0.693147 + 1.974966 * 2.126928) / 2
+    # = 2.108981. DRW (drw_epoch 2) weighs from epoch 2 on; re-weighting from the start.
+    from methods import build_method
+    from models import build_model
+
+    method = build_method("erm", build_model("resnet32", 2), [5000, 50], train_rule=rule, drw_epoch=2)
+    logits, targets = torch.tensor([[0.0, 0.0], [2.0, 0.0]]), torch.tensor([0, 1])
+    for epoch, expected in ((0, before), (1, before), (2, after), (3, after)):
+        method.on_epoch_start(epoch)
+        assert float(method.criterion(logits, targets)) == pytest.approx(expected, abs=2e-5), epoch
+
+
 def test_effective_number_weights_beta_zero_is_uniform():
     assert torch.equal(effective_number_weights([5000, 50, 3], beta=0.0), torch.ones(3))
 
@@ -150,8 +167,11 @@ def test_ldam_two_class_hand_value():
     loss1 = math.log(E(a1) + E(b1)) - b1
     loss = build("ldam", [100, 1], max_margin=0.5, scale=30.0)
     assert loss(logits, targets).item() == pytest.approx((loss0 + loss1) / 2, rel=1e-10)
-    loss.set_class_weights([0.25, 1.75])
-    assert loss(logits, targets).item() == pytest.approx((0.25 * loss0 + 1.75 * loss1) / 2.0, rel=1e-10)
+    # Weights that do not sum to the batch size, so the weighted mean (divided by the summed
+    # weights of the batch's targets, as torch's and the reference's) differs from mean(w * loss).
+    loss.set_class_weights([1.0, 3.0])
+    assert loss(logits, targets).item() == pytest.approx((1.0 * loss0 + 3.0 * loss1) / 4.0, rel=1e-10)
+    assert loss(logits, targets).item() == pytest.approx(6.750269, abs=1e-6)
 
 
 def test_ldam_zero_margin_is_scaled_ce():

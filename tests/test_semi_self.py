@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -87,6 +88,31 @@ def test_rotation_step_feeds_rotated_images_with_their_labels():
     assert method.predict(images).shape == (8, 3)
     record = method.on_epoch_end(0, {})
     assert 0.0 <= record["method/rotation_top1"] <= 100.0 and method.on_epoch_end(1, {}) == {}
+
+
+def test_rotation_losses_and_accuracies_of_hand_computed_logits(monkeypatch):
+    # Rotation labels (0, 1, 0, 2); the network's rotation logits rows (2,0,0,0), 0, 0, (0,0,3,0):
+    #   CE ln(e^2 + 3) - 2 = 0.340757, ln 4 = 1.386294, ln 4, ln(e^3 + 3) - 3 = 0.139208 -> 0.813137;
+    #   argmax (0, 0, 0, 2) against (0, 1, 0, 2): 75 %.
+    # Probe logits (3 classes), targets (0, 1, 2, 0): only the upright images 0 and 2 count,
+    #   CE ln 3 = 1.098612 and ln 4 - ln 2 = 0.693147 -> 0.895880 (rows 1 and 3 would change it).
+    import methods.rotation as rotation
+
+    method = build_method("rotation", build_model("resnet32", 3), COUNTS)
+    rotation_logits = torch.tensor([[2.0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 3.0, 0]])
+    probe_logits = torch.tensor([[0.0, 0, 0], [5.0, 0, 0], [0, 0, math.log(2)], [9.0, 0, 0]])
+    monkeypatch.setattr(rotation, "rotation_labels", lambda batch, generator=None: torch.tensor([0, 1, 0, 2]))
+    object.__setattr__(method, "_joint", lambda images: (rotation_logits, probe_logits))
+    out = method.training_step(torch.zeros(4, 3, 8, 8), torch.tensor([0, 1, 2, 0]), epoch=0)
+    parts = {name: float(value) for name, value in out["parts"].items()}
+    assert parts["loss/rotation"] == pytest.approx(0.813137, abs=1e-6)
+    assert parts["loss/probe"] == pytest.approx(0.895880, abs=1e-6)
+    assert parts["acc/rotation"] == 75.0 and float(out["loss"]) == pytest.approx(0.813137 + 0.895880, abs=1e-5)
+    # Evaluation turns image i by i % 4 quarter turns; a head answering (0, 1, 0, 3) scores 3 of 4.
+    evaluated = torch.tensor([[9.0, 0, 0, 0]] * 4 + [[9.0, 0, 0, 0], [0, 9.0, 0, 0], [9.0, 0, 0, 0], [0, 0, 0, 9.0]])
+    object.__setattr__(method, "_joint", lambda images: (evaluated, torch.zeros(images.shape[0], 3)))
+    method.predict(torch.zeros(4, 3, 8, 8))
+    assert method.on_epoch_end(0, {"test": {}})["method/rotation_top1"] == 75.0
 
 
 # ---- pseudo-label files and D_U ----------------------------------------------------------------------
