@@ -141,7 +141,7 @@ def check_result(result: Any) -> None:
 # config.json fields that say where and how a run executed or reported, not what it learned;
 # runs that differ only in these (and in the seed) are seeds of one row. The pre-training and
 # pseudo-label paths name each seed's own stage-1 run; the label already says _ssp / _semi.
-NOT_RECIPE = {"git_commit", "script", "eval_posthoc_tau", "eval_tau_norm", "pretrained_model", "unlabeled",
+NOT_RECIPE = {"git_commit", "command", "script", "eval_posthoc_tau", "eval_tau_norm", "pretrained_model", "unlabeled",
               "run.seed", "run.out_dir", "run.root_log", "run.resume", "run.gpu", "run.workers", "run.progress",
               "run.log_interval", "run.eval_interval", "run.test_interval", "run.compile", "run.compile_mode",
               "run.overwrite",

@@ -133,6 +133,7 @@ def test_runs_with_other_recipes_are_never_averaged_as_seeds(tmp_path):
         fake_result(str(tmp_path / name), "ce", top1)
         with open(tmp_path / name / "config.json", "w") as stream:
             json.dump({"optim": {"epochs": epochs, "lr": 0.1}, "git_commit": name,
+                       "command": f"python main.py --epochs {epochs} --seed {seed} --out_dir {name}",
                        "run": {"seed": seed, "out_dir": str(tmp_path / name)}}, stream)
     results = [make_table.load_result(p) for p in make_table.find_results([str(tmp_path)])]
     lines = make_table.build_table(results, paper=False).splitlines()
@@ -185,3 +186,23 @@ def test_a_gain_is_never_measured_across_precisions(tmp_path):
     gains = make_table.build_gains_table(results)
     assert gains.startswith("No gains")
     assert "ldam_drw (cifar10 r100, resnet32): no gain, no CE row with the same images, epochs and precision" in gains
+
+
+def test_seeds_of_real_runs_started_from_the_command_line_share_a_row(cifar10_root, tmp_path, monkeypatch):
+    # Everything a real run writes into config.json beside its configuration (the commit, the
+    # command line that names its seed and folder) must not split seeds into rows of their own.
+    import main as main_script
+    from utils.runner import run_training
+
+    for seed in (0, 1):
+        argv = ["--dataset", "cifar10", "--data_root", cifar10_root.root, "--imb_factor", "0.1", "--method", "ce",
+                "--epochs", "1", "-b", "16", "--limit_batches", "2", "--workers", "0", "--progress", "False",
+                "--download", "False", "--seed", str(seed), "--out_dir", str(tmp_path / "runs" / f"s{seed}")]
+        monkeypatch.setattr(sys, "argv", ["main.py", *argv])
+        config, label = main_script.build_config(main_script.get_args_parser().parse_args(argv))
+        run_training(config, label)
+        with open(tmp_path / "runs" / f"s{seed}" / "config.json") as stream:
+            assert f"--seed {seed}" in json.load(stream)["command"]
+    results = [make_table.load_result(p) for p in make_table.find_results([str(tmp_path / "runs")])]
+    rows = [line for line in make_table.build_table(results, paper=False).splitlines() if "| ce" in line]
+    assert len(rows) == 1 and "| ce | resnet32 | 2 |" in rows[0]
