@@ -154,7 +154,9 @@ def test_resume_without_the_runs_flags_names_every_differing_flag_before_the_dat
     code = run_guarded("main.py", lambda: main_script.main(args))
     err = capsys.readouterr().err
     assert code == 2 and err.strip().count("\n") == 0 and "Traceback" not in err
-    assert "the checkpoint was trained with other flags (--method='erm' there, 'bccl' here; " in err
-    assert "--imb_factor=0.1 there, 0.01 here" in err and "more flags" in err
+    assert "the checkpoint was trained with other settings (method='erm' there, 'bccl' here; " in err
+    for difference in ("--imb_factor=0.1 there, 0.01 here", "-b/--batch_size=16 there, 128 here",
+                       "--amp='none' there, 'auto' here"):
+        assert difference in err, difference
     assert err.strip().endswith("; the run was started as: python main.py --imb_factor 0.1 --method ce --out_dir run")
     assert os.listdir(elsewhere) == [] and snapshot(two_epoch_run) == before

@@ -241,7 +241,7 @@ def test_resume_into_another_out_dir_is_refused(finished_run, cifar10_root, tmp_
 
 def test_resume_auto_with_out_dir_of_another_configuration_is_refused(finished_run, cifar10_root):
     before = snapshot(finished_run)
-    with pytest.raises(ConfigError, match=r"--resume auto: .* holds a run with other flags \(--lr=0.1 there, "
+    with pytest.raises(ConfigError, match=r"--resume auto: .* holds a run with other settings \(--lr=0.1 there, "
                                           r"0.05 here\): choose another --out_dir"):
         train(cifar10_root.root, "--out_dir", finished_run, "--resume", "auto", "--lr", "0.05")
     assert snapshot(finished_run) == before

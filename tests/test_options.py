@@ -178,8 +178,9 @@ def test_configuration_messages_name_the_flag_behind_a_field():
     assert flag_of("erm", "optim.weight_decay") == "--wd/--weight_decay"
     assert flag_of("erm", "data.imb_factor") == "--imb_factor" and flag_of("erm", "run.seed") == "--seed"
     assert flag_of("erm", "optim.cosine") == "--cos" and flag_of("erm", "train_aug") == "--aug"
-    assert flag_of("erm", "method_options.loss") == "--loss_type" and flag_of("erm", "method") == "--method"
+    assert flag_of("erm", "method_options.loss") == "--loss_type" and flag_of("erm", "method") == "method"
     assert flag_of("erm", "aug_options") == "aug_options"  # several flags set it: the field itself
+    assert flag_of("erm", "head") == "head"  # --use_norm True sets 'normed': the field as stored
 
 
 @pytest.mark.parametrize("script, argv", [(main_script, ["--method", "ldam_drw"]), (main_script, []),
@@ -196,11 +197,11 @@ def test_every_configuration_field_a_flag_sets_is_named_by_a_flag_of_its_script(
     parser = script.get_args_parser()
     flags = {option for action in parser._actions for option in action.option_strings}
     config, _ = script.build_config(parser.parse_args(argv))
-    derived = {"script", "aug_options", "sampler_options", "drop_last", "method_options.loss_options",
+    derived = {"script", "method", "head", "aug_options", "sampler_options", "drop_last", "method_options.loss_options",
                "method_options.arch", "method_options.select_on", "method_options.mixup_alpha",
                "method_options.warmup_epochs", "method_options.seed"}
     if script is lcsl_script:  # the fields train_LCSL.py fixes (one method, no sampler, no post-hoc tau)
-        derived |= {"method", "sampler", "eval_posthoc_tau"}
+        derived |= {"sampler", "eval_posthoc_tau"}
     for (group, key) in _flatten(json.loads(json.dumps(config.to_dict()))):
         field = f"{group}.{key}" if group else key
         if field not in derived:

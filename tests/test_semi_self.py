@@ -513,6 +513,8 @@ def test_rotation_then_ce_then_pseudo_labels_then_semi_supervised(smoke, capsys)
     assert result.returncode == 2 and "not found" in result.stderr and result.stderr.count("\n") == 1
     log = train(capsys, "--method", "ce", *common, "--unlabeled", out, "--out_dir", str(root / "semi"))
     assert "pseudo-labelled D_U" in log and "short in classes 0 (0 of" in log  # no head-class leftovers
+    with open(root / "semi" / "log.txt") as stream:  # the run's own record of it, not only the console
+        assert "short in classes 0 (0 of" in stream.read()
     result = json.load(open(root / "semi" / "results.json"))  # rho_U defaults to rho (--imb_factor 0.1)
     assert (result["label"], result["imb_factor"], result["imb_factor_unlabel"]) == ("ce_semi", 0.1, 0.1)
 

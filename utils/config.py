@@ -362,10 +362,10 @@ class TrainConfig:
 METHOD_OPTION_FLAGS: Dict[str, Dict[str, str]] = {}
 
 
-# Fields outside the LIMITS tables that one flag sets; the method's choice of loss, head, rule and
-# sampler comes from --method (or --loss_type, --train_rule, --use_norm, --sampler).
-FIELD_FLAGS = {"method": "--method", "dataset": "--dataset", "arch": "--arch", "head": "--use_norm",
-               "train_aug": "--aug", "sampler": "--sampler", "select_on": "--select_on",
+# Fields outside the LIMITS tables that one flag sets to the field's own value. The method and
+# its head are not among them: --method ldam_drw sets method 'erm' with an LDAM loss, --use_norm
+# True sets head 'normed', so messages name those fields as they are stored.
+FIELD_FLAGS = {"dataset": "--dataset", "arch": "--arch", "train_aug": "--aug", "sampler": "--sampler", "select_on": "--select_on",
                "pretrained_model": "--pretrained_model", "unlabeled": "--unlabeled",
                "method_options.loss": "--loss_type", "method_options.train_rule": "--train_rule",
                "optim.cosine": "--cos", "optim.milestones": "--schedule", "optim.nesterov": "--nesterov"}

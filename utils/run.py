@@ -131,12 +131,13 @@ def build_run(config: TrainConfig, label: str):
     data = build_dataset(config.dataset, config.data)
     check_evaluation_images(data, config.data, ctx.rank, ctx.world_size)  # a bad image stops it before epoch 1
     labeled_counts = list(data.train_counts)
+    data_notes: List[str] = []  # logged once the run folder exists (D_U's size, its short classes)
     if config.unlabeled is not None:
         from datasets.semi import add_pseudo_labeled
 
         data = add_pseudo_labeled(data, config.unlabeled, imb_factor_unlabel=config.imb_factor_unlabel
                                   or config.data.imb_factor, size_factor=config.unlabel_size_factor,
-                                  seed=config.data.lt_seed)
+                                  seed=config.data.lt_seed, log=data_notes.append)
     config = resolve_selection(config, data)
     check_training_data(config, data, labeled_counts, ctx.world_size)  # before any file is written
     if config.run.out_dir:
@@ -167,6 +168,8 @@ def build_run(config: TrainConfig, label: str):
     logger = RunLogger(run_dir, is_main=ctx.is_main)
     try:
         _log_start(logger, run_dir, notes, plan, config, ctx, data)
+        for line in data_notes:
+            logger.info(line)
         if resume is None:
             from utils.checkpoint import git_commit
 
@@ -317,7 +320,7 @@ def check_resume_matches(config: TrainConfig, payload: Dict[str, Any]) -> None:
     """Continuing a run with other data, recipe or seed would silently mix two runs."""
     differences = config_differences(config, payload["config"])
     if differences:
-        raise ConfigError(f"--resume {payload['path']}: the checkpoint was trained with other flags "
+        raise ConfigError(f"--resume {payload['path']}: the checkpoint was trained with other settings "
                           f"({describe_differences(differences)}); continue a run with its own flags"
                           + started_as_hint(os.path.dirname(payload["path"]) or "."))
     if int(payload["epoch"]) > config.optim.epochs:

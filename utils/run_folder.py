@@ -224,13 +224,11 @@ def started_as_hint(run_dir: str) -> str:
     return f"; the run was started as: {command}" if isinstance(command, str) else ""
 
 
-def describe_differences(differences: List[Tuple[str, Any, Any]], limit: int = 4) -> str:
-    """The differing flags in one phrase, the method first (another method also changes the
-    options it derives, such as LDAM's --head_scale), so one refusal names every flag to fix."""
-    ordered = sorted(differences, key=lambda item: item[0] != "--method")
-    shown = "; ".join(f"{flag}={old!r} there, {new!r} here" for flag, old, new in ordered[:limit])
-    more = len(ordered) - limit
-    return shown + (f"; and {more} more flag{'s' if more > 1 else ''}" if more > 0 else "")
+def describe_differences(differences: List[Tuple[str, Any, Any]]) -> str:
+    """Every difference in one phrase, the method first (another method also changes the
+    options it derives, such as LDAM's --head_scale), so one refusal names all there is to fix."""
+    ordered = sorted(differences, key=lambda item: item[0] != "method")
+    return "; ".join(f"{flag}={old!r} there, {new!r} here" for flag, old, new in ordered)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -315,7 +313,7 @@ def _plan_auto(config: TrainConfig, label: str) -> RunPlan:
                               "pass --overwrite to delete them")
         differences = config_differences(config, saved)
         if differences:
-            raise ConfigError(f"--resume auto: {out_dir} holds a run with other flags ({describe_differences(differences)}"
+            raise ConfigError(f"--resume auto: {out_dir} holds a run with other settings ({describe_differences(differences)}"
                               "): choose another --out_dir for this configuration, continue that run with its "
                               "own flags, or drop --resume and pass --overwrite to delete it" + started_as_hint(out_dir))
         return _existing_run(out_dir, config, markers)
