@@ -28,7 +28,7 @@ def method_clis():
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrorParser(description=__doc__)
     choices = sorted(name for entry in method_clis() for name in entry.names)
     parser.add_argument("--method", default=None, choices=choices,
                         help=f"training method (default: ERM when --loss_type/--train_rule/--sampler "

@@ -25,7 +25,7 @@ from utils.config import AMP_CHOICES, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_I
 def get_args_parser() -> argparse.ArgumentParser:
     from utils.checkpoint import add_trust_argument
 
-    parser = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrorParser(description=__doc__)
     parser.add_argument("--path", required=True, help="run folder or checkpoint file")
     parser.add_argument("--which", choices=["last", "best"], default="last",
                         help="checkpoint of a run folder to evaluate")

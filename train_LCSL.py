@@ -36,7 +36,7 @@ COMMAND_LINE = LCSLCommandLine()
 
 def get_args_parser() -> argparse.ArgumentParser:
     # 'resolve' lets the LCSL flags re-declare --dataset with the reference's spellings as aliases.
-    parser = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = OneLineErrorParser(description=__doc__,
                                 conflict_handler="resolve")
     recipes = {"lcsl": COMMAND_LINE.recipe}
     cli.add_data_arguments(parser, default_dataset="cifar100")

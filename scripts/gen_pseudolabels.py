@@ -33,7 +33,7 @@ from utils.config import (AMP_CHOICES, NON_NEGATIVE_INT, POSITIVE_INT, PROBABILI
                           OneLineErrorParser, add_bool_flag)
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrorParser(description=__doc__)
     parser.add_argument("--path", required=True, help="run folder or checkpoint of the base classifier")
     parser.add_argument("--which", choices=["last", "best"], default="last", help="checkpoint of a run folder")
     parser.add_argument("--pool", required=True, help="leftover | svhn_extra | PICKLE | FOLDER | LIST")

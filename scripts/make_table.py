@@ -19,7 +19,6 @@ table and an unfinished seed is never silently missing from a mean.
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import math
@@ -483,8 +482,7 @@ def plot_per_class(results: List[Dict[str, Any]], path: str) -> None:
 
 
 def get_args_parser() -> OneLineErrorParser:
-    parser = OneLineErrorParser(prog="make_table.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrorParser(prog="make_table.py", description=__doc__)
     parser.add_argument("runs", nargs="+", help="run folders, folders of runs, or results.json files")
     parser.add_argument("--paper", action="store_true", help="add the papers' reported top-1")
     parser.add_argument("--gains", action="store_true",

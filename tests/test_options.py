@@ -124,6 +124,26 @@ def test_help_shows_the_defaults_a_run_uses():
     assert "learning rate of the global batch (default: 0.01)" in lcsl_help
     assert "--fc_norm FC_NORM > 0: L2-normalise the teacher's classifier rows each epoch (only the sign " \
            "matters) (default: 1.9)" in lcsl_help
+    # Every option with a fixed default says it, in each entry script's help (a None default is
+    # chosen elsewhere, by the method or the dataset, and its help says by what).
+    import test as test_script
+
+    for script in (main_script, lcsl_script, test_script):
+        entries, lines = {}, script.get_args_parser().format_help().split("\noptions:", 1)[1].splitlines()
+        for line in lines:  # an entry starts with its flags, indented by two spaces
+            if re.match(r"^  -", line):
+                flags = re.findall(r"(?:^|, )(-[-\w]+)", line.split("  ", 2)[1])
+                entry = entries.setdefault(flags[0], [])
+            elif line.startswith("    ") and entries:
+                entry.append(line)
+            if re.match(r"^  -", line):
+                entry.append(line)
+        for action in script.get_args_parser()._actions:
+            if action.option_strings and action.nargs != 0 and action.default is not None and action.help:
+                assert "default" in " ".join(entries[action.option_strings[0]]), (script.__name__, action.option_strings)
+    main_help = " ".join(main_script.get_args_parser().format_help().split())
+    assert "1 / imbalance ratio, in (0, 1] (default: 0.01)" in main_help
+    assert "parent folder of run folders (default: log)" in main_help
 
 
 def test_destination_is_the_first_flag():

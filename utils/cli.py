@@ -177,9 +177,9 @@ def add_aug_arguments(parser: argparse.ArgumentParser, recipes: Dict[str, Recipe
     group.add_argument("--aug", nargs="+", default=None, choices=TRANSFORMS.names(),
                        help=f"training recipe, one per view ({recipe_default(recipes, 'aug')}; BCCL's pair follows "
                             "--cl_views and the dataset's image style)")
-    group.add_argument("--randaug_n", type=NON_NEGATIVE_INT, default=None, help="RandAugment operations per image")
+    group.add_argument("--randaug_n", type=NON_NEGATIVE_INT, default=None, help="RandAugment operations per image (default: 2)")
     group.add_argument("--randaug_m", type=Number(int, 0, RANDAUG_MAX_MAGNITUDE), default=None,
-                       help=f"RandAugment magnitude (0-{RANDAUG_MAX_MAGNITUDE}, timm's scale)")
+                       help=f"RandAugment magnitude (0-{RANDAUG_MAX_MAGNITUDE}, timm's scale; default: 10)")
     group.add_argument("--aug_backend", default="auto", choices=AUG_BACKENDS,
                        help="tensor: the data lives on the training device and is augmented in batches; "
                             "pil: the papers' per-image DataLoader pipeline; auto: tensor for in-memory "

@@ -142,11 +142,29 @@ def add_bool_flag(parser: argparse.ArgumentParser, *names: str, default: Optiona
                         metavar="BOOL", help=f"{help} (default: {default_text or default})")
 
 
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's own line breaks and adds "(default: X)" to every option whose help
+    does not already say what its default is (a None default means "chosen elsewhere", and its
+    help says by what)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (text and "default" not in text and action.option_strings and action.nargs != 0
+                and action.default not in (None, argparse.SUPPRESS)):
+            text += " (default: %(default)s)"
+        return text
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line on stderr and exit code 2, naming a flag as
-    the user spelled it (``--batch_size``, not argparse's ``-b/--batch_size/--batch-size``)."""
+    the user spelled it (``--batch_size``, not argparse's ``-b/--batch_size/--batch-size``); its
+    help shows every default (DefaultsHelpFormatter)."""
 
     _typed: Sequence[str] = ()
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def add_output_argument(self, flag: str, figure: bool = False, **kwargs: Any) -> None:
         """A file the script writes (``output_file``). An existing file is refused unless ``--force``
