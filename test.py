@@ -31,11 +31,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="checkpoint of a run folder to evaluate")
     parser.add_argument("--data_root", "--data", dest="data_root", default=None,
                         help="read the data from this folder instead of the one recorded in the checkpoint")
-    parser.add_argument("--split", choices=["test", "val"], default="test")
-    parser.add_argument("--gpu", default=None)
+    parser.add_argument("--split", choices=["test", "val"], default="test", help="the evaluation split to score")
+    parser.add_argument("--gpu", default=None,
+                        help="GPU id, or ids like 0,1 for DataParallel (default: GPU 0 if CUDA is available, "
+                             "else the CPU)")
     parser.add_argument("-b", "--batch_size", "--batch-size", dest="batch_size", type=POSITIVE_INT, default=None,
                         help="images per evaluation batch (default: the training run's evaluation batch)")
-    parser.add_argument("--workers", "-j", type=NON_NEGATIVE_INT, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("--workers", "-j", type=NON_NEGATIVE_INT, default=min(4, os.cpu_count() or 1),
+                        help="DataLoader worker processes")
     parser.add_argument("--amp", default=None, choices=AMP_CHOICES,
                         help="autocast precision (default: the one the checkpoint's epoch trained in, which "
                              "its results were scored in; auto: native bf16/fp16 on GPUs, bf16 on CPUs with "

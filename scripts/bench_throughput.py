@@ -47,7 +47,7 @@ from datasets.cifar_lt import CIFAR_MEAN, CIFAR_STD  # noqa: E402
 from datasets.device_loader import DeviceLoader  # noqa: E402
 from methods import METHODS, build_method  # noqa: E402
 from models import build_model  # noqa: E402
-from utils.config import AMP_CHOICES  # noqa: E402
+from utils.config import AMP_CHOICES, OneLineErrorParser  # noqa: E402
 from utils.engine import DeviceInputs, autocast_context, make_scaler, resolve_amp  # noqa: E402
 
 class Setup(NamedTuple):
@@ -254,7 +254,7 @@ def fast_pipeline(args, method: str, source: ImageSource, device: torch.device, 
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(prog="bench_throughput.py", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--method", nargs="+", default=["ce"], choices=sorted(METHOD_SETUPS),
                         help="one or more methods, timed one after the other")

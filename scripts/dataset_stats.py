@@ -28,16 +28,17 @@ from utils.metrics import shot_groups  # noqa: E402
 def get_args_parser() -> argparse.ArgumentParser:
     defaults = DataOptions()
     parser = OneLineErrorParser(prog="dataset_stats.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", required=True, choices=DATASETS.names())
+    parser.add_argument("--dataset", required=True, choices=DATASETS.names(), help="dataset")
     parser.add_argument("--imb_factor", type=FRACTION, default=defaults.imb_factor,
                         help="1 / imbalance ratio, in (0, 1]")
-    parser.add_argument("--imb_type", default=defaults.imb_type, choices=IMB_TYPES)
-    parser.add_argument("--lt_selection", default=defaults.lt_selection, choices=SELECTIONS)
-    parser.add_argument("--lt_seed", type=SEED, default=defaults.lt_seed)
-    parser.add_argument("--data_root", default=defaults.data_root)
+    parser.add_argument("--imb_type", default=defaults.imb_type, choices=IMB_TYPES, help="per-class count profile")
+    parser.add_argument("--lt_selection", default=defaults.lt_selection, choices=SELECTIONS,
+                        help="which images of each class the long-tailed subset keeps")
+    parser.add_argument("--lt_seed", type=SEED, default=defaults.lt_seed, help="seed of the 'shuffle' selection")
+    parser.add_argument("--data_root", default=defaults.data_root, help="dataset folder")
     parser.add_argument("--split_dir", default=None, help="folder of the ImageNet-LT / iNat / Places-LT lists")
-    parser.add_argument("--train_list", default=None)
-    parser.add_argument("--test_list", default=None)
+    parser.add_argument("--train_list", default=None, help="training list (default: the dataset's own)")
+    parser.add_argument("--test_list", default=None, help="test list (default: the dataset's own)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_output_argument("--plot", figure=True, default=None, metavar="PATH",
                                help="write a bar chart of the counts (PNG)")

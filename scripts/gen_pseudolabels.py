@@ -44,10 +44,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_root", "--data", dest="data_root", default=None,
                         help="override the run's data folder (leftover pool)")
     add_bool_flag(parser, "--download", default=False, help="download missing SVHN files")
-    parser.add_argument("--gpu", default=None)
-    parser.add_argument("-b", "--batch_size", "--batch-size", dest="batch_size", type=POSITIVE_INT, default=256)
-    parser.add_argument("--workers", "-j", type=NON_NEGATIVE_INT, default=4)
-    parser.add_argument("--amp", default="auto", choices=AMP_CHOICES)
+    parser.add_argument("--gpu", default=None,
+                        help="GPU id, or ids like 0,1 for DataParallel (default: GPU 0 if CUDA is available, "
+                             "else the CPU)")
+    parser.add_argument("-b", "--batch_size", "--batch-size", dest="batch_size", type=POSITIVE_INT, default=256,
+                        help="images per batch")
+    parser.add_argument("--workers", "-j", type=NON_NEGATIVE_INT, default=4, help="DataLoader worker processes")
+    parser.add_argument("--amp", default="auto", choices=AMP_CHOICES, help="precision of the forward passes")
     add_trust_argument(parser)
     return parser
 

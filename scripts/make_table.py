@@ -34,7 +34,7 @@ import numpy as np
 # Runnable as ``python scripts/make_table.py`` from anywhere: make the packages importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.config import OneLineErrorParser  # noqa: E402  (torch-free: this script stays light)
+from utils.config import RUN_RECORD_FIELDS, OneLineErrorParser  # noqa: E402  (torch-free: this script stays light)
 
 # Top-1 accuracy (%) reported by the papers (their code selects on the test set), keyed by
 # (paper row, dataset, imbalance ratio). BCCL: its README; LCSL: its paper; semi-self: 100 - the
@@ -140,7 +140,7 @@ def check_result(result: Any) -> None:
 # config.json fields that say where and how a run executed or reported, not what it learned;
 # runs that differ only in these (and in the seed) are seeds of one row. The pre-training and
 # pseudo-label paths name each seed's own stage-1 run; the label already says _ssp / _semi.
-NOT_RECIPE = {"git_commit", "command", "script", "eval_posthoc_tau", "eval_tau_norm", "pretrained_model", "unlabeled",
+NOT_RECIPE = {*RUN_RECORD_FIELDS, "script", "eval_posthoc_tau", "eval_tau_norm", "pretrained_model", "unlabeled",
               "run.seed", "run.out_dir", "run.root_log", "run.resume", "run.gpu", "run.workers", "run.progress",
               "run.log_interval", "run.eval_interval", "run.test_interval", "run.compile", "run.compile_mode",
               "run.overwrite",

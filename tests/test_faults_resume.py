@@ -136,13 +136,17 @@ def test_resume_without_the_runs_flags_names_every_differing_flag_before_the_dat
     main_args = argv(cifar10_root.root, "--out_dir", str(tmp_path / "quoted"))
     monkeypatch.setattr(sys, "argv", ["/somewhere/main.py", *main_args])
     config = config_for(cifar10_root.root)
-    assert started_as(config) == {"command": "python main.py " + " ".join(main_args)}
+    assert started_as(config) == {"command": "python main.py " + " ".join(main_args), "command_dir": os.getcwd()}
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert started_as(config)["command"].startswith("torchrun --nproc_per_node=2 --nnodes=2 main.py --dataset")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.setattr(sys, "argv", ["-c"])  # a library call records no command
     assert started_as(config) == {}
 
     with open(os.path.join(two_epoch_run, "config.json")) as stream:
         saved = json.load(stream)
-    saved["command"] = "python main.py --imb_factor 0.1 --method ce --out_dir run"
+    saved.update(command="python main.py --imb_factor 0.1 --method ce --out_dir run", command_dir="/home/me")
     with open(os.path.join(two_epoch_run, "config.json"), "w") as stream:
         json.dump(saved, stream)
     before = snapshot(two_epoch_run)
@@ -158,5 +162,34 @@ def test_resume_without_the_runs_flags_names_every_differing_flag_before_the_dat
     for difference in ("--imb_factor=0.1 there, 0.01 here", "-b/--batch_size=16 there, 128 here",
                        "--amp='none' there, 'auto' here"):
         assert difference in err, difference
-    assert err.strip().endswith("; the run was started as: python main.py --imb_factor 0.1 --method ce --out_dir run")
+    assert err.strip().endswith("; the run was started in /home/me as: python main.py --imb_factor 0.1 --method ce "
+                                "--out_dir run")
     assert os.listdir(elsewhere) == [] and snapshot(two_epoch_run) == before
+    # --resume auto with the run's --out_dir is checked before the data as well.
+    args = main_script.get_args_parser().parse_args(["--resume", "auto", "--out_dir", two_epoch_run])
+    assert run_guarded("main.py", lambda: main_script.main(args)) == 2
+    err = capsys.readouterr().err
+    assert "holds a run with other settings (method='erm' there, 'bccl' here; " in err
+    assert "started in /home/me as: python main.py" in err and os.listdir(elsewhere) == []
+    # A finished run named with fewer --epochs than it trained is left as it is, as before: the
+    # early check does not read its checkpoint.
+    code, err = guarded(capsys, cifar10_root.root, "--resume", two_epoch_run, "--epochs", "1")
+    assert code == 0 and err == "" and snapshot(two_epoch_run) == before
+
+
+def test_the_started_as_hint_never_quotes_another_runs_command(cifar10_root, tmp_path, capsys):
+    # A checkpoint copied into the folder of another run (whose config.json has its own command)
+    # is refused for its own settings, without quoting the folder's command line.
+    first, second = str(tmp_path / "a"), str(tmp_path / "b")
+    train(cifar10_root.root, "--out_dir", first)
+    train(cifar10_root.root, "--out_dir", second, "--lr", "0.05")
+    with open(os.path.join(second, "config.json")) as stream:
+        saved = json.load(stream)
+    saved["command"] = "python main.py --lr 0.05"
+    with open(os.path.join(second, "config.json"), "w") as stream:
+        json.dump(saved, stream)
+    shutil.copy(os.path.join(first, "last.pth"), os.path.join(second, "last.pth"))
+    os.remove(os.path.join(second, "results.json"))
+    code, err = guarded(capsys, cifar10_root.root, "--resume", second, "--lr", "0.05", "--epochs", "2")
+    assert code == 2 and "holds another run (--lr=0.05 in its config.json, 0.1 in the checkpoint)" in err
+    assert "was started" not in err

@@ -139,7 +139,7 @@ def test_help_shows_the_defaults_a_run_uses():
             if re.match(r"^  -", line):
                 entry.append(line)
         for action in script.get_args_parser()._actions:
-            if action.option_strings and action.nargs != 0 and action.default is not None and action.help:
+            if action.option_strings and action.nargs != 0 and action.default not in (None, [], ()):
                 assert "default" in " ".join(entries[action.option_strings[0]]), (script.__name__, action.option_strings)
     main_help = " ".join(main_script.get_args_parser().format_help().split())
     assert "1 / imbalance ratio, in (0, 1] (default: 0.01)" in main_help

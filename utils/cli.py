@@ -40,9 +40,10 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str) ->
                        help="validation images per class, taken from the training images the long-tailed "
                             "subset leaves unused (fewer where a class has fewer left) (default: 0, none)")
     group.add_argument("--split_dir", default=None, help="folder of ImageNet-LT / iNat / Places-LT lists")
-    group.add_argument("--train_list", default=None)
-    group.add_argument("--val_list", default=None)
-    group.add_argument("--test_list", default=None)
+    group.add_argument("--train_list", default=None,
+                       help="training list 'path label' per line (default: the dataset's own, in --split_dir)")
+    group.add_argument("--val_list", default=None, help="validation list (default: the dataset's own, if any)")
+    group.add_argument("--test_list", default=None, help="test list (default: the dataset's own)")
     add_bool_flag(group, "--download", default=True, help="download missing CIFAR files")
     group.add_argument("--workers", "-j", type=limit(RunConfig, "workers"), default=min(4, os.cpu_count() or 1),
                        help="DataLoader workers for the PIL pipeline (default: up to 4, at most the CPU count)")
@@ -120,7 +121,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, recipes: Dict[str, Recipe
     group.add_argument("--seed", type=limit(RunConfig, "seed"), default=None,
                        help=f"seed ({recipe_default(recipes, 'seed')})")
     add_bool_flag(group, "--deterministic", default=False, help="deterministic algorithms")
-    group.add_argument("--gpu", default=None, help="GPU id, or ids like 0,1,2,3 for DataParallel")
+    group.add_argument("--gpu", default=None, help="GPU id, or ids like 0,1,2,3 for DataParallel "
+                       "(default: GPU 0 if CUDA is available, else the CPU)")
     group.add_argument("--amp", default="auto", choices=AMP_CHOICES,
                        help="autocast precision; auto: bf16 on GPUs that have it (else fp16 with loss "
                             "scaling) and on CPUs with native bf16, fp32 on other CPUs")

@@ -149,10 +149,11 @@ class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (text and "default" not in text and action.option_strings and action.nargs != 0
+        empty = isinstance(action.default, (list, tuple)) and not action.default
+        if ("default" not in text and action.option_strings and action.nargs != 0 and not empty
                 and action.default not in (None, argparse.SUPPRESS)):
             text += " (default: %(default)s)"
-        return text
+        return text.strip()
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -373,6 +374,11 @@ class TrainConfig:
         values["run"] = RunConfig(**values["run"])
         values["train_aug"] = tuple(values["train_aug"])
         return TrainConfig(**values)
+
+
+# What a run's config.json records beside its configuration: the commit, and the command line
+# that started it with the folder it ran in (never compared between runs, never part of a recipe).
+RUN_RECORD_FIELDS = ("git_commit", "command", "command_dir")
 
 
 # Option field -> the flag that sets it, per registered method (filled when the methods package

@@ -39,8 +39,10 @@ from utils.dist import DeviceContext
 from utils.engine import DeviceInputs, NonFiniteLossError, resolve_amp
 from utils.logger import RunLogger
 from utils.metrics import SELECTION_METRICS
-from utils.run_folder import (RunFolderLock, RunPlan, abandon_unstarted_run, check_is_checkpoint, claim_run_folder,
-                              config_differences, describe_differences, plan_run_folder, started_as, started_as_hint)
+from utils.run_folder import (RunFolderLock, RunPlan, abandon_unstarted_run, check_checkpoint_is_folders_run,
+                              check_is_checkpoint, claim_run_folder,
+                              config_differences, other_settings_error, plan_run_folder, saved_run_config,
+                              started_as)
 
 
 @dataclass
@@ -127,7 +129,7 @@ def build_run(config: TrainConfig, label: str):
     # Model initialisation must agree across DDP ranks (DDP also broadcasts it); augmentation is
     # re-seeded per rank and epoch by fit.
     seed_everything(config.run.seed, config.run.deterministic)
-    named_resume = _read_named_resume(config)  # before the data: a differing --dataset names itself
+    early_resume = _check_resume_before_data(config, label)  # a differing --dataset names itself
     data = build_dataset(config.dataset, config.data)
     check_evaluation_images(data, config.data, ctx.rank, ctx.world_size)  # a bad image stops it before epoch 1
     labeled_counts = list(data.train_counts)
@@ -151,8 +153,8 @@ def build_run(config: TrainConfig, label: str):
     method = build_method(config.method, build_model(**model_kwargs), data.train_counts, **config.method_options)
     resume = None
     if plan.resume:
-        same = named_resume is not None and named_resume["path"] == plan.resume
-        resume = named_resume if same else load_checkpoint(plan.resume, prefer="last.pth")
+        same = early_resume is not None and early_resume["path"] == plan.resume
+        resume = early_resume if same else load_checkpoint(plan.resume, prefer="last.pth")
     if resume is not None:
         check_resume_matches(config, resume)
     if plan.run_dir:
@@ -298,31 +300,50 @@ def check_not_own_input(config: TrainConfig, run_dir: str) -> None:
                           "--out_dir so the input run is not overwritten")
 
 
-def _read_named_resume(config: TrainConfig) -> Optional[Dict[str, Any]]:
-    """The checkpoint an explicit ``--resume PATH`` names, read and compared with this command
-    before any data is built: a command that leaves out the run's flags (``--dataset``,
-    ``--data_root`` ...) is told which flag differs, instead of failing on the default dataset."""
-    if config.run.resume in (None, "auto"):
-        return None
-    path = resolve_checkpoint_path(config.run.resume, prefer="last.pth")
-    check_is_checkpoint(config.run.resume, path)
-    payload = load_checkpoint(path, prefer="last.pth")
-    saved_selection = payload["config"].get("select_on")
-    if config.select_on is None and saved_selection in SELECTION_SPLITS:
-        # the command left the choice to the data, which is not built yet: the run's own choice
-        # stands in for it here, and the comparison after the data is built checks the real one
-        config = dataclasses.replace(config, select_on=saved_selection)
-    check_resume_matches(config, payload)
+def _check_resume_before_data(config: TrainConfig, label: str) -> Optional[Dict[str, Any]]:
+    """Refuses a continuation whose run folder or checkpoint disagrees with this command before
+    any data is built, so a command that leaves out the run's flags (``python main.py --resume
+    RUN``) is told every setting that differs instead of failing on the default dataset. Covers
+    an explicit ``--resume PATH`` and ``--resume auto --out_dir RUN``; returns the checkpoint a
+    continuation will start from (read once), or None. The same checks run again once the data
+    has resolved the selection split."""
+    resume, out_dir = config.run.resume, config.run.out_dir
+    if resume is None or (resume == "auto" and not out_dir):
+        return None  # a new run, or --resume auto's search for this configuration's own run
+    if resume == "auto":
+        folder = out_dir
+    else:
+        path = resolve_checkpoint_path(resume, prefer="last.pth")
+        check_is_checkpoint(resume, path)
+        folder = os.path.dirname(path) or "."
+    plan = plan_run_folder(_with_saved_selection(config, saved_run_config(folder)), label)
+    if resume == "auto" or plan.action != "continue":
+        return None  # a finished run is left as it is, without reading its checkpoint
+    payload = load_checkpoint(plan.resume, prefer="last.pth")
+    check_resume_config(_with_saved_selection(config, payload["config"]), payload)
     return payload
 
 
-def check_resume_matches(config: TrainConfig, payload: Dict[str, Any]) -> None:
+def _with_saved_selection(config: TrainConfig, saved: Optional[Dict[str, Any]]) -> TrainConfig:
+    """A command that left --select_on to the data (not built yet) takes the run's own choice
+    for a comparison made before the data; the comparison after it checks the real one."""
+    selection = (saved or {}).get("select_on")
+    if config.select_on is None and selection in SELECTION_SPLITS:
+        return dataclasses.replace(config, select_on=selection)
+    return config
+
+
+def check_resume_config(config: TrainConfig, payload: Dict[str, Any]) -> None:
     """Continuing a run with other data, recipe or seed would silently mix two runs."""
+    check_checkpoint_is_folders_run(payload["path"], payload["path"], payload["config"])
     differences = config_differences(config, payload["config"])
     if differences:
-        raise ConfigError(f"--resume {payload['path']}: the checkpoint was trained with other settings "
-                          f"({describe_differences(differences)}); continue a run with its own flags"
-                          + started_as_hint(os.path.dirname(payload["path"]) or "."))
+        raise other_settings_error(payload["path"], differences)
+
+
+def check_resume_matches(config: TrainConfig, payload: Dict[str, Any]) -> None:
+    """The checkpoint's settings are this command's, and --epochs reaches past its epoch."""
+    check_resume_config(config, payload)
     if int(payload["epoch"]) > config.optim.epochs:
         raise ConfigError(f"--epochs {config.optim.epochs}: --resume {payload['path']} has already trained "
                           f"{payload['epoch']} epochs; pass --epochs {payload['epoch']} or more")

@@ -198,37 +198,57 @@ def _flatten(values: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 def config_differences(config: TrainConfig, saved: Dict[str, Any]) -> List[Tuple[str, Any, Any]]:
     """(field, saved value, this command's value) for every field a continuation may not change."""
+    return _differences(config.method, config.to_dict(), saved)
+
+
+def _differences(method: str, current: Dict[str, Any], saved: Dict[str, Any]) -> List[Tuple[str, Any, Any]]:
     saved_flat = _flatten(json.loads(json.dumps(saved)))
-    current = _flatten(json.loads(json.dumps(config.to_dict())))
     differences = []
-    for (group, key), value in current.items():
+    for (group, key), value in _flatten(json.loads(json.dumps(current))).items():
         if key in RESUMABLE_CHANGES.get(group, ()) or saved_flat.get((group, key), value) == value:
             continue
-        differences.append((flag_of(config.method, f"{group}.{key}" if group else key), saved_flat[(group, key)],
-                            value))
+        differences.append((flag_of(method, f"{group}.{key}" if group else key), saved_flat[(group, key)], value))
     return differences
 
 
+def other_settings_error(path: str, differences: List[Tuple[str, Any, Any]]) -> ConfigError:
+    """The refusal of a continuation whose command differs from the checkpoint's settings (the
+    checkpoint being its folder's run: check_checkpoint_is_folders_run)."""
+    return ConfigError(f"--resume {path}: the checkpoint was trained with other settings "
+                       f"({describe_differences(differences)}); continue a run with its own flags"
+                       + started_as_hint(os.path.dirname(path) or "."))
+
+
 def started_as(config: TrainConfig) -> Dict[str, str]:
-    """config.json's record of the command line that started a run, when this process is that
-    entry script (not a test or a library call), so a refusal can show the flags to repeat."""
+    """config.json's record of the command line that started a run and the folder it ran in
+    (relative paths are relative to it), when this process is that entry script (not a test or
+    a library call), so a refusal can show the flags to repeat."""
     if os.path.basename(sys.argv[0]) != config.script:
         return {}
-    return {"command": shlex.join(["python", config.script, *sys.argv[1:]])}
+    launcher = ["python"]
+    if os.environ.get("LOCAL_WORLD_SIZE") and os.environ.get("WORLD_SIZE"):  # started by torchrun
+        per_node, world = int(os.environ["LOCAL_WORLD_SIZE"]), int(os.environ["WORLD_SIZE"])
+        launcher = ["torchrun", f"--nproc_per_node={per_node}"] + ([f"--nnodes={world // per_node}"]
+                                                                 if world > per_node else [])
+    return {"command": shlex.join([*launcher, config.script, *sys.argv[1:]]), "command_dir": os.getcwd()}
 
 
 def started_as_hint(run_dir: str) -> str:
-    """'; the run was started as: python main.py ...', from its config.json, or '' when unrecorded."""
-    saved = _saved_config(run_dir, from_checkpoint=False) or {}
+    """'; the run was started (in DIR) as: python main.py ...', from the folder's config.json, or ''
+    when unrecorded. Callers have checked that the folder's run is the one refused."""
+    saved = saved_run_config(run_dir, from_checkpoint=False) or {}
     command = saved.get("command")
-    return f"; the run was started as: {command}" if isinstance(command, str) else ""
+    if not isinstance(command, str):
+        return ""
+    where = saved.get("command_dir")
+    return f"; the run was started{f' in {where}' if isinstance(where, str) else ''} as: {command}"
 
 
-def describe_differences(differences: List[Tuple[str, Any, Any]]) -> str:
+def describe_differences(differences: List[Tuple[str, Any, Any]], there: str = "there", here: str = "here") -> str:
     """Every difference in one phrase, the method first (another method also changes the
     options it derives, such as LDAM's --head_scale), so one refusal names all there is to fix."""
     ordered = sorted(differences, key=lambda item: item[0] != "method")
-    return "; ".join(f"{flag}={old!r} there, {new!r} here" for flag, old, new in ordered)
+    return "; ".join(f"{flag}={old!r} {there}, {new!r} {here}" for flag, old, new in ordered)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,7 +269,7 @@ def _refuse_if_busy(run_dir: str) -> None:
         raise ConfigError(busy_message(run_dir, holder))
 
 
-def _saved_config(run_dir: str, from_checkpoint: bool = True) -> Optional[Dict[str, Any]]:
+def saved_run_config(run_dir: str, from_checkpoint: bool = True) -> Optional[Dict[str, Any]]:
     """The configuration of the run in `run_dir`: config.json, else (a folder from before
     config.json was written first) its last.pth; None when neither can be read."""
     try:
@@ -290,7 +310,7 @@ def _runs_like_this(config: TrainConfig, label: str) -> List[str]:
     folders = [f for f in glob.glob(os.path.join(config.run.root_log, stem + "_*")) if os.path.isdir(f)]
     matching = []
     for folder in sorted(folders, key=os.path.getmtime, reverse=True):
-        saved = _saved_config(folder, from_checkpoint=False)
+        saved = saved_run_config(folder, from_checkpoint=False)
         if saved is not None and not config_differences(config, saved):
             matching.append(folder)
     return matching
@@ -306,7 +326,7 @@ def _plan_auto(config: TrainConfig, label: str) -> RunPlan:
         markers = run_markers(out_dir)
         if not markers:
             return RunPlan(out_dir, "new")
-        saved = _saved_config(out_dir)
+        saved = saved_run_config(out_dir)
         if saved is None:
             raise ConfigError(f"--resume auto: {out_dir} holds run files ({', '.join(markers)}) but no readable "
                               "config.json to compare with: choose another --out_dir, or drop --resume and "
@@ -367,18 +387,30 @@ def check_is_checkpoint(flag_value: str, path: str) -> None:
                           "its last.pth")
 
 
+def check_checkpoint_is_folders_run(flag_value: str, path: str, trained: Dict[str, Any]) -> None:
+    """A checkpoint copied into another run's folder would overwrite that run if continued."""
+    run_dir = os.path.dirname(path) or "."
+    saved = saved_run_config(run_dir, from_checkpoint=False)
+    foreign = _differences(trained.get("method", ""), trained, saved) if saved is not None else []
+    if foreign:
+        raise ConfigError(f"--resume {flag_value}: its folder {run_dir} holds another run ("
+                          f"{describe_differences(foreign, 'in its config.json', 'in the checkpoint')}) that "
+                          "continuing would overwrite: copy the checkpoint into a folder of its own and resume "
+                          "from there")
+
+
 def _check_resume_folder(flag_value: str, path: str, run_dir: str, config: TrainConfig) -> None:
     """A continuation writes last.pth, best.pth, results.json and log.txt of the checkpoint's
     folder, so that folder must hold this run, and the file must be its newest state: resuming an
     older file (best.pth, a copied snapshot) would silently replace the later epochs."""
     check_is_checkpoint(flag_value, path)
-    saved = _saved_config(run_dir, from_checkpoint=False)
-    if saved is not None:
-        differences = config_differences(config, saved)
-        if differences:
-            raise ConfigError(f"--resume {flag_value}: its folder {run_dir} holds another run "
-                              f"({describe_differences(differences)}) that continuing would overwrite: copy the "
-                              "checkpoint into a folder of its own and resume from there" + started_as_hint(run_dir))
+    saved = saved_run_config(run_dir, from_checkpoint=False)
+    if saved is not None and config_differences(config, saved):
+        # Either the file is another run's, or this command's flags are not the run's: the
+        # checkpoint's own settings (read only on the way to a refusal) tell which.
+        trained = load_checkpoint(path, prefer="last.pth")["config"]
+        check_checkpoint_is_folders_run(flag_value, path, trained)
+        raise other_settings_error(path, config_differences(config, trained))
     last = os.path.join(run_dir, "last.pth")
     if os.path.isfile(last) and not os.path.samefile(last, path):
         raise ConfigError(f"--resume {flag_value}: {run_dir} holds this run's newer {last}, which continuing "
