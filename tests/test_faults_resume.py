@@ -136,10 +136,12 @@ def test_resume_without_the_runs_flags_names_every_differing_flag_before_the_dat
     main_args = argv(cifar10_root.root, "--out_dir", str(tmp_path / "quoted"))
     monkeypatch.setattr(sys, "argv", ["/somewhere/main.py", *main_args])
     config = config_for(cifar10_root.root)
-    assert started_as(config) == {"command": "python main.py " + " ".join(main_args), "command_dir": os.getcwd()}
+    # the script as it was named (a path that works from the folder the command ran in)
+    assert started_as(config) == {"command": "python /somewhere/main.py " + " ".join(main_args),
+                                  "command_dir": os.getcwd()}
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setenv("WORLD_SIZE", "4")
-    assert started_as(config)["command"].startswith("torchrun --nproc_per_node=2 --nnodes=2 main.py --dataset")
+    assert started_as(config)["command"].startswith("torchrun --nproc_per_node=2 --nnodes=2 /somewhere/main.py --dataset")
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.setattr(sys, "argv", ["-c"])  # a library call records no command
     assert started_as(config) == {}

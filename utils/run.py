@@ -129,7 +129,11 @@ def build_run(config: TrainConfig, label: str):
     # Model initialisation must agree across DDP ranks (DDP also broadcasts it); augmentation is
     # re-seeded per rank and epoch by fit.
     seed_everything(config.run.seed, config.run.deterministic)
-    early_resume = _check_resume_before_data(config, label)  # a differing --dataset names itself
+    # Rank 0 alone probes the folder's lock (two probes at once could see each other as busy);
+    # its refusal reaches every rank, and the other ranks read the checkpoint after the data.
+    checked: List[Optional[Dict[str, Any]]] = []
+    _on_main(ctx, lambda: checked.append(_check_resume_before_data(config, label)))
+    early_resume = checked[0] if checked else None  # a differing --dataset names itself
     data = build_dataset(config.dataset, config.data)
     check_evaluation_images(data, config.data, ctx.rank, ctx.world_size)  # a bad image stops it before epoch 1
     labeled_counts = list(data.train_counts)
@@ -316,11 +320,13 @@ def _check_resume_before_data(config: TrainConfig, label: str) -> Optional[Dict[
         path = resolve_checkpoint_path(resume, prefer="last.pth")
         check_is_checkpoint(resume, path)
         folder = os.path.dirname(path) or "."
-    plan = plan_run_folder(_with_saved_selection(config, saved_run_config(folder)), label)
-    if resume == "auto" or plan.action != "continue":
-        return None  # a finished run is left as it is, without reading its checkpoint
+    # --resume auto compares with the folder's config.json, or its last.pth where there is none.
+    saved = saved_run_config(folder, from_checkpoint=resume == "auto")
+    plan = plan_run_folder(_with_saved_selection(config, saved), label)
+    if plan.action != "continue":
+        return None  # a new or finished run: a finished one is left as it is, its checkpoint unread
     payload = load_checkpoint(plan.resume, prefer="last.pth")
-    check_resume_config(_with_saved_selection(config, payload["config"]), payload)
+    check_resume_matches(_with_saved_selection(config, payload["config"]), payload)
     return payload
 
 

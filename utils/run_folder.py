@@ -230,7 +230,7 @@ def started_as(config: TrainConfig) -> Dict[str, str]:
         per_node, world = int(os.environ["LOCAL_WORLD_SIZE"]), int(os.environ["WORLD_SIZE"])
         launcher = ["torchrun", f"--nproc_per_node={per_node}"] + ([f"--nnodes={world // per_node}"]
                                                                  if world > per_node else [])
-    return {"command": shlex.join([*launcher, config.script, *sys.argv[1:]]), "command_dir": os.getcwd()}
+    return {"command": shlex.join([*launcher, *sys.argv]), "command_dir": os.getcwd()}
 
 
 def started_as_hint(run_dir: str) -> str:
