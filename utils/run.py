@@ -339,17 +339,13 @@ def _with_saved_selection(config: TrainConfig, saved: Optional[Dict[str, Any]]) 
     return config
 
 
-def check_resume_config(config: TrainConfig, payload: Dict[str, Any]) -> None:
-    """Continuing a run with other data, recipe or seed would silently mix two runs."""
+def check_resume_matches(config: TrainConfig, payload: Dict[str, Any]) -> None:
+    """Continuing a run with other data, recipe or seed would silently mix two runs; a checkpoint
+    copied into another run's folder would overwrite that run; --epochs must reach past it."""
     check_checkpoint_is_folders_run(payload["path"], payload["path"], payload["config"])
     differences = config_differences(config, payload["config"])
     if differences:
         raise other_settings_error(payload["path"], differences)
-
-
-def check_resume_matches(config: TrainConfig, payload: Dict[str, Any]) -> None:
-    """The checkpoint's settings are this command's, and --epochs reaches past its epoch."""
-    check_resume_config(config, payload)
     if int(payload["epoch"]) > config.optim.epochs:
         raise ConfigError(f"--epochs {config.optim.epochs}: --resume {payload['path']} has already trained "
                           f"{payload['epoch']} epochs; pass --epochs {payload['epoch']} or more")
