@@ -19,7 +19,7 @@ from typing import Any, Dict
 
 import torch
 
-from utils.config import AMP_CHOICES, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, OneLineErrorParser
+from utils.config import AMP_CHOICES, GPU_HELP, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, OneLineErrorParser
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -32,9 +32,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_root", "--data", dest="data_root", default=None,
                         help="read the data from this folder instead of the one recorded in the checkpoint")
     parser.add_argument("--split", choices=["test", "val"], default="test", help="the evaluation split to score")
-    parser.add_argument("--gpu", default=None,
-                        help="GPU id, or ids like 0,1 for DataParallel (default: GPU 0 if CUDA is available, "
-                             "else the CPU)")
+    parser.add_argument("--gpu", default=None, help=GPU_HELP)
     parser.add_argument("-b", "--batch_size", "--batch-size", dest="batch_size", type=POSITIVE_INT, default=None,
                         help="images per evaluation batch (default: the training run's evaluation batch)")
     parser.add_argument("--workers", "-j", type=NON_NEGATIVE_INT, default=min(4, os.cpu_count() or 1),

@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.checkpoint import add_trust_argument  # noqa: E402
-from utils.config import (AMP_CHOICES, NON_NEGATIVE_INT, POSITIVE_INT, PROBABILITY, ConfigError,  # noqa: E402
+from utils.config import (AMP_CHOICES, GPU_HELP, NON_NEGATIVE_INT, POSITIVE_INT, PROBABILITY, ConfigError,  # noqa: E402
                           OneLineErrorParser, add_bool_flag)
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -44,9 +44,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_root", "--data", dest="data_root", default=None,
                         help="override the run's data folder (leftover pool)")
     add_bool_flag(parser, "--download", default=False, help="download missing SVHN files")
-    parser.add_argument("--gpu", default=None,
-                        help="GPU id, or ids like 0,1 for DataParallel (default: GPU 0 if CUDA is available, "
-                             "else the CPU)")
+    parser.add_argument("--gpu", default=None, help=GPU_HELP)
     parser.add_argument("-b", "--batch_size", "--batch-size", dest="batch_size", type=POSITIVE_INT, default=256,
                         help="images per batch")
     parser.add_argument("--workers", "-j", type=NON_NEGATIVE_INT, default=4, help="DataLoader worker processes")

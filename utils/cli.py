@@ -17,8 +17,9 @@ from typing import Any, Callable, Dict, List
 from datasets import DATASETS, DataOptions, DatasetError, dataset_entry
 from datasets.longtail import IMB_TYPES, SELECTIONS
 from utils.checkpoint import CheckpointError, add_trust_argument
-from utils.config import (AMP_CHOICES, AUG_BACKENDS, COMPILE_MODES, FRACTION, NON_NEGATIVE_INT, SEED, SELECTION_SPLITS,
-                          ConfigError, Number, OptimConfig, Recipe, RunConfig, TrainConfig, add_bool_flag, str2bool)
+from utils.config import (AMP_CHOICES, AUG_BACKENDS, COMPILE_MODES, FRACTION, GPU_HELP, NON_NEGATIVE_INT, SEED,
+                          SELECTION_SPLITS, ConfigError, Number, OptimConfig, Recipe, RunConfig, TrainConfig,
+                          add_bool_flag, str2bool)
 
 
 def limit(config_class: type, name: str) -> Number:
@@ -121,8 +122,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, recipes: Dict[str, Recipe
     group.add_argument("--seed", type=limit(RunConfig, "seed"), default=None,
                        help=f"seed ({recipe_default(recipes, 'seed')})")
     add_bool_flag(group, "--deterministic", default=False, help="deterministic algorithms")
-    group.add_argument("--gpu", default=None, help="GPU id, or ids like 0,1,2,3 for DataParallel "
-                       "(default: GPU 0 if CUDA is available, else the CPU)")
+    group.add_argument("--gpu", default=None, help=GPU_HELP)
     group.add_argument("--amp", default="auto", choices=AMP_CHOICES,
                        help="autocast precision; auto: bf16 on GPUs that have it (else fp16 with loss "
                             "scaling) and on CPUs with native bf16, fp32 on other CPUs")
@@ -179,7 +179,8 @@ def add_aug_arguments(parser: argparse.ArgumentParser, recipes: Dict[str, Recipe
     group.add_argument("--aug", nargs="+", default=None, choices=TRANSFORMS.names(),
                        help=f"training recipe, one per view ({recipe_default(recipes, 'aug')}; BCCL's pair follows "
                             "--cl_views and the dataset's image style)")
-    group.add_argument("--randaug_n", type=NON_NEGATIVE_INT, default=None, help="RandAugment operations per image (default: 2)")
+    group.add_argument("--randaug_n", type=NON_NEGATIVE_INT, default=None,
+                       help="RandAugment operations per image (default: 2)")
     group.add_argument("--randaug_m", type=Number(int, 0, RANDAUG_MAX_MAGNITUDE), default=None,
                        help=f"RandAugment magnitude (0-{RANDAUG_MAX_MAGNITUDE}, timm's scale; default: 10)")
     group.add_argument("--aug_backend", default="auto", choices=AUG_BACKENDS,

@@ -263,6 +263,8 @@ class Recipe:
 
 # --amp: autocast precision; auto picks the device's native one (utils.engine.resolve_amp).
 AMP_CHOICES = ("auto", "none", "bf16", "fp16")
+# --gpu of every entry script (utils.dist.setup_devices reads it).
+GPU_HELP = "GPU id, or ids like 0,1,2,3 for DataParallel (default: GPU 0 if CUDA is available, else the CPU)"
 # --aug_backend: batched tensor augmentation on the device, the per-image PIL pipeline, or tensor
 # for in-memory data and PIL for image files.
 AUG_BACKENDS = ("auto", "tensor", "pil")
@@ -389,8 +391,8 @@ METHOD_OPTION_FLAGS: Dict[str, Dict[str, str]] = {}
 # Fields outside the LIMITS tables that one flag sets to the field's own value. The method and
 # its head are not among them: --method ldam_drw sets method 'erm' with an LDAM loss, --use_norm
 # True sets head 'normed', so messages name those fields as they are stored.
-FIELD_FLAGS = {"dataset": "--dataset", "arch": "--arch", "train_aug": "--aug", "sampler": "--sampler", "select_on": "--select_on",
-               "pretrained_model": "--pretrained_model", "unlabeled": "--unlabeled",
+FIELD_FLAGS = {"dataset": "--dataset", "arch": "--arch", "train_aug": "--aug", "sampler": "--sampler",
+               "select_on": "--select_on", "pretrained_model": "--pretrained_model", "unlabeled": "--unlabeled",
                "method_options.loss": "--loss_type", "method_options.train_rule": "--train_rule",
                "optim.cosine": "--cos", "optim.milestones": "--schedule", "optim.nesterov": "--nesterov"}
 
