@@ -2,6 +2,7 @@
 
     python scripts/make_table.py log/*/ [--paper] [--gains] [--plot per_class.png] [--out table.md]
     python scripts/make_table.py runs/parity --by run.aug_backend run.amp
+    python scripts/make_table.py results/cifar10_lt_r100 --gains --pool_precisions
 
 Runs are grouped by dataset, imbalance ratio, method label and architecture, and by any
 ``--by`` fields of the run's config.json (dotted paths, e.g. ``run.aug_backend``); seeds of the same
@@ -11,6 +12,11 @@ for a clean one. ``--paper`` adds the numbers the papers report next to ours; ``
 each row's gain over the CE row of the same dataset, ratio and architecture, as the mean ± std
 of the per-seed differences (seeds paired), beside the gain the papers report. The plot shades
 one standard deviation over seeds around each row's per-class accuracy.
+
+The same flags can train in different precisions (``--amp auto`` is bf16 on a CPU with native
+bf16, fp32 on one without), so seeds of different precisions are different rows by default.
+``--pool_precisions`` averages them in one row, which says how many seeds each precision gave;
+a gain then still pairs a seed's method run only with the CE run of that seed *and* precision.
 
 A results.json that cannot be read (invalid JSON, not a results file, missing keys) is skipped
 with a warning naming it, and run folders without one (config.json or last.pth only: still
@@ -26,7 +32,7 @@ import os
 import re
 import sys
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -34,7 +40,8 @@ import numpy as np
 # Runnable as ``python scripts/make_table.py`` from anywhere: make the packages importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.config import RUN_RECORD_FIELDS, OneLineErrorParser  # noqa: E402  (torch-free: this script stays light)
+# torch-free: this script stays light
+from utils.config import RUN_RECORD_FIELDS, OneLineErrorParser, end_quietly_when_output_closes  # noqa: E402
 
 # Top-1 accuracy (%) reported by the papers (their code selects on the test set), keyed by
 # (paper row, dataset, imbalance ratio). BCCL: its README; LCSL: its paper; semi-self: 100 - the
@@ -171,9 +178,10 @@ def recipe_of(config: Dict[str, Any]) -> Tuple[Tuple[str, str], ...]:
 PRECISION_NAMES = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}
 
 
-def load_result(path: str, by: Sequence[str] = ()) -> Dict[str, Any]:
+def load_result(path: str, by: Sequence[str] = (), pool_precisions: bool = False) -> Dict[str, Any]:
     """results.json, plus the ``--by`` config fields and the recipe read from the config.json
-    beside it; a ResultError says what is wrong with a file that cannot be used."""
+    beside it (the precision is part of the recipe unless ``pool_precisions``); a ResultError
+    says what is wrong with a file that cannot be used."""
     result = _read_json(path)
     check_result(result)
     config_path = os.path.join(os.path.dirname(path), "config.json")
@@ -191,9 +199,23 @@ def load_result(path: str, by: Sequence[str] = ()) -> Dict[str, Any]:
     result["recipe"] = None
     if isinstance(config, dict) and config:
         # Seeds trained in different precisions are different rows, whatever their flags say.
-        precision = PRECISION_NAMES.get(result["precision"], result["precision"])
-        result["recipe"] = tuple(sorted(recipe_of(config) + (("precision", json.dumps(precision or "unrecorded")),)))
+        pooled = () if pool_precisions else (("precision", json.dumps(precision_name(result))),)
+        result["recipe"] = tuple(sorted(recipe_of(config) + pooled))
     return result
+
+
+def precision_name(result: Dict[str, Any]) -> str:
+    """'bf16', 'fp32', 'fp16', or 'unrecorded' for a run that names none."""
+    precision = result.get("precision")
+    return PRECISION_NAMES.get(precision, precision) or "unrecorded"
+
+
+def seeds_cell(members: List[Dict[str, Any]]) -> str:
+    """How many seeds a row averages, and how many of each precision when they differ."""
+    counts = Counter(precision_name(m) for m in members)
+    if len(counts) < 2:
+        return str(len(members))
+    return f"{len(members)} ({', '.join(f'{name} {count}' for name, count in sorted(counts.items()))})"
 
 
 def logged_precision(folder: str) -> Optional[str]:
@@ -208,12 +230,13 @@ def logged_precision(folder: str) -> Optional[str]:
     return found.pop() if len(found) == 1 else ("mixed" if found else None)
 
 
-def load_results(paths: Sequence[str], by: Sequence[str] = ()) -> List[Dict[str, Any]]:
+def load_results(paths: Sequence[str], by: Sequence[str] = (),
+                 pool_precisions: bool = False) -> List[Dict[str, Any]]:
     """Every usable results.json; the others are skipped with a warning on stderr naming them."""
     results = []
     for path in paths:
         try:
-            results.append(load_result(path, by))
+            results.append(load_result(path, by, pool_precisions))
         except ResultError as error:
             print(f"make_table.py: warning: skipped {path}: {error}", file=sys.stderr)
     return results
@@ -346,7 +369,7 @@ def build_table(results: List[Dict[str, Any]], paper: bool, by: Sequence[str] = 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, members in sorted(groups.items()):
         dataset, ratio, label, arch = key[:4]
-        row = [dataset, str(ratio), label + key[-1], arch] + list(key[4:-1]) + [str(len(members))]
+        row = [dataset, str(ratio), label + key[-1], arch] + list(key[4:-1]) + [seeds_cell(members)]
         row += [mean_std([m.get("last", {}).get(metric) for m in members]) for metric in METRICS]
         rules = {selected_entry(m)[0] for m in members}
         row += [mean_std([selected_entry(m)[1].get("top1") for m in members]), "/".join(sorted(rules))]
@@ -372,11 +395,12 @@ def paired_gains(members: List[Dict[str, Any]], baseline: List[Dict[str, Any]],
     """Per-seed differences ``value(run) - value(CE run of the same seed)`` over the seeds both
     rows have (a seed's CE run and method run share the data subset, the initial draw and the
     augmentation stream, so pairing removes most of the seed noise); and how many seeds of the
-    method had no CE partner."""
-    by_seed = {m.get("seed"): value(m) for m in baseline}
+    method had no CE partner. Partners also share the precision: in rows that pool precisions,
+    a seed trained in bf16 for one method and in fp32 for the other is not a pair."""
+    by_seed = {(m.get("seed"), precision_name(m)): value(m) for m in baseline}
     gains, unpaired = [], 0
     for member in members:
-        partner, own = by_seed.get(member.get("seed")), value(member)
+        partner, own = by_seed.get((member.get("seed"), precision_name(member))), value(member)
         if partner is None or own is None:
             unpaired += 1
         else:
@@ -494,6 +518,9 @@ def get_args_parser() -> OneLineErrorParser:
                                help="also write the table (and the unfinished-runs note) to this Markdown file")
     parser.add_argument("--by", nargs="+", default=[], metavar="FIELD",
                         help="also group by these config.json fields (dotted, e.g. run.aug_backend)")
+    parser.add_argument("--pool_precisions", action="store_true",
+                        help="average seeds trained in different precisions (bf16, fp32) in one row, "
+                             "counting each precision's seeds; gains still pair runs of one precision")
     return parser
 
 
@@ -504,7 +531,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except FileNotFoundError as error:
         print(f"make_table.py: error: {error}", file=sys.stderr)
         return 2
-    results = load_results(paths, args.by)
+    results = load_results(paths, args.by, args.pool_precisions)
     unfinished = find_unfinished(args.runs)
     if not results:
         skipped = f"; {len(paths)} skipped as unreadable" if paths else ""
@@ -528,4 +555,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    end_quietly_when_output_closes()
     sys.exit(main())

@@ -22,7 +22,8 @@ from typing import Dict, List, Optional, Sequence
 # Runnable as ``python scripts/per_class_stats.py`` from anywhere: make the packages importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.config import POSITIVE_INT, OneLineErrorParser  # noqa: E402  (standard library only)
+# standard library only
+from utils.config import POSITIVE_INT, OneLineErrorParser, end_quietly_when_output_closes  # noqa: E402
 
 PER_CLASS_FILE = "per_class.csv"
 
@@ -131,4 +132,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    end_quietly_when_output_closes()
     sys.exit(main())

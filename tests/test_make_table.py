@@ -188,6 +188,39 @@ def test_a_gain_is_never_measured_across_precisions(tmp_path):
     assert "ldam_drw (cifar10 r100, resnet32): no gain, no CE row with the same images, epochs and precision" in gains
 
 
+def test_pooled_precisions_share_a_row_and_pair_seeds_within_a_precision(tmp_path):
+    # Seeds 0 and 1 of CE trained in bf16, seed 2 in fp32; LDAM-DRW's seed 1 ran in fp32, so it
+    # has no CE partner of its precision and the gain pairs seeds 0 and 2 only: +5 and +6.
+    runs = (("ce", 0, 60.0, "bf16"), ("ce", 1, 62.0, "bf16"), ("ce", 2, 64.0, "none"),
+            ("ldam_drw", 0, 65.0, "bf16"), ("ldam_drw", 1, 66.0, "none"), ("ldam_drw", 2, 70.0, "none"))
+    for label, seed, top1, precision in runs:
+        folder = tmp_path / f"{label}{seed}"
+        fake_result(str(folder), label, top1, val=top1, seed=seed, hardware="AMD EPYC (1 thread)")
+        record = folder / "results.json"
+        record.write_text(json.dumps({**json.loads(record.read_text()), "precision": precision}))
+        with open(folder / "config.json", "w") as stream:
+            json.dump({"optim": {"epochs": 200}, "data": {"imb_factor": 0.01}, "run": {"seed": seed}}, stream)
+    paths = make_table.find_results([str(tmp_path)])
+    pooled = make_table.load_results(paths, pool_precisions=True)
+    lines = make_table.build_table(pooled, paper=False).splitlines()
+    ce = next(line for line in lines if "| ce |" in line)
+    # 60, 62, 64: mean 62, sample std 2; both precisions named in the hardware column.
+    assert "| ce | resnet32 | 3 (bf16 2, fp32 1) | 62.00 ± 2.00 |" in ce
+    assert ce.endswith("| AMD EPYC (1 thread), bf16/AMD EPYC (1 thread), fp32 |")
+    assert "| ldam_drw | resnet32 | 3 (bf16 1, fp32 2) | 67.00 ± 2.65 |" in next(line for line in lines
+                                                                               if "| ldam_drw |" in line)
+    gain = next(line for line in make_table.build_gains_table(pooled).splitlines() if "| ldam_drw |" in line)
+    # (5 + 6) / 2 = 5.50, sample std of (5, 6) = 0.71.
+    assert "| 2 of 3 | +5.50 ± 0.71 |" in gain
+    # Without pooling each precision is its own row, as before.
+    separate = make_table.build_table(make_table.load_results(paths), paper=False)
+    assert '| ce [precision="bf16"] | resnet32 | 2 | 61.00 ± 1.41 |' in separate
+    assert '| ce [precision="fp32"] | resnet32 | 1 | 64.00 |' in separate
+    cli = subprocess.run([sys.executable, "scripts/make_table.py", str(tmp_path), "--gains", "--pool_precisions"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0 and "| 2 of 3 | +5.50 ± 0.71 |" in cli.stdout
+
+
 def test_seeds_of_real_runs_started_from_the_command_line_share_a_row(cifar10_root, tmp_path, monkeypatch):
     # Everything a real run writes into config.json beside its configuration (the commit, the
     # command line that names its seed and folder) must not split seeds into rows of their own.
@@ -206,3 +239,19 @@ def test_seeds_of_real_runs_started_from_the_command_line_share_a_row(cifar10_ro
     results = [make_table.load_result(p) for p in make_table.find_results([str(tmp_path / "runs")])]
     rows = [line for line in make_table.build_table(results, paper=False).splitlines() if "| ce" in line]
     assert len(rows) == 1 and "| ce | resnet32 | 2 |" in rows[0]
+
+
+def test_a_table_piped_into_a_reader_that_stops_ends_quietly(tmp_path):
+    # `make_table.py runs | head -1`: the reader is gone before the table is written. The script
+    # must end without a BrokenPipeError traceback (killed by SIGPIPE, as command-line tools are).
+    fake_result(str(tmp_path / "a"), "ce", 60.0)
+    (tmp_path / "a" / "per_class.csv").write_text("epoch,statistic,class_0,class_1\n1,lcsl/teacher_labels,3,1\n")
+    for script in ("scripts/make_table.py", "scripts/per_class_stats.py"):
+        shown = subprocess.run([sys.executable, script, str(tmp_path / "a")], cwd=ROOT, capture_output=True,
+                               text=True, timeout=60)
+        assert shown.returncode == 0 and "|" in shown.stdout  # a table, the write the closed pipe refuses
+        reader_gone = subprocess.Popen([sys.executable, script, str(tmp_path / "a")], cwd=ROOT, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE)
+        reader_gone.stdout.close()  # before the interpreter has even started: the write must fail
+        _, stderr = reader_gone.communicate(timeout=60)
+        assert b"Traceback" not in stderr and b"BrokenPipe" not in stderr, (script, stderr)

@@ -11,6 +11,7 @@ import dataclasses
 import math
 import os
 import re
+import signal
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Dict, Optional, Sequence, Tuple, Union
@@ -154,6 +155,13 @@ class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
                 and action.default not in (None, argparse.SUPPRESS)):
             text += " (default: %(default)s)"
         return text.strip()
+
+
+def end_quietly_when_output_closes() -> None:
+    """A table script piped into ``head`` ends quietly once its reader is gone, as command-line
+    tools do, instead of printing a BrokenPipeError traceback (POSIX; elsewhere a no-op)."""
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
