@@ -6,6 +6,7 @@
 #
 #   OMP_NUM_THREADS=1 nohup bash scripts/evidence_cifar10.sh --data_root data > lane0.log 2>&1 &
 #   OMP_NUM_THREADS=1 nohup bash scripts/evidence_cifar10.sh --data_root data > lane1.log 2>&1 &
+#   python scripts/run_status.py runs/evidence          # where the runs stand, and their time left
 #   python scripts/make_table.py results/cifar10_lt_r100 --paper --gains
 #
 # Jobs, in order (ResNet-32, 200 epochs, the fair-comparison protocol of fair_comparison_cifar.sh):
