@@ -4,7 +4,7 @@
 
 Every folder holding a ``config.json`` is a run (searched below each folder given). A row says
 how many epochs the log has (of the configured number), whether the run finished (it has
-``results.json``), is running (a live process on this host holds its folder lock) or stopped, the
+``results.json``), is running (a process on this host holds its folder lock) or stopped, the
 last validation and test top-1 the log printed (with their epochs), the median wall time of its
 last epochs and what that median makes of the epochs left. The median skips the gaps between
 sessions (a stop and a ``--resume auto``), so a run continued days later still gets a fair
@@ -108,24 +108,61 @@ def parse_log(lines: List[str]) -> Tuple[int, dict, List[float]]:
     return last_epoch, scores, durations
 
 
-def holder_state(run: str) -> Optional[str]:
-    """'running (process N)' when the lock file names a live process of this host, 'held by ...'
-    for another host's holder; None when no live holder is named."""
+def held_flocks() -> Optional[List[Tuple[int, int, int, int]]]:
+    """(process, device major, device minor, inode) of each flock held on this machine, from
+    Linux's /proc/locks; None where the kernel does not list them."""
     try:
-        with open(os.path.join(run, LOCK_FILE), encoding="utf-8", errors="replace") as stream:
-            line = stream.readline().strip()
+        with open("/proc/locks", encoding="ascii", errors="replace") as stream:
+            lines = stream.readlines()
     except OSError:
         return None
-    matched = HOLDER.match(line)
-    if not matched:
+    held = []
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 11826 fe:00:5562396 0 EOF"; a waiter's line has "->" second.
+        if len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        try:
+            major, minor, inode = fields[5].split(":")
+            held.append((int(fields[4]), int(major, 16), int(minor, 16), int(inode)))
+        except ValueError:
+            continue
+    return held
+
+
+def holder_state(run: str) -> Optional[str]:
+    """'running (process N)' while a process of this host holds the run's folder lock, 'held by
+    ...' when the lock file names another host's process; None when nobody holds it.
+
+    A stopped run's lock file keeps its last holder's line, and that process number may since
+    belong to another program, so the holder is what the kernel lists as holding the flock on
+    that very file (/proc/locks); only where no such list exists is the named process's being
+    alive taken as the answer."""
+    path = os.path.join(run, LOCK_FILE)
+    try:
+        with open(path, encoding="utf-8", errors="replace") as stream:
+            matched = HOLDER.match(stream.readline().strip())
+        lock = os.stat(path)
+    except OSError:
         return None
-    pid, host = int(matched.group(1)), matched.group(2)
-    if host != socket.gethostname():
-        return f"held by process {pid} on host {host}"
+    pid = int(matched.group(1)) if matched else None
+    if matched and matched.group(2) != socket.gethostname():
+        return f"held by process {pid} on host {matched.group(2)}"
+    flocks = held_flocks()
+    if flocks is not None:
+        device = (os.major(lock.st_dev), os.minor(lock.st_dev))
+        for holder, major, minor, inode in flocks:
+            # Some file systems (overlays) list another device number than stat gives: then the
+            # inode and the named process must both agree.
+            if inode == lock.st_ino and ((major, minor) == device or holder == pid):
+                return f"running (process {holder})"
+        return None
+    if pid is None:
+        return None
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
-        return None  # a stopped run's lock file keeps its last holder's line
+        return None
     except PermissionError:
         pass  # alive, another user's
     return f"running (process {pid})"

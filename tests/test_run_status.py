@@ -1,10 +1,13 @@
 """scripts/run_status.py: where run folders stand, read from what the engine and logger write."""
+import fcntl
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -64,29 +67,66 @@ def test_epoch_time_is_a_median_that_skips_the_gap_between_sessions(tmp_path, ca
         "| ce | erm: ce | 0 | 5 of 10 | stopped | 31.50 (epoch 5) | 30.25 (epoch 2) | 60 s | 5 min |"]
 
 
+def dead_pid():
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    return ended.pid
+
+
+def name_holder(folder, pid, host=None):
+    (folder / LOCK_FILE).write_text(f"process {pid} on host {host or socket.gethostname()} since 2026-12-01 10:00:00\n")
+
+
 def test_finished_running_stopped_and_foreign_holders(tmp_path, capsys):
     log = [(0, "run folder: x"), (60, epoch_message(1, val=50.0, test=55.0)), (3660, epoch_message(2, test=56.0))]
     write_run(tmp_path / "done", epochs_total=2, log=log, method="lcsl", options={"alpha": 1.0})
     (tmp_path / "done" / "results.json").write_text("{}")
-    here = socket.gethostname()
     write_run(tmp_path / "live", epochs_total=12, log=log, options={"loss": "ldam", "train_rule": "drw"})
-    (tmp_path / "live" / LOCK_FILE).write_text(f"process {os.getpid()} on host {here} since 2026-12-01 10:00:00\n")
-    ended = subprocess.Popen([sys.executable, "-c", "pass"])
-    ended.wait()  # a pid that no longer exists: its run stopped and left the lock file's line
+    name_holder(tmp_path / "live", os.getpid())
+    # A stopped run's lock file keeps its last holder's line; that process may be gone, or its
+    # number may belong to another program now (this test process, which holds no lock there).
     write_run(tmp_path / "dead", epochs_total=12, log=log)
-    (tmp_path / "dead" / LOCK_FILE).write_text(f"process {ended.pid} on host {here} since 2026-12-01 10:00:00\n")
+    name_holder(tmp_path / "dead", dead_pid())
+    write_run(tmp_path / "reused", epochs_total=12, log=log)
+    name_holder(tmp_path / "reused", os.getpid())
     write_run(tmp_path / "far", epochs_total=12, log=log)
-    (tmp_path / "far" / LOCK_FILE).write_text("process 7 on host elsewhere-42 since 2026-12-01 10:00:00\n")
+    name_holder(tmp_path / "far", 7, host="elsewhere-42")
     write_run(tmp_path / "new", epochs_total=12, log=[(0, "run folder: new")])
-    assert run_status.main([str(tmp_path)]) == 0
-    assert rows(capsys.readouterr().out) == [
+    with open(tmp_path / "live" / LOCK_FILE, "r+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as RunFolderLock holds it
+        assert run_status.main([str(tmp_path)]) == 0
+    expected = [
         "| dead | erm: ce | 0 | 2 of 12 | stopped | 50.00 (epoch 1) | 56.00 (epoch 2) | 60 min | 10.0 h |",
         "| done | lcsl | 0 | 2 of 2 | finished | 50.00 (epoch 1) | 56.00 (epoch 2) | 60 min | - |",
         "| far | erm: ce | 0 | 2 of 12 | held by process 7 on host elsewhere-42 | 50.00 (epoch 1) "
         "| 56.00 (epoch 2) | 60 min | 10.0 h |",
         f"| live | erm: ldam, drw | 0 | 2 of 12 | running (process {os.getpid()}) | 50.00 (epoch 1) "
         "| 56.00 (epoch 2) | 60 min | 10.0 h |",
-        "| new | erm: ce | 0 | 0 of 12 | not started | - | - | - | - |"]
+        "| new | erm: ce | 0 | 0 of 12 | not started | - | - | - | - |",
+        "| reused | erm: ce | 0 | 2 of 12 | stopped | 50.00 (epoch 1) | 56.00 (epoch 2) | 60 min | 10.0 h |"]
+    if run_status.held_flocks() is None:  # no /proc/locks: a live named process is all there is to go by
+        expected[5] = expected[5].replace("| stopped |", f"| running (process {os.getpid()}) |")
+    assert rows(capsys.readouterr().out) == expected
+
+
+def test_the_kernels_lock_list_names_the_holder(tmp_path):
+    if run_status.held_flocks() is None:
+        pytest.skip("no /proc/locks on this system")
+    path = tmp_path / LOCK_FILE
+    path.write_text("")
+    stat = os.stat(path)
+    with open(path, "r+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert (os.getpid(), os.major(stat.st_dev), os.minor(stat.st_dev), stat.st_ino) in run_status.held_flocks()
+    assert all(inode != stat.st_ino for _, _, _, inode in run_status.held_flocks())
+
+
+def test_without_a_lock_list_a_live_named_process_counts_as_running(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_status, "held_flocks", lambda: None)
+    name_holder(tmp_path, os.getpid())
+    assert run_status.holder_state(str(tmp_path)) == f"running (process {os.getpid()})"
+    name_holder(tmp_path, dead_pid())
+    assert run_status.holder_state(str(tmp_path)) is None
 
 
 def test_a_real_run_reads_as_finished_with_its_last_test_score(cifar10_root, tmp_path, monkeypatch, capsys):
