@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CIFAR-10 evidence runs behind README's "Measured" tables, as a queue of jobs that several
-# lanes (processes) share: each lane takes the next job no live lane holds and whose run has no
+# lanes (processes) share: each lane takes the next job no other lane holds and whose run has no
 # results.json yet, so restarting the lanes after a stop continues where they were (every run gets
 # --resume auto) and finished runs are never touched.
 #
@@ -75,16 +75,18 @@ for seed in 0 1 2; do
 done
 JOBS+=("semi_s0|semi_r50_ce_du_rhoU50_seed0|job_semi 0")
 
-# ---- claiming: a lock folder per job holding the lane's pid; a dead lane's claim is taken over ----
+# ---- claiming: a flock on a file per job, held while the lane and the runs it starts live ---------
+# The training processes inherit the open descriptor, so a claim outlives a killed lane for as long
+# as its run goes on, and nothing but the kernel's lock says who holds it (a process number in a
+# file could belong to another program by the time it is read).
+command -v flock > /dev/null || { echo "evidence_cifar10.sh: needs flock (util-linux) to share the queue between lanes" >&2; exit 2; }
+mkdir -p "$ROOT_LOG/.claims"
 claim() {
-  local lock="$ROOT_LOG/.claims/$1"
-  mkdir -p "$ROOT_LOG/.claims"
-  if mkdir "$lock" 2>/dev/null; then echo $$ > "$lock/pid"; return 0; fi
-  local holder; holder=$(cat "$lock/pid" 2>/dev/null || true)
-  if [[ -n "$holder" ]] && kill -0 "$holder" 2>/dev/null; then return 1; fi
-  rm -rf "$lock" && mkdir "$lock" 2>/dev/null && echo $$ > "$lock/pid"
+  exec {CLAIM_FD}>> "$ROOT_LOG/.claims/$1.lock"
+  if ! flock -n "$CLAIM_FD"; then exec {CLAIM_FD}>&-; return 1; fi
+  echo "lane $$ on ${HOSTNAME:-this host} since $(date '+%F %T')" > "$ROOT_LOG/.claims/$1.lock"  # for people; the lock decides
 }
-release() { rm -rf "$ROOT_LOG/.claims/$1"; }
+release() { exec {CLAIM_FD}>&-; }
 
 for entry in "${JOBS[@]}"; do
   IFS='|' read -r name folder command <<< "$entry"

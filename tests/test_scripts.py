@@ -4,6 +4,7 @@ The scripts are executed with a stand-in `python` on PATH that records its argum
 recorded main.py / train_LCSL.py command is parsed and turned into a TrainConfig, so a renamed
 flag or a contradictory combination in a script fails here rather than hours into a run.
 """
+import fcntl
 import glob
 import json
 import os
@@ -86,11 +87,16 @@ def test_evidence_queue_skips_finished_and_claimed_jobs_and_takes_over_dead_clai
     root = tmp_path / "log"
     (root / "ce_cifar10_seed0").mkdir(parents=True)
     (root / "ce_cifar10_seed0" / "results.json").write_text("{}")  # finished: never touched again
-    (root / ".claims" / "bccl_s0").mkdir(parents=True)
-    (root / ".claims" / "bccl_s0" / "pid").write_text(str(os.getpid()))  # held by a live lane
-    (root / ".claims" / "lcsl_s0").mkdir()
-    (root / ".claims" / "lcsl_s0" / "pid").write_text("999999999")  # a lane that died: taken over
-    calls = recorded_commands(os.path.join(ROOT, "scripts", "evidence_cifar10.sh"), tmp_path)
+    (root / ".claims").mkdir()
+    # A claim is the kernel's lock on the job's file: this test holds BCCL's, as a live lane
+    # would; LCSL's file names this (live) process, as a dead lane's file may name a process
+    # that took its number, but nobody holds it, so a lane takes it over.
+    (root / ".claims" / "lcsl_s0.lock").write_text(f"lane {os.getpid()} on here since 2026-12-01 10:00:00\n")
+    with open(root / ".claims" / "bccl_s0.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        calls = recorded_commands(os.path.join(ROOT, "scripts", "evidence_cifar10.sh"), tmp_path)
+        with open(root / ".claims" / "lcsl_s0.lock") as released:  # nothing holds it once the lane is done
+            fcntl.flock(released, fcntl.LOCK_EX | fcntl.LOCK_NB)
     outs = [call[call.index("--out_dir") + 1].rsplit("/", 1)[1] for call in calls if "--out_dir" in call]
     assert outs[:4] == ["lcsl_cifar10_seed0", "lcsl_wd5e-4_cifar10_seed0", "lcsl_alpha0_cifar10_seed0",
                         "ldam_drw_cifar10_seed0"]
@@ -101,9 +107,32 @@ def test_evidence_queue_skips_finished_and_claimed_jobs_and_takes_over_dead_clai
     # Every run once: 3 LCSL variants, 5 runs per seed, LCSL seeds 1 and 2, the two semi runs,
     # less the finished CE and the claimed BCCL.
     assert len(outs) == 3 + 3 * 5 + 2 + 2 - 2
-    assert not (root / ".claims" / "lcsl_s0").exists() and (root / ".claims" / "bccl_s0").exists()
     wd = calls[1]
     assert wd[wd.index("--weight_decay", wd.index("--weight_decay") + 1) + 1] == "5e-4"  # the last one wins
+
+
+def test_an_evidence_run_keeps_its_claim_while_it_trains(tmp_path):
+    # The training process holds the claim it inherited: another lane started meanwhile must not
+    # take the job, even if the lane that started it is gone.
+    probe = tmp_path / "probe.py"
+    probe.write_text("import fcntl, os, sys\n"
+                     "path = os.path.join(os.environ['ROOT_LOG'], '.claims', 'lcsl_s0.lock')\n"
+                     "with open(path) as other:\n"
+                     "    try:\n"
+                     "        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+                     "        print('free')\n"
+                     "    except BlockingIOError:\n"
+                     "        print('held')\n")
+    shim = tmp_path / "bin" / "python"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/usr/bin/env bash\n"{sys.executable}" "{probe}" >> "$CALL_LOG"\n')
+    shim.chmod(shim.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PATH": f"{shim.parent}:{os.environ['PATH']}", "CALL_LOG": str(tmp_path / "calls.txt"),
+           "ROOT_LOG": str(tmp_path / "log"), "ONLY": "lcsl_s0"}
+    result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "evidence_cifar10.sh")], cwd=str(tmp_path),
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "calls.txt").read_text() == "held\n"
 
 
 def test_evidence_queue_only_runs_the_named_jobs_in_queue_order(tmp_path, monkeypatch):
