@@ -2,6 +2,7 @@
 
     python test.py --path RUN_FOLDER_OR_CHECKPOINT [--which last|best] [--data_root R]
                    [--tta_flip] [--tau_norm T] [--posthoc_tau T] [--json OUT] [--plot PNG]
+                   [--confusion CSV]
 
 The checkpoint describes its method, model, dataset (with the absolute data folder it was read
 from) and class counts, so nothing else is needed; weights load with strict=True. A run folder
@@ -47,6 +48,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_output_argument("--json", default=None, help="write the summary to this JSON file")
     parser.add_output_argument("--plot", figure=True, default=None,
                                help="write per-class accuracy vs training count (PNG)")
+    parser.add_output_argument("--confusion", default=None,
+                               help="write the confusion matrix to this CSV file (rows: true class, columns: "
+                                    "predicted) and print where the images of the smallest classes went")
     add_trust_argument(parser)
     return parser
 
@@ -74,6 +78,41 @@ def plot_per_class(path: str, summary: Dict[str, Any], counts) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def class_label(names, index: int) -> str:
+    return f"{index} {names[index]}" if index < len(names) and str(names[index]) != str(index) else str(index)
+
+
+def write_confusion(path: str, matrix, names) -> None:
+    """The matrix as CSV: a header of predicted classes, then a row per true class (through a
+    temporary file and a rename, so an interrupted write leaves no half file)."""
+    import csv
+
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as stream:
+        table = csv.writer(stream)
+        table.writerow(["true \\ predicted"] + [class_label(names, c) for c in range(len(matrix))])
+        for true_class, row in enumerate(matrix):
+            table.writerow([class_label(names, true_class)] + [int(count) for count in row])
+    os.replace(tmp, path)
+
+
+def print_confusions(matrix, train_counts, names, classes: int = 5) -> None:
+    """Where the test images of the classes with the fewest training images went."""
+    from utils.metrics import largest_confusions
+
+    smallest = sorted(range(len(train_counts)), key=lambda c: (train_counts[c], c))[:classes]
+    print(f"where the images of the {len(smallest)} classes with the fewest training images went "
+          "(share of the class's images):")
+    for c in smallest:
+        total = sum(matrix[c])
+        if not total:
+            print(f"  {class_label(names, c)} ({train_counts[c]} training images): no image in this split")
+            continue
+        others = ", ".join(f"{class_label(names, p)} {share:.2f} %" for p, share in largest_confusions(matrix, c))
+        print(f"  {class_label(names, c)} ({train_counts[c]} training images): {100.0 * matrix[c][c] / total:.2f} % "
+              f"right" + (f"; {others}" if others else ""))
 
 
 def main(args: argparse.Namespace) -> None:
@@ -128,7 +167,8 @@ def main(args: argparse.Namespace) -> None:
         if scored is not None and scored != now:  # checkpoints before split_sizes was recorded: no note
             print(f"note: the {args.split} split now holds {now} images, but the run was scored on {scored}: its "
                   "list or data changed since training, so these numbers are not the log's")
-    summary = evaluate_variants(method, [variant], loaders[args.split], inputs, ctx, data.train_counts, amp)[variant]
+    summary = evaluate_variants(method, [variant], loaders[args.split], inputs, ctx, data.train_counts, amp,
+                                confusion=bool(args.confusion))[variant]
 
     if not ctx.is_main:
         return
@@ -146,6 +186,11 @@ def main(args: argparse.Namespace) -> None:
     if args.plot:
         plot_per_class(args.plot, summary, data.train_counts)
         print(f"plot written to {args.plot}")
+    if args.confusion:
+        names = list(data.class_names or [])
+        print_confusions(summary["confusion"], list(data.train_counts), names)
+        write_confusion(args.confusion, summary["confusion"], names)
+        print(f"confusion matrix written to {args.confusion}")
 
 
 if __name__ == "__main__":

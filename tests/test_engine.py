@@ -209,6 +209,39 @@ def test_test_script_scores_in_the_precision_the_run_trained_in(cifar10_root, tm
     assert code == 0 and "precision: none (--amp)" in out
 
 
+def test_test_script_writes_the_confusion_matrix_and_says_where_the_tail_went(cifar10_root, tmp_path, capsys):
+    import csv
+
+    run = str(tmp_path / "run")
+    run_training(config_for(cifar10_root.root, run, "--epochs", "1"), "ce")
+    out, summary_path = tmp_path / "confusion.csv", tmp_path / "summary.json"
+    code, printed, _ = run_entry(test_script, "test.py", ["--path", run, "--workers", "0", "--confusion", str(out),
+                                                          "--json", str(summary_path)], capsys)
+    assert code == 0
+    summary = json.loads(summary_path.read_text())
+    with open(out, newline="") as stream:
+        rows = list(csv.reader(stream))
+    names = [f"class_{c:02d}" for c in range(10)]  # the fixture's label names
+    assert rows[0] == ["true \\ predicted"] + [f"{c} {name}" for c, name in enumerate(names)]
+    matrix = [[int(count) for count in row[1:]] for row in rows[1:]]
+    assert matrix == summary["confusion"] and [row[0] for row in rows[1:]] == rows[0][1:]
+    # The fixture's test split has 4 images per class; the diagonal is each class's accuracy.
+    assert all(sum(row) == 4 for row in matrix)
+    assert [100.0 * matrix[c][c] / 4 for c in range(10)] == pytest.approx(summary["per_class"])
+    lines = printed.splitlines()
+    start = lines.index("where the images of the 5 classes with the fewest training images went "
+                        "(share of the class's images):")
+    with open(os.path.join(run, "results.json")) as stream:
+        counts = json.load(stream)["train_counts"]
+    smallest = sorted(range(10), key=lambda c: (counts[c], c))[:5]
+    for line, c in zip(lines[start + 1:start + 6], smallest):
+        assert line.startswith(f"  {c} {names[c]} ({counts[c]} training images): "
+                               f"{25.0 * matrix[c][c]:.2f} % right"), line
+    with pytest.raises(SystemExit) as refused:  # never overwritten without --force
+        test_script.get_args_parser().parse_args(["--path", run, "--confusion", str(out)])
+    assert refused.value.code == 2 and f"--confusion {out} exists" in capsys.readouterr().err
+
+
 def test_native_precisions():
     cpu, bf16_here = torch.device("cpu"), torch.ops.mkldnn._is_mkldnn_bf16_supported()
     assert engine_native("none", cpu) and not engine_native("fp16", cpu) and engine_native("bf16", cpu) == bf16_here

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from utils.metrics import (
+    confusion_matrix,
     expected_calibration_error,
     format_shot_table,
+    largest_confusions,
     negative_log_likelihood,
     per_class_accuracy,
     shot_accuracy,
@@ -51,6 +53,32 @@ def test_per_class_accuracy_with_absent_class():
     assert accuracy.dtype == np.float64
     with pytest.raises(ValueError):
         per_class_accuracy([0], [4], num_classes=4)
+
+
+def test_confusion_matrix_counts_true_rows_and_predicted_columns():
+    predictions = [0, 1, 1, 2, 0, 0, 1]
+    targets = [0, 1, 0, 2, 2, 2, 2]
+    # class 0: one right, one taken by 1; class 1: one right; class 2: one right, two taken by 0, one by 1
+    matrix = confusion_matrix(predictions, targets, num_classes=4)
+    assert matrix.tolist() == [[1, 1, 0, 0], [0, 1, 0, 0], [2, 1, 1, 0], [0, 0, 0, 0]]
+    assert matrix.dtype == np.int64
+    assert np.diag(matrix).sum() == 3  # the correct predictions, the diagonal
+    # Shares of class 2's four images: class 0 took 50 %, class 1 25 %; its own and empty cells left out.
+    assert largest_confusions(matrix, 2) == [(0, 50.0), (1, 25.0)]
+    assert largest_confusions(matrix, 2, k=1) == [(0, 50.0)]
+    assert largest_confusions(matrix, 1) == [] and largest_confusions(matrix, 3) == []
+    assert largest_confusions(np.array([[2, 1, 1], [0, 1, 0], [0, 0, 1]]), 0) == [(1, 25.0), (2, 25.0)]  # ties: index
+    with pytest.raises(ValueError, match="predictions must lie in"):
+        confusion_matrix([4], [0], num_classes=4)
+    with pytest.raises(ValueError, match="targets must lie in"):
+        confusion_matrix([0], [-1], num_classes=4)
+
+
+def test_summary_holds_the_confusion_matrix_only_when_asked():
+    logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [5.0, 1.0]])
+    targets = torch.tensor([0, 1, 1])
+    assert "confusion" not in summarize(logits, targets, [10, 2])
+    assert summarize(logits, targets, [10, 2], confusion=True)["confusion"] == [[1, 0], [1, 1]]
 
 
 def test_shot_groups_thresholds_are_strict():

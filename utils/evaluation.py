@@ -74,9 +74,10 @@ def _network(method, tau_norm: Optional[float], ctx: DeviceContext):
 
 @torch.no_grad()
 def evaluate_variants(method, variants: Sequence[Variant], loader, inputs: DeviceInputs, ctx: DeviceContext,
-                      train_counts, amp: str = "none") -> Dict[Variant, Dict[str, Any]]:
-    """The summary (top-1, many/medium/few, ECE, ...) of each variant of `method` (in eval
-    mode) on `loader`; shot groups and the post-hoc prior come from `train_counts`."""
+                      train_counts, amp: str = "none", confusion: bool = False) -> Dict[Variant, Dict[str, Any]]:
+    """The summary (top-1, many/medium/few, ECE, ..., with `confusion` the confusion matrix) of
+    each variant of `method` (in eval mode) on `loader`; shot groups and the post-hoc prior come
+    from `train_counts`."""
     by_network: Dict[Optional[float], list] = {}
     for variant in variants:
         by_network.setdefault(variant.tau_norm, []).append(variant)
@@ -92,5 +93,5 @@ def evaluate_variants(method, variants: Sequence[Variant], loader, inputs: Devic
             scores = (logits + mirrored) / 2 if variant.flip else logits
             if variant.posthoc_tau is not None:
                 scores = posthoc_logit_adjust(scores, train_counts, variant.posthoc_tau)
-            summaries[variant] = summarize(scores, targets, train_counts)
+            summaries[variant] = summarize(scores, targets, train_counts, confusion=confusion)
     return summaries

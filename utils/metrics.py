@@ -8,7 +8,7 @@ many > 100 and few < 20 images.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -113,6 +113,30 @@ def per_class_accuracy(predictions: ArrayLike, targets: ArrayLike, num_classes: 
     return accuracy
 
 
+def confusion_matrix(predictions: ArrayLike, targets: ArrayLike, num_classes: int) -> np.ndarray:
+    """Counts, int64 of shape (C, C): row = true class, column = predicted class."""
+    predictions = _to_numpy(predictions, np.int64).ravel()
+    targets = _to_numpy(targets, np.int64).ravel()
+    if predictions.shape != targets.shape:
+        raise ValueError(f"{predictions.size} predictions but {targets.size} targets")
+    for name, values in (("targets", targets), ("predictions", predictions)):
+        if values.size and (values.min() < 0 or values.max() >= num_classes):
+            raise ValueError(f"{name} must lie in [0, {num_classes}), got [{values.min()}, {values.max()}]")
+    cells = np.bincount(targets * num_classes + predictions, minlength=num_classes * num_classes)
+    return cells.reshape(num_classes, num_classes).astype(np.int64)
+
+
+def largest_confusions(matrix: np.ndarray, true_class: int, k: int = 3) -> List[Tuple[int, float]]:
+    """The ``k`` classes that take the largest share (percent) of ``true_class``'s images, its own
+    excepted, largest first (ties: lower class index first); classes that take none are left out."""
+    row = np.asarray(matrix[true_class], dtype=np.float64)
+    total = row.sum()
+    if total == 0:
+        return []
+    others = [(c, 100.0 * row[c] / total) for c in range(len(row)) if c != true_class and row[c] > 0]
+    return sorted(others, key=lambda item: (-item[1], item[0]))[:k]
+
+
 def shot_groups(
     train_counts: ArrayLike, many_threshold: int = 100, few_threshold: int = 20
 ) -> Dict[str, List[int]]:
@@ -179,11 +203,13 @@ def negative_log_likelihood(logits: torch.Tensor, targets: torch.Tensor) -> floa
     return F.cross_entropy(logits.double(), targets.long()).item()
 
 
-def summarize(logits: torch.Tensor, targets: torch.Tensor, train_counts: ArrayLike) -> dict:
+def summarize(logits: torch.Tensor, targets: torch.Tensor, train_counts: ArrayLike, confusion: bool = False) -> dict:
     """Every number the results file reports, from the full-set logits (N, C) and targets (N,).
 
     ``per_class`` is a list with ``None`` for classes absent from the evaluation set, so the
     dict can be written as strict JSON; ``mean_per_class`` averages the present classes only.
+    ``confusion`` adds the confusion matrix of the same predictions (C lists of C counts; asked
+    for, not always there: ImageNet-LT's would be a million numbers in every results file).
     """
     logits, targets = torch.as_tensor(logits).detach().cpu(), torch.as_tensor(targets).detach().cpu().long()
     _check_logits(logits, targets)
@@ -196,6 +222,7 @@ def summarize(logits: torch.Tensor, targets: torch.Tensor, train_counts: ArrayLi
     per_class = per_class_accuracy(predictions, targets, num_classes)
     shots = shot_accuracy(per_class, train_counts)
     groups = shot_groups(train_counts)
+    extra = {"confusion": confusion_matrix(predictions, targets, num_classes).tolist()} if confusion else {}
     return {
         "top1": topk[1],
         "top5": topk[5],
@@ -206,6 +233,7 @@ def summarize(logits: torch.Tensor, targets: torch.Tensor, train_counts: ArrayLi
         "ece": expected_calibration_error(logits.double().softmax(dim=1), targets, predictions=predictions),
         "nll": negative_log_likelihood(logits, targets),
         "num_samples": int(targets.numel()),
+        **extra,
     }
 
 
