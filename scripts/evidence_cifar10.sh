@@ -78,11 +78,15 @@ JOBS+=("semi_s0|semi_r50_ce_du_rhoU50_seed0|job_semi 0")
 # ---- claiming: a flock on a file per job, held while the lane and the runs it starts live ---------
 # The training processes inherit the open descriptor, so a claim outlives a killed lane for as long
 # as its run goes on, and nothing but the kernel's lock says who holds it (a process number in a
-# file could belong to another program by the time it is read).
+# file could belong to another program by the time it is read). Lanes started from a version of
+# this script that claimed jobs with folders (.claims/<job>/pid) do not see these claims: stop
+# them before starting lanes from this one (a run folder is never trained by two processes at
+# once either way; the second is refused and its lane goes on to the next job).
 command -v flock > /dev/null || { echo "evidence_cifar10.sh: needs flock (util-linux) to share the queue between lanes" >&2; exit 2; }
 mkdir -p "$ROOT_LOG/.claims"
 claim() {
-  exec {CLAIM_FD}>> "$ROOT_LOG/.claims/$1.lock"
+  local file="$ROOT_LOG/.claims/$1.lock"
+  exec {CLAIM_FD}>> "$file" || { echo "evidence_cifar10.sh: cannot open $file to claim job $1" >&2; exit 2; }
   if ! flock -n "$CLAIM_FD"; then exec {CLAIM_FD}>&-; return 1; fi
   echo "lane $$ on ${HOSTNAME:-this host} since $(date '+%F %T')" > "$ROOT_LOG/.claims/$1.lock"  # for people; the lock decides
 }

@@ -3,15 +3,16 @@
     python scripts/run_status.py runs/evidence [more folders...]
 
 Every folder holding a ``config.json`` is a run (searched below each folder given). A row says
-how many epochs the log has (of the configured number), whether the run finished (it has
-``results.json``), is running (a process on this host holds its folder lock) or stopped, the
-last validation and test top-1 the log printed (with their epochs), the median wall time of its
-last epochs and what that median makes of the epochs left. The median skips the gaps between
+how many epochs the log has (of the configured number), whether the run is running (a process on
+this machine holds its folder lock), finished (its ``results.json`` reports the last logged
+epoch) or stopped, the last validation and test top-1 the log printed (with their epochs), the
+median wall time of its last epochs and what that median makes of the epochs left. The median skips the gaps between
 sessions (a stop and a ``--resume auto``), so a run continued days later still gets a fair
 estimate; on a shared machine it is only as steady as the machine.
 
 Nothing is written and no lock is probed (taking a lock, even for an instant, could refuse a run
-that starts at that moment): a holder on another host is reported as such, not checked.
+that starts at that moment): a holder on another host is named as the lock file names it, not
+checked. A run whose files cannot be read is a row that says so.
 """
 from __future__ import annotations
 
@@ -58,16 +59,24 @@ class RunStatus:
 
 
 def find_runs(roots: List[str]) -> List[str]:
-    runs = []
+    """Run folders below ``roots``. Symbolic links are followed (``runs/latest`` -> a run) and
+    each real run is listed once, under its own name where it is found under it."""
+    found: dict = {}  # real path -> the paths it was found under
+    walked = set()  # real paths of the folders searched, so a link to an ancestor is no loop
     for root in roots:
         if not os.path.isdir(root):
             raise StatusError(f"{root} is not a folder (give the folder that holds the run folders)")
-        for folder, subfolders, files in os.walk(root):
-            if "config.json" in files:
-                runs.append(folder)
-                subfolders[:] = []  # a run's tb/ is not another run
+        for folder, subfolders, files in os.walk(root, followlinks=True):
             subfolders.sort()
-    return sorted(runs)
+            real = os.path.realpath(folder)
+            if "config.json" in files:
+                found.setdefault(real, []).append(folder)
+                subfolders[:] = []  # a run's tb/ is not another run
+            elif real in walked:
+                subfolders[:] = []
+            walked.add(real)
+    return sorted(next((p for p in paths if os.path.realpath(p) == os.path.abspath(p)), paths[0])
+                  for paths in found.values())
 
 
 def read_config(run: str) -> dict:
@@ -131,13 +140,14 @@ def held_flocks() -> Optional[List[Tuple[int, int, int, int]]]:
 
 
 def holder_state(run: str) -> Optional[str]:
-    """'running (process N)' while a process of this host holds the run's folder lock, 'held by
-    ...' when the lock file names another host's process; None when nobody holds it.
+    """'running (process N)' while a process of this machine holds the run's folder lock; 'last
+    held on host H (not checked)' when nothing here holds it and the lock file names another
+    host; None when nobody holds it.
 
     A stopped run's lock file keeps its last holder's line, and that process number may since
-    belong to another program, so the holder is what the kernel lists as holding the flock on
-    that very file (/proc/locks); only where no such list exists is the named process's being
-    alive taken as the answer."""
+    belong to another program (and a container's host name changes with every start), so the
+    holder is what the kernel lists as holding the flock on that very file (/proc/locks); only
+    where no such list exists is the named process's being alive taken as the answer."""
     path = os.path.join(run, LOCK_FILE)
     try:
         with open(path, encoding="utf-8", errors="replace") as stream:
@@ -146,8 +156,7 @@ def holder_state(run: str) -> Optional[str]:
     except OSError:
         return None
     pid = int(matched.group(1)) if matched else None
-    if matched and matched.group(2) != socket.gethostname():
-        return f"held by process {pid} on host {matched.group(2)}"
+    elsewhere = matched is not None and matched.group(2) != socket.gethostname()
     flocks = held_flocks()
     if flocks is not None:
         device = (os.major(lock.st_dev), os.minor(lock.st_dev))
@@ -156,16 +165,15 @@ def holder_state(run: str) -> Optional[str]:
             # inode and the named process must both agree.
             if inode == lock.st_ino and ((major, minor) == device or holder == pid):
                 return f"running (process {holder})"
-        return None
-    if pid is None:
-        return None
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass  # alive, another user's
-    return f"running (process {pid})"
+    elif pid is not None and not elsewhere:
+        try:
+            os.kill(pid, 0)  # signal 0: only asks whether the process exists
+            return f"running (process {pid})"
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            return f"running (process {pid})"  # alive, another user's
+    return f"last held on host {matched.group(2)} (not checked)" if elsewhere else None
 
 
 def method_name(config: dict) -> str:
@@ -178,22 +186,41 @@ def method_name(config: dict) -> str:
     return f"{name}: {', '.join(parts)}" if parts else name
 
 
+def results_epoch(run: str) -> Optional[int]:
+    """The last epoch results.json reports; None when it names none or cannot be read."""
+    try:
+        with open(os.path.join(run, "results.json"), encoding="utf-8") as stream:
+            epoch = json.load(stream).get("last", {}).get("epoch")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return epoch if isinstance(epoch, int) else None
+
+
 def run_status(run: str) -> RunStatus:
-    config = read_config(run)
+    try:
+        config = read_config(run)
+        log = os.path.join(run, "log.txt")
+        lines = []
+        if os.path.isfile(log):
+            with open(log, encoding="utf-8", errors="replace") as stream:
+                lines = stream.readlines()
+    except (StatusError, OSError) as error:  # one unreadable run is a row, not the end of the table
+        return RunStatus(folder=run, method="?", seed=None, epochs_total=None, state=f"unreadable: {error}")
     optim = config.get("optim") if isinstance(config.get("optim"), dict) else {}
     options = config.get("run") if isinstance(config.get("run"), dict) else {}
     status = RunStatus(folder=run, method=method_name(config), seed=options.get("seed"),
                        epochs_total=optim.get("epochs"))
-    log = os.path.join(run, "log.txt")
-    if os.path.isfile(log):
-        with open(log, encoding="utf-8", errors="replace") as stream:
-            status.epochs_logged, status.scores, durations = parse_log(stream.readlines())
-        if durations:
-            status.epoch_seconds = statistics.median(durations[-RECENT_EPOCHS:])
-    if os.path.isfile(os.path.join(run, "results.json")):
+    status.epochs_logged, status.scores, durations = parse_log(lines)
+    if durations:
+        status.epoch_seconds = statistics.median(durations[-RECENT_EPOCHS:])
+    holder = holder_state(run)
+    finished = os.path.isfile(os.path.join(run, "results.json"))
+    if holder and holder.startswith("running"):
+        status.state = holder  # a finished run continued with more --epochs keeps its old results.json meanwhile
+    elif finished and (results_epoch(run) or status.epochs_logged) >= status.epochs_logged:  # no epoch: taken as is
         status.state = "finished"
     else:
-        status.state = holder_state(run) or ("stopped" if status.epochs_logged else "not started")
+        status.state = holder or ("stopped" if status.epochs_logged else "not started")
     return status
 
 
@@ -211,11 +238,14 @@ def table(statuses: List[RunStatus], root: Optional[str] = None) -> str:
     for s in statuses:
         name = os.path.relpath(s.folder, root) if root else s.folder
         epochs = f"{s.epochs_logged} of {s.epochs_total}" if s.epochs_total else str(s.epochs_logged)
+        extended = bool(s.epochs_total) and s.epochs_logged > s.epochs_total
+        if extended:  # continued with more --epochs than config.json, written at the start, names
+            epochs = f"{s.epochs_logged} (config.json: {s.epochs_total})"
         scores = [f"{s.scores[split][1]:.2f} (epoch {s.scores[split][0]})" if split in s.scores else "-"
                   for split in ("val", "test")]
         per_epoch = format_duration(s.epoch_seconds) if s.epoch_seconds is not None else "-"
         left = "-"
-        if s.state != "finished" and s.epoch_seconds is not None and s.epochs_total:
+        if s.state != "finished" and s.epoch_seconds is not None and s.epochs_total and not extended:
             left = format_duration(max(s.epochs_total - s.epochs_logged, 0) * s.epoch_seconds)
         seed = "-" if s.seed is None else str(s.seed)
         lines.append(f"| {name} | {s.method} | {seed} | {epochs} | {s.state} | {scores[0]} | {scores[1]} "

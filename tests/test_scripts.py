@@ -116,13 +116,15 @@ def test_an_evidence_run_keeps_its_claim_while_it_trains(tmp_path):
     # take the job, even if the lane that started it is gone.
     probe = tmp_path / "probe.py"
     probe.write_text("import fcntl, os, sys\n"
-                     "path = os.path.join(os.environ['ROOT_LOG'], '.claims', 'lcsl_s0.lock')\n"
+                     "path = os.path.realpath(os.path.join(os.environ['ROOT_LOG'], '.claims', 'lcsl_s0.lock'))\n"
+                     "fds = '/proc/self/fd'\n"
+                     "inherited = any(os.path.realpath(os.path.join(fds, fd)) == path for fd in os.listdir(fds))\n"
                      "with open(path) as other:\n"
                      "    try:\n"
                      "        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
-                     "        print('free')\n"
+                     "        print('free', inherited)\n"
                      "    except BlockingIOError:\n"
-                     "        print('held')\n")
+                     "        print('held', inherited)\n")
     shim = tmp_path / "bin" / "python"
     shim.parent.mkdir()
     shim.write_text(f'#!/usr/bin/env bash\n"{sys.executable}" "{probe}" >> "$CALL_LOG"\n')
@@ -132,7 +134,8 @@ def test_an_evidence_run_keeps_its_claim_while_it_trains(tmp_path):
     result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "evidence_cifar10.sh")], cwd=str(tmp_path),
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "calls.txt").read_text() == "held\n"
+    # Held, and through a descriptor the run itself has open (not only its lane's).
+    assert (tmp_path / "calls.txt").read_text() == "held True\n"
 
 
 def test_evidence_queue_only_runs_the_named_jobs_in_queue_order(tmp_path, monkeypatch):
