@@ -2,13 +2,15 @@
 
     python scripts/per_class_stats.py runs/evidence/lcsl_cifar10_seed0 [more runs...]
         [--stat lcsl/counted_labels lcsl/student_row_norm] [--epochs 1 50 100 160 200] [--share]
+        [--plot stats.png]
 
 Methods write one row per epoch and statistic (LCSL: the teacher's labels per class, all and
 those that counted, and the student's classifier row norms and biases). One table per run and
 statistic: a row per chosen epoch (default: the first, every quarter of the run and the last),
 a column per class, headed by the class index and, when the run's results.json gives them, its
 training count. ``--share`` shows each row as percentages of its sum (how far the teacher's
-labels reach the tail); the last column is the row's sum.
+labels reach the tail); the last column is the row's sum. ``--plot`` draws every recorded epoch
+of the chosen statistics, the runs side by side.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import json
 import math
 import os
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 # Runnable as ``python scripts/per_class_stats.py`` from anywhere: make the packages importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -101,6 +103,58 @@ def stat_table(values: Dict[int, List[float]], epochs: Sequence[int], counts: Op
     return "\n".join(lines)
 
 
+def class_series(values: Dict[int, List[float]], share: bool) -> Tuple[List[int], List[List[float]]]:
+    """(every recorded epoch, for each class its values over those epochs). With ``share`` each
+    value is a percentage of its epoch's sum, NaN (a gap in a plotted line) where the sum is 0
+    or not finite: an epoch whose teacher gave no label has no shares."""
+    epochs = sorted(values)
+    width = max(len(v) for v in values.values())
+    series: List[List[float]] = [[] for _ in range(width)]
+    for epoch in epochs:
+        row = list(values[epoch]) + [math.nan] * (width - len(values[epoch]))
+        total = sum(row)
+        for c, value in enumerate(row):
+            if share:
+                value = 100 * value / total if total and math.isfinite(total) else math.nan
+            series[c].append(value)
+    return epochs, series
+
+
+def plot_runs(path: str, runs: Sequence[str], stats: Optional[Sequence[str]], share: bool) -> None:
+    """A grid of line plots: a row per statistic, a column per run, a line per class over epochs
+    (labelled with the class's training count where results.json gives it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tables = [read_per_class(run) for run in runs]
+    names = list(stats) if stats else sorted(set().union(*tables))
+    for run, table in zip(runs, tables):
+        missing = [n for n in names if n not in table]
+        if missing:
+            raise StatsError(f"{run}: no statistic {', '.join(missing)} (recorded: {', '.join(sorted(table))})")
+    figure, axes = plt.subplots(len(names), len(runs), figsize=(4.5 * len(runs), 3 * len(names)), squeeze=False)
+    for column, (run, table) in enumerate(zip(runs, tables)):
+        counts = train_counts(run)
+        for row, name in enumerate(names):
+            axis = axes[row][column]
+            epochs, series = class_series(table[name], share)
+            for c, values in enumerate(series):
+                label = f"{c} ({counts[c]})" if counts and c < len(counts) else str(c)
+                axis.plot(epochs, values, lw=1, label=label)
+            axis.set_title(f"{os.path.basename(os.path.normpath(run))}: {name}", fontsize=9)
+            axis.set_xlabel("epoch")
+            axis.set_ylabel("% of the epoch's sum" if share else "value")
+            axis.grid(alpha=0.3)
+            if len(series) <= 20:  # beyond that a legend hides the lines
+                axis.legend(fontsize=6, ncol=2, title="class (training images)" if counts else "class",
+                            title_fontsize=6)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def report(run: str, stats: Optional[Sequence[str]], epochs: Optional[Sequence[int]], share: bool) -> str:
     table = read_per_class(run)
     names = list(stats) if stats else sorted(table)
@@ -122,9 +176,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--stat", nargs="+", default=None, help="statistics to show (default: all recorded)")
     parser.add_argument("--epochs", nargs="+", type=POSITIVE_INT, default=None, help="epochs to show (1-based)")
     parser.add_argument("--share", action="store_true", help="each row as percentages of its sum")
+    parser.add_output_argument("--plot", figure=True, default=None,
+                               help="also draw every recorded epoch: a row of panels per statistic, a column per run, "
+                                    "a line per class (PNG, PDF or SVG)")
     args = parser.parse_args(argv)
     try:
         print("\n\n".join(report(run, args.stat, args.epochs, args.share) for run in args.runs))
+        if args.plot:
+            plot_runs(args.plot, args.runs, args.stat, args.share)
+            print(f"\nplot written to {args.plot}")
     except (StatsError, OSError) as error:
         print(f"per_class_stats.py: error: {error}", file=sys.stderr)
         return 2

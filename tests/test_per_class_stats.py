@@ -1,5 +1,6 @@
 """scripts/per_class_stats.py: per_class.csv (as the run logger writes it) as Markdown tables."""
 import json
+import math
 import os
 import sys
 
@@ -90,3 +91,29 @@ def test_flags_are_checked_in_one_line(tmp_path, capsys):
         per_class_stats.main([str(tmp_path), "--epochs", "x"])
     error = capsys.readouterr().err
     assert stop.value.code == 2 and error.count("\n") == 1 and "--epochs" in error
+
+
+def test_class_series_gives_each_class_its_line_and_no_share_where_an_epoch_has_none():
+    values = {3: [2.0, 2.0, 4.0], 1: [0.0, 0.0, 0.0], 2: [1.0, 3.0, 0.0]}
+    epochs, series = per_class_stats.class_series(values, share=False)
+    assert epochs == [1, 2, 3] and series == [[0.0, 1.0, 2.0], [0.0, 3.0, 2.0], [0.0, 0.0, 4.0]]
+    epochs, series = per_class_stats.class_series(values, share=True)
+    # Epoch 1 gave no label: no shares (a gap), not 0 %; epoch 2: 1, 3, 0 of 4; epoch 3: 2, 2, 4 of 8.
+    assert [[None if math.isnan(v) else v for v in line] for line in series] == [
+        [None, 25.0, 25.0], [None, 75.0, 25.0], [None, 0.0, 50.0]]
+
+
+def test_plot_draws_runs_side_by_side_and_never_replaces_a_file(tmp_path, capsys):
+    write_run(tmp_path / "a")
+    write_run(tmp_path / "b", epochs=3)
+    out = tmp_path / "stats.png"
+    assert per_class_stats.main([str(tmp_path / "a"), str(tmp_path / "b"), "--share", "--plot", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"plot written to {out}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as refused:
+        per_class_stats.main([str(tmp_path / "a"), "--plot", str(out)])
+    assert refused.value.code == 2 and f"--plot {out} exists" in capsys.readouterr().err
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "per_class.csv").write_text("epoch,statistic,class_0\n1,other,3\n")
+    assert per_class_stats.main([str(tmp_path / "a"), str(tmp_path / "c"), "--stat", "lcsl/counted_labels",
+                                 "--plot", str(tmp_path / "other.png")]) == 2
+    assert "no statistic lcsl/counted_labels" in capsys.readouterr().err and not (tmp_path / "other.png").exists()
