@@ -200,8 +200,21 @@ def load_result(path: str, by: Sequence[str] = (), pool_precisions: bool = False
     if isinstance(config, dict) and config:
         # Seeds trained in different precisions are different rows, whatever their flags say.
         pooled = () if pool_precisions else (("precision", json.dumps(precision_name(result))),)
-        result["recipe"] = tuple(sorted(recipe_of(config) + pooled))
+        result["recipe"] = tuple(sorted(recipe_of(trained_epochs(config, result)) + pooled))
     return result
+
+
+def trained_epochs(config: Dict[str, Any], result: Dict[str, Any]) -> Dict[str, Any]:
+    """The config with --epochs as the results were trained: a run continued with another
+    --epochs may have a config.json that says otherwise (written before config.json followed a
+    change, or extended again and not finished yet), and results.json's last epoch is what its
+    numbers measured."""
+    last = result.get("last")
+    epoch = last.get("epoch") if isinstance(last, dict) else None
+    optim = config.get("optim")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not isinstance(optim, dict) or optim.get("epochs") == epoch:
+        return config
+    return {**config, "optim": {**optim, "epochs": epoch}}
 
 
 def precision_name(result: Dict[str, Any]) -> str:

@@ -497,6 +497,35 @@ def test_compile_mode_reaches_torch_compile(cifar10_root, tmp_path, monkeypatch,
     assert resumed["last"]["epoch"] == 2 and compiled[-1] == {"mode": other}
 
 
+def test_a_continuation_with_another_epochs_rewrites_config_json_keeping_the_old_number(cifar10_root, tmp_path):
+    # config.json says how long the run trains (run_status and make_table read it); the number it
+    # said before stays in epochs_changed, with the epoch the change took effect after.
+    run = str(tmp_path / "run")
+    run_training(config_for(cifar10_root.root, run, "--epochs", "1", "--limit_batches", "1"), "ce")
+    with open(os.path.join(run, "config.json")) as stream:
+        first = json.load(stream)
+    assert first["optim"]["epochs"] == 1 and "epochs_changed" not in first
+    resumed = run_training(config_for(cifar10_root.root, run, "--epochs", "2", "--limit_batches", "1",
+                                      "--resume", "auto"), "ce")
+    assert resumed["last"]["epoch"] == 2
+    with open(os.path.join(run, "config.json")) as stream:
+        second = json.load(stream)
+    changes = second.pop("epochs_changed")
+    assert [(c["from"], c["to"], c["after_epoch"]) for c in changes] == [(1, 2, 1)]
+    assert second == {**first, "optim": {**first["optim"], "epochs": 2}}
+    with open(os.path.join(run, "log.txt")) as stream:
+        assert "--epochs 1 -> 2 from epoch 1 on (config.json updated" in stream.read()
+    # The same number again changes nothing; a third length adds to the list.
+    run_training(config_for(cifar10_root.root, run, "--epochs", "2", "--resume", "auto"), "ce")
+    with open(os.path.join(run, "config.json")) as stream:
+        assert json.load(stream)["epochs_changed"] == changes
+    run_training(config_for(cifar10_root.root, run, "--epochs", "3", "--limit_batches", "1", "--resume", "auto"), "ce")
+    with open(os.path.join(run, "config.json")) as stream:
+        third = json.load(stream)
+    assert third["optim"]["epochs"] == 3
+    assert [(c["from"], c["to"], c["after_epoch"]) for c in third["epochs_changed"]] == [(1, 2, 1), (2, 3, 2)]
+
+
 def test_compile_mode_is_checked():
     with pytest.raises(SystemExit):
         main_script.get_args_parser().parse_args(["--compile_mode", "fast"])

@@ -145,6 +145,32 @@ def test_runs_with_other_recipes_are_never_averaged_as_seeds(tmp_path):
     assert "| ce | resnet32 | 2 | 71.00 ± 1.41 |" in plain
 
 
+def test_a_run_continued_with_more_epochs_is_grouped_by_the_epochs_it_trained(tmp_path):
+    # Seed 0 trained 200 epochs; seed 1 was started for 200 and extended to 300, its config.json
+    # written before config.json followed such a change. results.json's last epoch says what its
+    # numbers measured, so the two are rows of their own; had seed 1 ended at 200, they would pool.
+    def run(seed, trained):
+        fake_result(str(tmp_path / f"s{seed}"), "ce", 70.0 + seed, seed=seed)
+        with open(tmp_path / f"s{seed}" / "results.json") as stream:
+            result = json.load(stream)
+        result["last"]["epoch"] = trained
+        with open(tmp_path / f"s{seed}" / "results.json", "w") as stream:
+            json.dump(result, stream)
+        with open(tmp_path / f"s{seed}" / "config.json", "w") as stream:
+            json.dump({"optim": {"epochs": 200, "lr": 0.1}, "run": {"seed": seed}}, stream)
+
+    def table():
+        results = [make_table.load_result(p) for p in make_table.find_results([str(tmp_path)])]
+        return make_table.build_table(results, paper=False)
+
+    run(0, 200)
+    run(1, 300)
+    assert "| ce [optim.epochs=200] | resnet32 | 1 | 70.00 |" in table()
+    assert "| ce [optim.epochs=300] | resnet32 | 1 | 71.00 |" in table()
+    run(1, 200)
+    assert "| ce | resnet32 | 2 | 70.50 ± 0.71 |" in table()
+
+
 def test_seeds_trained_in_other_precisions_are_other_rows(tmp_path):
     # The same flags (--amp auto) became bf16 on one CPU and fp32 on another: results.json records
     # it (newer runs) or log.txt names it (older ones); a run with neither is 'unrecorded'.

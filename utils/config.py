@@ -386,9 +386,10 @@ class TrainConfig:
         return TrainConfig(**values)
 
 
-# What a run's config.json records beside its configuration: the commit, and the command line
-# that started it with the folder it ran in (never compared between runs, never part of a recipe).
-RUN_RECORD_FIELDS = ("git_commit", "command", "command_dir")
+# What a run's config.json records beside its configuration: the commit, the command line that
+# started it with the folder it ran in, and every change of --epochs by a continuation (never
+# compared between runs, never part of a recipe).
+RUN_RECORD_FIELDS = ("git_commit", "command", "command_dir", "epochs_changed")
 
 
 # Option field -> the flag that sets it, per registered method (filled when the methods package

@@ -40,7 +40,7 @@ from utils.engine import DeviceInputs, NonFiniteLossError, resolve_amp
 from utils.logger import RunLogger
 from utils.metrics import SELECTION_METRICS
 from utils.run_folder import (RunFolderLock, RunPlan, abandon_unstarted_run, check_checkpoint_is_folders_run,
-                              check_is_checkpoint, claim_run_folder,
+                              check_is_checkpoint, claim_run_folder, config_with_new_epochs,
                               config_differences, other_settings_error, plan_run_folder, saved_run_config,
                               started_as)
 
@@ -184,6 +184,7 @@ def build_run(config: TrainConfig, label: str):
                 logger.info(line)
         else:
             method.load_state_dict(resume["state_dict"], strict=True)
+            _record_new_epochs(logger, run_dir, config, int(resume["epoch"]))
         place_on_device(method, config, ctx)
         loaders = build_loaders(config, data, ctx, method.num_views)
     except BaseException as error:
@@ -193,6 +194,18 @@ def build_run(config: TrainConfig, label: str):
     return Run(config=config, label=label, ctx=ctx, data=data, labeled_counts=labeled_counts, method=method,
                model_kwargs=model_kwargs, loaders=loaders, inputs=inputs, logger=logger, run_dir=run_dir,
                resume=resume, lock=lock, started=started)
+
+
+def _record_new_epochs(logger: RunLogger, run_dir: str, config: TrainConfig, after_epoch: int) -> None:
+    """A continuation with another --epochs rewrites config.json with the new number (the old
+    one kept in its epochs_changed list), so the file always says how long the run trains."""
+    saved = saved_run_config(run_dir, from_checkpoint=False) if logger.is_main else None
+    updated = config_with_new_epochs(saved, config.optim.epochs, after_epoch,
+                                     started_as(config).get("command")) if saved else None
+    if updated is not None:
+        logger.write_json("config.json", updated)
+        logger.info(f"--epochs {saved['optim']['epochs']} -> {config.optim.epochs} from epoch {after_epoch} on "
+                    "(config.json updated; the earlier number kept under epochs_changed)")
 
 
 def _log_start(logger, run_dir: str, notes: List[str], plan: RunPlan, config: TrainConfig, ctx, data) -> None:

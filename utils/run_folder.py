@@ -233,6 +233,25 @@ def started_as(config: TrainConfig) -> Dict[str, str]:
     return {"command": shlex.join([*launcher, *sys.argv]), "command_dir": os.getcwd()}
 
 
+def config_with_new_epochs(saved: Dict[str, Any], epochs: int, after_epoch: int,
+                           command: Optional[str] = None) -> Optional[Dict[str, Any]]:
+    """config.json for a continuation that changed --epochs (a finished run extended, or a
+    stopped one given another length): the new number, with every earlier one kept under
+    ``epochs_changed`` (what it was, from which epoch on, the command that changed it), so the
+    file says how long the run trains and nothing it said before is lost. None when the number
+    is the same, or the file has no ``optim.epochs`` to update."""
+    optim = saved.get("optim")
+    if not isinstance(optim, dict) or not isinstance(optim.get("epochs"), int) or optim["epochs"] == epochs:
+        return None
+    change = {"from": optim["epochs"], "to": epochs, "after_epoch": after_epoch,
+              "at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if command:
+        change["command"] = command
+    history = saved.get("epochs_changed")
+    return {**saved, "optim": {**optim, "epochs": epochs},
+            "epochs_changed": [*(history if isinstance(history, list) else []), change]}
+
+
 def started_as_hint(run_dir: str) -> str:
     """'; the run was started (in DIR) as: python main.py ...', from the folder's config.json, or ''
     when unrecorded. Callers have checked that the folder's run is the one refused."""
