@@ -1,9 +1,11 @@
 """Containers shared by every dataset: where images live and what a long-tailed split holds."""
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -12,6 +14,23 @@ from PIL import Image
 
 class DatasetError(RuntimeError):
     """A dataset file or option is wrong; the message says which and how to fix it."""
+
+
+@contextlib.contextmanager
+def download_folder(root: str) -> Iterator[None]:
+    """A download into ``root`` that fails (offline, a bad md5) takes with it the folders it
+    created, the partial archive included: a mistyped --data_root leaves no stray folder behind,
+    and a folder that existed before is left with what it held."""
+    created = None  # the outermost folder of root's path that does not exist yet
+    path = os.path.abspath(root)
+    while not os.path.exists(path):
+        created, path = path, os.path.dirname(path)
+    try:
+        yield
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
 
 
 @dataclass(frozen=True)

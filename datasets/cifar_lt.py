@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from .base import DataOptions, DatasetError, ImageSource, LongTailData
+from .base import DataOptions, DatasetError, ImageSource, LongTailData, download_folder
 from .longtail import balanced_validation_indices, class_counts, leftover_indices, select_indices
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -95,9 +95,10 @@ def ensure_cifar_files(root: str, layout: CifarLayout, download: bool) -> None:
     from torchvision.datasets import utils as tv_utils
 
     try:
-        tv_utils.download_and_extract_archive(
-            layout.url, download_root=root, filename=os.path.basename(layout.url), md5=layout.md5
-        )
+        with download_folder(root):
+            tv_utils.download_and_extract_archive(
+                layout.url, download_root=root, filename=os.path.basename(layout.url), md5=layout.md5
+            )
     except (OSError, RuntimeError) as error:  # URLError is an OSError; a bad md5 is a RuntimeError
         message = _not_found_message(root, layout, missing, f"cannot download CIFAR ({error})")
         raise DatasetError(message) from error

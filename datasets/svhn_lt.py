@@ -22,7 +22,7 @@ import numpy as np
 
 from datasets import DATASETS, DatasetEntry
 
-from .base import DataOptions, DatasetError, ImageSource, LongTailData
+from .base import DataOptions, DatasetError, ImageSource, LongTailData, download_folder
 from .longtail import balanced_validation_indices, class_counts, leftover_indices, select_indices
 
 SVHN_MAX_PER_CLASS = 1000
@@ -57,7 +57,8 @@ def ensure_svhn_file(root: str, split: str, download: bool) -> str:
     from torchvision.datasets import utils as tv_utils
 
     try:
-        tv_utils.download_url(url, root, filename=filename, md5=md5)
+        with download_folder(root):
+            tv_utils.download_url(url, root, filename=filename, md5=md5)
     except (OSError, RuntimeError) as error:  # URLError is an OSError; a bad md5 is a RuntimeError
         raise DatasetError(f"cannot download SVHN {split} ({error}); {hint}") from error
     if not os.path.isfile(path):

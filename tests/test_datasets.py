@@ -116,17 +116,29 @@ def test_download_is_called_with_the_official_archive(tmp_path, monkeypatch, nam
 def test_offline_download_becomes_one_clear_error(tmp_path, monkeypatch):
     import torchvision.datasets.utils as tv_utils
 
-    def offline(*args, **kwargs):
+    def offline(url, download_root, filename=None, **kwargs):
+        # As torchvision does: the folder is made, and a broken transfer leaves part of the archive.
+        os.makedirs(download_root, exist_ok=True)
+        with open(os.path.join(download_root, filename), "wb") as stream:
+            stream.write(b"partial")
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(tv_utils, "download_and_extract_archive", offline)
-    root = str(tmp_path / "nowhere")
+    root = str(tmp_path / "nowhere" / "data")
     with pytest.raises(DatasetError) as caught:
         build_dataset("cifar10", DataOptions(data_root=root))
     message = str(caught.value)
     assert "\n" not in message
     for part in (root, "cifar-10-batches-py", CIFAR10.url, "--dataset cifar10_sample", "name resolution"):
         assert part in message
+    # A mistyped --data_root leaves no folder behind; a folder that existed is not removed and
+    # keeps what it held.
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "notes.txt").write_text("mine")
+    with pytest.raises(DatasetError, match="cannot download CIFAR"):
+        build_dataset("cifar10", DataOptions(data_root=str(tmp_path / "data")))
+    assert (tmp_path / "data" / "notes.txt").read_text() == "mine"
 
 
 def test_missing_files_without_download(tmp_path, monkeypatch):

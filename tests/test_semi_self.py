@@ -448,11 +448,15 @@ def test_svhn_download_goes_through_torchvision(tmp_path, monkeypatch):
 
     def offline(url, root, filename=None, md5=None):
         calls.append((url, filename, md5))
+        os.makedirs(root, exist_ok=True)
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(tv_utils, "download_url", offline)
     with pytest.raises(DatasetError, match="cannot download"):
         read_svhn_split(str(tmp_path), "extra", download=True)
+    with pytest.raises(DatasetError, match="cannot download"):  # the folder it made goes with it
+        read_svhn_split(str(tmp_path / "svhn"), "extra", download=True)
+    assert not os.path.exists(tmp_path / "svhn") and os.path.isdir(tmp_path)
     assert calls[0][0].endswith("extra_32x32.mat") and len(calls[0][2]) == 32
     monkeypatch.setattr(tv_utils, "download_url", lambda url, root, filename=None, md5=None:
                         write_svhn(root, "extra", [2] * 10))
