@@ -193,6 +193,7 @@ def load_result(path: str, by: Sequence[str] = (), pool_precisions: bool = False
             if by:
                 raise ResultError(f"its config.json (read for --by): {error}") from None
     result["by"] = tuple(str(config_field(config, field)) for field in by)
+    result["by_found"] = tuple(config_field(config, field, missing=ABSENT) is not ABSENT for field in by)
     asked = config_field(config, "run.amp") if isinstance(config, dict) else "?"
     result["precision"] = (result.get("precision") or logged_precision(os.path.dirname(path))
                            or (asked if asked in PRECISION_NAMES else None))  # --amp none/bf16/fp16 is itself
@@ -279,13 +280,21 @@ def unfinished_note(folders: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def config_field(config: Dict[str, Any], dotted: str) -> Any:
+ABSENT = object()  # config_field's answer for a field that is not there (a null value is there)
+
+
+def config_field(config: Dict[str, Any], dotted: str, missing: Any = "?") -> Any:
     value: Any = config
     for part in dotted.split("."):
         if not isinstance(value, dict) or part not in value:
-            return "?"
+            return missing
         value = value[part]
     return value
+
+
+def unknown_by_fields(results: List[Dict[str, Any]], by: Sequence[str]) -> List[str]:
+    """The --by fields that no run's config.json has (a misspelt field would be a column of '?')."""
+    return [field for index, field in enumerate(by) if not any(r["by_found"][index] for r in results)]
 
 
 def imbalance_ratio(result: Dict[str, Any]) -> int:
@@ -551,6 +560,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         waiting = f"; {len(unfinished)} unfinished run(s), e.g. {unfinished[0]}" if unfinished else ""
         print(f"make_table.py: error: no readable results.json under the given paths{skipped}{waiting}",
               file=sys.stderr)
+        return 2
+    unknown = unknown_by_fields(results, args.by)
+    if unknown:
+        print(f"make_table.py: error: --by {' '.join(unknown)}: no run's config.json has "
+              f"{'this field' if len(unknown) == 1 else 'these fields'}; name fields as dotted config.json keys "
+              "(run.aug_backend, optim.lr, method_options.loss)", file=sys.stderr)
         return 2
     table = build_table(results, args.paper, args.by)
     if args.gains:

@@ -100,6 +100,18 @@ def test_by_splits_groups_on_config_fields(tmp_path):
     # pil: mean of 60 and 64 with sample std 2.83; tensor: its single seed; an absent field reads '?'.
     assert "| ce | resnet32 | pil | ? | 2 | 62.00 ± 2.83 |" in table
     assert "| ce | resnet32 | tensor | ? | 1 | 61.00 |" in table
+    # From the command line, a field that no run has (a typo) is an error, not a column of '?';
+    # a field some runs have, or one whose value is null, is a column.
+    code = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_table.py"), str(tmp_path),
+                           "--by", "run.aug_backend", "run.agu_backend"], capture_output=True, text=True)
+    assert code.returncode == 2 and code.stdout == ""
+    assert code.stderr.startswith("make_table.py: error: --by run.agu_backend: no run's config.json has this field;")
+    with open(tmp_path / "t0" / "config.json", "w") as stream:
+        json.dump({"run": {"aug_backend": "tensor", "note": None}}, stream)
+    code = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_table.py"), str(tmp_path),
+                           "--by", "run.note"], capture_output=True, text=True)
+    assert code.returncode == 0 and "| ce | resnet32 | None | 1 | 61.00 |" in code.stdout
+    assert "| ce | resnet32 | ? | 2 | 62.00 ± 2.83 |" in code.stdout
 
 
 def test_paper_rows_follow_the_labels_the_scripts_produce():
