@@ -116,6 +116,13 @@ def test_which_best_never_scores_last(two_epoch_run):
     with pytest.raises(CheckpointError, match="no best.pth in run folder .*--which last"):
         load_checkpoint(two_epoch_run, prefer="best.pth", exact=True)
     assert load_checkpoint(two_epoch_run, prefer="last.pth", exact=True)["epoch"] == 2
+    # With neither file (a folder of copied results) nothing else is offered.
+    os.remove(os.path.join(two_epoch_run, "last.pth"))
+    for prefer in ("best.pth", "last.pth"):
+        with pytest.raises(CheckpointError) as caught:
+            load_checkpoint(two_epoch_run, prefer=prefer, exact=True)
+        assert str(caught.value) == (f"no checkpoint (best.pth / last.pth) in run folder {two_epoch_run} "
+                                     "(it holds results.json: checkpoints stay in the run's own folder)")
 
 
 def test_a_json_file_is_not_a_checkpoint_and_trust_is_not_suggested(two_epoch_run):

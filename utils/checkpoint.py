@@ -240,14 +240,15 @@ def resolve_checkpoint_path(path: str, prefer: str = "best.pth", exact: bool = F
     """Accepts a checkpoint file or a run folder (then `prefer`, falling back to last.pth unless
     `exact`: a command that asked for best.pth must not score last.pth without a word)."""
     if os.path.isdir(path):
-        if exact and not os.path.isfile(os.path.join(path, prefer)):
+        found = [name for name in (prefer, "last.pth", "best.pth") if os.path.isfile(os.path.join(path, name))]
+        if not found:
+            copied = " (it holds results.json: checkpoints stay in the run's own folder)" \
+                if os.path.isfile(os.path.join(path, "results.json")) else ""
+            raise CheckpointError(f"no checkpoint (best.pth / last.pth) in run folder {path}{copied}")
+        if exact and found[0] != prefer:  # only the other one is there: offer it
             raise CheckpointError(f"no {prefer} in run folder {path}: pass the file of another checkpoint, "
                                   f"or --which {'best' if prefer == 'last.pth' else 'last'}")
-        for name in (prefer, "last.pth", "best.pth"):
-            candidate = os.path.join(path, name)
-            if os.path.isfile(candidate):
-                return candidate
-        raise CheckpointError(f"no checkpoint (best.pth / last.pth) in run folder {path}")
+        return os.path.join(path, found[0])
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     return path
