@@ -43,6 +43,7 @@ STAMPED = ("config.json", "results.json")  # the files whose git_commit says whi
 # What results/ keeps of a finished run: the log too, for the precision --amp auto became and
 # each epoch's numbers.
 RECORDS = ("config.json", "results.json", "per_class.csv", "log.txt")
+STAGING = ".restoring"  # restore writes <run>.restoring, then renames it to <run>
 SKIPPED = (".run.lock",)  # the lock belongs to the process that held it
 SELF_SUPERVISED = ("rotation", "moco")  # stage-1 methods: a later run starts from their last.pth
 RESULTS_TAR = "runs_records.tar"
@@ -115,7 +116,9 @@ def run_folders(root: str) -> List[str]:
     """Folders under ``root`` (one level) holding a run: a config.json."""
     if not os.path.isdir(root):
         raise EvidenceError(f"{root} is not a folder")
-    return sorted(name for name in os.listdir(root) if os.path.isfile(os.path.join(root, name, "config.json")))
+    # A restore's staging folder (<run>.restoring, left by an interrupted restore) is not a run.
+    return sorted(name for name in os.listdir(root) if os.path.isfile(os.path.join(root, name, "config.json"))
+                  and not name.endswith(STAGING))
 
 
 def read_record(path: str) -> Dict:
@@ -284,8 +287,11 @@ def place(path: str, data: bytes, conflicts: List[str]) -> bool:
 
 def read_runs(archives: List[str]) -> Dict[str, Dict[str, bytes]]:
     """run folder -> {path inside the folder: content}, over every archive (a run's records and
-    checkpoints travel in different files)."""
+    checkpoints travel in different files). Two archives that hold one file of a run with
+    different contents (packs of two moments of the run) are refused: a folder of both would
+    mix them."""
     runs: Dict[str, Dict[str, bytes]] = {}
+    source: Dict[Tuple[str, str], str] = {}
     for archive_path in archives:
         try:
             with tarfile.open(archive_path) as archive:
@@ -297,7 +303,14 @@ def read_runs(archives: List[str]) -> Dict[str, Dict[str, bytes]]:
                         raise EvidenceError(f"{archive_path}: member {member.name!r} is not a file inside a run "
                                             "folder")
                     run, inside = name.split(os.sep, 1)
-                    runs.setdefault(run, {})[inside] = archive.extractfile(member).read()
+                    data = archive.extractfile(member).read()
+                    earlier = runs.setdefault(run, {}).get(inside)
+                    if earlier is not None and earlier != data:
+                        raise EvidenceError(f"{source[run, inside]} and {archive_path} hold different versions of "
+                                            f"{run}/{inside} (packs of two moments of the run): restore them into "
+                                            "different folders; nothing was restored")
+                    runs[run][inside] = data
+                    source.setdefault((run, inside), archive_path)
         except (tarfile.TarError, EOFError, zlib.error) as error:
             raise EvidenceError(f"{archive_path} is not a complete tar file ({error}): fetch it again; nothing "
                                 "was restored") from None
@@ -317,7 +330,7 @@ def restore(args: argparse.Namespace) -> None:
             if not same:
                 kept.append(run)
             continue
-        staging = folder + ".restoring"
+        staging = folder + STAGING
         shutil.rmtree(staging, ignore_errors=True)
         for name, data in files.items():
             place(os.path.join(staging, name), data, [])
@@ -336,12 +349,20 @@ def collect(args: argparse.Namespace) -> None:
         source = os.path.join(args.root, run)
         if not os.path.isfile(os.path.join(source, "results.json")):
             continue
-        new = 0
+        records = {}
         for name in RECORDS:
             path = os.path.join(source, name)
             if os.path.isfile(path):
                 with open(path, "rb") as stream:
-                    new += place(os.path.join(args.results, run, name), stream.read(), conflicts)
+                    records[name] = stream.read()
+        # Whole runs only: where one record there differs, none is added beside it.
+        differing = [os.path.join(args.results, run, name) for name, data in records.items()
+                     if os.path.exists(os.path.join(args.results, run, name))
+                     and not same_content(os.path.join(args.results, run, name), data)]
+        if differing:
+            conflicts += differing
+            continue
+        new = sum(place(os.path.join(args.results, run, name), data, conflicts) for name, data in records.items())
         if new:
             added.append(run)
     print(f"collected {len(added)} finished runs into {args.results}" + (f": {', '.join(added)}" if added else ""))

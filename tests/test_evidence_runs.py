@@ -174,6 +174,49 @@ def test_a_later_moment_of_a_run_never_mixes_with_an_earlier_one(tmp_path, capsy
     assert "(lcsl_cifar10_seed0)" in capsys.readouterr().err
 
 
+def test_packs_of_two_moments_given_together_are_refused(tmp_path, capsys):
+    # The early pack's checkpoint beside the late pack's results would make one folder of two
+    # moments: given both at once, restore refuses and writes nothing.
+    early, late = tmp_path / "early", tmp_path / "late"
+    for root, epochs, done in ((early, 5, False), (late, 200, True)):
+        run = root / "runs" / "lcsl_cifar10_seed0"
+        write(str(run / "config.json"), "{}")
+        write(str(run / "log.txt"), f"{epochs} epochs\n")
+        write(str(run / "last.pth"), bytes([epochs]) * 100)
+        if done:
+            write(str(run / "results.json"), json.dumps({"method": "lcsl", "last": {"epoch": 200}}))
+        assert evidence_runs.main(["pack", str(root / "runs"), str(root / "out")]) == 0
+    here = tmp_path / "here"
+    capsys.readouterr()
+    archives = [str(early / "out" / "runs_checkpoints_1.tar"), str(early / "out" / "runs_records.tar"),
+                str(late / "out" / "runs_records.tar")]
+    assert evidence_runs.main(["restore", *archives, "--into", str(here)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "hold different versions of lcsl_cifar10_seed0/log.txt" in error
+    assert not here.exists() or os.listdir(here) == []
+    # The same file in two archives (one pack restored twice over) is no conflict.
+    assert evidence_runs.main(["restore", *archives[:2], archives[1], "--into", str(here)]) == 0
+    assert open(here / "lcsl_cifar10_seed0" / "log.txt").read() == "5 epochs\n"
+
+
+def test_collect_adds_whole_runs_and_skips_a_staging_folder(tmp_path, capsys):
+    root, results = tmp_path / "runs", tmp_path / "results"
+    run = root / "ce_cifar10_seed0"
+    write(str(run / "config.json"), "{}")
+    write(str(run / "results.json"), json.dumps({"last": {"top1": 66.0}}))
+    write(str(run / "log.txt"), "the log\n")
+    # An interrupted restore's staging copy of a finished run is not a second run.
+    shutil.copytree(str(run), str(root / "bccl_cifar10_seed0.restoring"))
+    # results/ holds another version of this run's results.json and no log: nothing is added
+    # beside it (the log of one moment next to the results of another).
+    write(str(results / "ce_cifar10_seed0" / "results.json"), json.dumps({"last": {"top1": 60.0}}))
+    capsys.readouterr()
+    assert evidence_runs.main(["collect", str(root), str(results)]) == 2
+    assert "differ from the run folder's" in capsys.readouterr().err
+    assert sorted(os.listdir(results)) == ["ce_cifar10_seed0"]
+    assert os.listdir(results / "ce_cifar10_seed0") == ["results.json"]
+
+
 def test_finished_stage_one_runs_keep_their_weights_and_the_total_is_capped(tmp_path, capsys):
     root, out = tmp_path / "runs", str(tmp_path / "out")
     rotation = root / "rotation_cifar10_seed1"  # finished; ce_ssp_cifar10_seed1 starts from it
