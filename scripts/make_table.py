@@ -81,15 +81,21 @@ METRICS = ("top1", "many", "medium", "few")
 
 
 def find_results(paths: Sequence[str]) -> List[str]:
-    found = []
+    """Every results.json under ``paths``, each file once however it is reached (a folder given
+    twice, a run inside a folder also given, a link such as runs/latest -> a run)."""
+    found: Dict[str, str] = {}
     for path in paths:
         if os.path.isdir(path):
-            found += glob.glob(os.path.join(path, "**", "results.json"), recursive=True)
+            candidates = glob.glob(os.path.join(path, "**", "results.json"), recursive=True)
         elif os.path.isfile(path):
-            found.append(path)
+            candidates = [path]
         else:
             raise FileNotFoundError(f"no run folder or results.json at {path}")
-    return sorted(set(found))
+        for candidate in sorted(candidates):
+            real = os.path.realpath(candidate)
+            if real not in found or len(candidate) < len(found[real]):  # the plainest name for it
+                found[real] = candidate
+    return sorted(found.values())
 
 
 class ResultError(ValueError):
@@ -201,21 +207,37 @@ def load_result(path: str, by: Sequence[str] = (), pool_precisions: bool = False
     if isinstance(config, dict) and config:
         # Seeds trained in different precisions are different rows, whatever their flags say.
         pooled = () if pool_precisions else (("precision", json.dumps(precision_name(result))),)
-        result["recipe"] = tuple(sorted(recipe_of(trained_epochs(config, result)) + pooled))
+        result["recipe"] = tuple(sorted(recipe_of(as_trained(config, result)) + pooled))
     return result
 
 
-def trained_epochs(config: Dict[str, Any], result: Dict[str, Any]) -> Dict[str, Any]:
-    """The config with --epochs as the results were trained: a run continued with another
-    --epochs may have a config.json that says otherwise (written before config.json followed a
-    change, or extended again and not finished yet), and results.json's last epoch is what its
-    numbers measured."""
+def as_trained(config: Dict[str, Any], result: Dict[str, Any]) -> Dict[str, Any]:
+    """The config as the results were trained, for the recipe:
+    - --epochs as results.json's last epoch says (a run continued with another --epochs may have
+      a config.json that says otherwise: written before config.json followed such a change, or
+      extended again and not finished yet);
+    - the changes of --epochs that took effect before that epoch (from, to, after which epoch;
+      not when or by which command): a run continued from 200 to 400 epochs followed another
+      learning-rate path than a fresh 400-epoch run, so they are not seeds of one row;
+    - the images per class (the labelled ones), so runs of other list files are never averaged
+      or paired whatever their flags say."""
     last = result.get("last")
     epoch = last.get("epoch") if isinstance(last, dict) else None
-    optim = config.get("optim")
-    if not isinstance(epoch, int) or isinstance(epoch, bool) or not isinstance(optim, dict) or optim.get("epochs") == epoch:
-        return config
-    return {**config, "optim": {**optim, "epochs": epoch}}
+    trained = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+    optim = dict(config["optim"]) if isinstance(config.get("optim"), dict) else {}
+    if trained is not None and "epochs" in optim:
+        optim["epochs"] = trained
+    changes = config.get("epochs_changed") if isinstance(config.get("epochs_changed"), list) else []
+    history = [[c.get("from"), c.get("to"), c.get("after_epoch")] for c in changes
+               if isinstance(c, dict) and (trained is None or not isinstance(c.get("after_epoch"), int)
+                                           or c["after_epoch"] < trained)]
+    if history:
+        optim["epochs_changed"] = history
+    data = dict(config["data"]) if isinstance(config.get("data"), dict) else {}
+    counts = result.get("labeled_counts") or result.get("train_counts")
+    if counts:
+        data["counts"] = counts
+    return {**config, **({"optim": optim} if optim else {}), **({"data": data} if data else {})}
 
 
 def precision_name(result: Dict[str, Any]) -> str:
@@ -248,12 +270,28 @@ def load_results(paths: Sequence[str], by: Sequence[str] = (),
                  pool_precisions: bool = False) -> List[Dict[str, Any]]:
     """Every usable results.json; the others are skipped with a warning on stderr naming them."""
     results = []
+    seen: Dict[str, str] = {}
     for path in paths:
         try:
-            results.append(load_result(path, by, pool_precisions))
+            result = load_result(path, by, pool_precisions)
         except ResultError as error:
             print(f"make_table.py: warning: skipped {path}: {error}", file=sys.stderr)
+            continue
+        identity = run_identity(result)
+        if identity in seen:  # a copy, e.g. results/ collected from the run folder also given
+            print(f"make_table.py: warning: skipped {path}: the same run as {seen[identity]} (a copy), "
+                  "counted once", file=sys.stderr)
+            continue
+        seen[identity] = path
+        results.append(result)
     return results
+
+
+def run_identity(result: Dict[str, Any]) -> str:
+    """What tells one training run from another: where it ran, its seed and label, how long it
+    took to the second and its last evaluation; a copy of its results.json matches on all."""
+    fields = {key: result.get(key) for key in ("run_dir", "seed", "label", "method", "wall_time_s", "train_time_s")}
+    return json.dumps({**fields, "last": result.get("last")}, sort_keys=True, default=str)
 
 
 # Files a run writes before its results.json: a folder holding one of them but no results.json
@@ -463,10 +501,13 @@ def build_gains_table(results: List[Dict[str, Any]], by: Sequence[str] = ()) -> 
                 notes.append(f"- {label}{key[-1]} ({dataset} r{ratio}, {arch}): no gain, {why}")
             continue
         baseline = candidates[0]
-        seeds = [m.get("seed") for m in baseline]
-        if len(set(seeds)) < len(seeds):
-            notes.append(f"- {label}{key[-1]} ({dataset} r{ratio}, {arch}): no gain, the CE row has two runs "
-                         "of one seed")
+        # Pairs are made by seed and precision: two runs of one seed and precision on either side
+        # leave the pair ambiguous (one precision's seed next to the other's is no duplicate).
+        twice = [side for side, runs in (("the CE row", baseline), ("this row", members))
+                 if len({(m.get("seed"), precision_name(m)) for m in runs}) < len(runs)]
+        if twice:
+            notes.append(f"- {label}{key[-1]} ({dataset} r{ratio}, {arch}): no gain, {' and '.join(twice)} "
+                         f"{'has' if len(twice) == 1 else 'have'} two runs of one seed")
             continue
         cells = []
         values = [lambda m, metric=metric: m.get("last", {}).get(metric) for metric in METRICS]

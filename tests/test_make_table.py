@@ -1,6 +1,7 @@
 """scripts/make_table.py: grouping over seeds, mean ± std, rule labels and paper numbers."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -183,6 +184,58 @@ def test_a_run_continued_with_more_epochs_is_grouped_by_the_epochs_it_trained(tm
     assert "| ce | resnet32 | 2 | 70.50 ± 0.71 |" in table()
 
 
+def test_a_run_reached_twice_or_copied_is_counted_once(tmp_path, capsys):
+    # The same results.json through a link (runs/latest), through a folder and a run inside it,
+    # and a copy of it elsewhere (results/ collected from the run folder): one seed, not three.
+    for seed, top1 in ((0, 60.0), (1, 62.0)):
+        fake_result(str(tmp_path / "runs" / f"ce{seed}"), "ce", top1, seed=seed)
+    os.symlink(str(tmp_path / "runs" / "ce0"), str(tmp_path / "runs" / "latest"))
+    os.makedirs(tmp_path / "results" / "ce0")
+    shutil.copy(str(tmp_path / "runs" / "ce0" / "results.json"), str(tmp_path / "results" / "ce0"))
+    paths = make_table.find_results([str(tmp_path / "runs"), str(tmp_path / "runs" / "ce1"), str(tmp_path / "results")])
+    assert sorted(os.path.relpath(p, tmp_path) for p in paths) == [
+        "results/ce0/results.json", "runs/ce0/results.json", "runs/ce1/results.json"]
+    capsys.readouterr()
+    results = make_table.load_results(paths)
+    assert "skipped " + str(tmp_path / "runs" / "ce0" / "results.json") in capsys.readouterr().err
+    assert "| ce | resnet32 | 2 | 61.00 ± 1.41 |" in make_table.build_table(results, paper=False)
+    # Two runs of one seed in the method's row leave its pairs with CE ambiguous: no gain.
+    fake_result(str(tmp_path / "runs" / "ldam0"), "ldam_drw", 65.0, seed=0)
+    fake_result(str(tmp_path / "runs" / "ldam0_again"), "ldam_drw", 66.0, seed=0)
+    results = make_table.load_results(make_table.find_results([str(tmp_path / "runs")]))
+    assert "- ldam_drw (cifar10 r100, resnet32): no gain, this row has two runs of one seed" in \
+        make_table.build_gains_table(results)
+
+
+def test_a_continued_run_and_other_images_are_other_recipes(tmp_path):
+    # Seed 0 trained 400 epochs from the start; seed 1 was continued from 200 to 400 (another
+    # cosine path); seed 2 is a fresh 400-epoch run again, but on other images per class.
+    def run(seed, counts, changes=None):
+        fake_result(str(tmp_path / f"s{seed}"), "lcsl", 70.0 + seed, seed=seed)
+        record = tmp_path / f"s{seed}" / "results.json"
+        result = json.loads(record.read_text())
+        result["last"]["epoch"], result["train_counts"] = 400, counts
+        record.write_text(json.dumps(result))
+        config = {"optim": {"epochs": 400, "cosine": True}, "run": {"seed": seed}}
+        if changes:
+            config["epochs_changed"] = changes
+        (tmp_path / f"s{seed}" / "config.json").write_text(json.dumps(config))
+
+    run(0, [50, 5])
+    run(1, [50, 5], [{"from": 200, "to": 400, "after_epoch": 200, "at": "2026-12-07 10:00:00", "command": "x"}])
+    run(2, [40, 4])
+    results = make_table.load_results(make_table.find_results([str(tmp_path)]))
+    lines = make_table.build_table(results, paper=False).splitlines()
+    rows = [line for line in lines if "| lcsl" in line]
+    assert len(rows) == 3 and any("optim.epochs_changed=[[200, 400, 200]]" in row for row in rows)
+    assert any("data.counts=[40, 4]" in row and "| 72.00 |" in row for row in rows)
+    # A change that took effect only after the epoch results.json reports (extended, not
+    # finished yet) did not shape those numbers: the run is a seed of the plain row.
+    run(1, [50, 5], [{"from": 400, "to": 600, "after_epoch": 400}])
+    results = make_table.load_results(make_table.find_results([str(tmp_path / "s0"), str(tmp_path / "s1")]))
+    assert "| lcsl | resnet32 | 2 | 70.50 ± 0.71 |" in make_table.build_table(results, paper=False)
+
+
 def test_seeds_trained_in_other_precisions_are_other_rows(tmp_path):
     # The same flags (--amp auto) became bf16 on one CPU and fp32 on another: results.json records
     # it (newer runs) or log.txt names it (older ones); a run with neither is 'unrecorded'.
@@ -257,6 +310,17 @@ def test_pooled_precisions_share_a_row_and_pair_seeds_within_a_precision(tmp_pat
     cli = subprocess.run([sys.executable, "scripts/make_table.py", str(tmp_path), "--gains", "--pool_precisions"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert cli.returncode == 0 and "| 2 of 3 | +5.50 ± 0.71 |" in cli.stdout
+    # CE seed 1 again in fp32: one seed in two precisions is no duplicate; it pairs with LDAM-DRW's
+    # fp32 seed 1 (66 - 63 = +3), so the gain has three pairs: 5, 3, 6.
+    folder = tmp_path / "ce1_fp32"
+    fake_result(str(folder), "ce", 63.0, val=63.0, seed=1, hardware="AMD EPYC (1 thread)")
+    record = folder / "results.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "precision": "none"}))
+    with open(folder / "config.json", "w") as stream:
+        json.dump({"optim": {"epochs": 200}, "data": {"imb_factor": 0.01}, "run": {"seed": 1}}, stream)
+    pooled = make_table.load_results(make_table.find_results([str(tmp_path)]), pool_precisions=True)
+    gain = next(line for line in make_table.build_gains_table(pooled).splitlines() if "| ldam_drw |" in line)
+    assert "| 3 of 3 | +4.67 ± 1.53 |" in gain
 
 
 def test_seeds_of_real_runs_started_from_the_command_line_share_a_row(cifar10_root, tmp_path, monkeypatch):
