@@ -120,6 +120,7 @@ class LongTailData:
     val: Optional[ImageSource] = None  # balanced validation split when requested
     unlabeled: Optional[ImageSource] = None  # training images the LT subset left out (true labels kept)
     train_indices: Optional[np.ndarray] = None  # positions of `train` in the original training file
+    val_indices: Optional[np.ndarray] = None  # positions of `val` there, when it was cut from it
 
     @property
     def style(self) -> str:

@@ -294,6 +294,7 @@ def build_long_tail(
         image_size=int(train.array.shape[1]),
         class_names=list(class_names),
         val=train.subset(val_idx) if options.val_per_class > 0 else None,
+        val_indices=val_idx if options.val_per_class > 0 else None,
         unlabeled=train.subset(pool) if len(pool) else None,
         train_indices=selected,
     )

@@ -22,6 +22,7 @@ Pseudo-label file: a NumPy ``.npz`` archive, written atomically and read with
     images            uint8 (N, H, W, 3)   pixels (in-memory pools) ...
     paths             str (N,)             ... or absolute image paths
     labeled_indices   int64           leftover pools: the labelled subset the pool excludes
+    validation_indices int64          leftover pools: the validation split the pool excludes
     meta              str ()          JSON: format "ltkit-pseudo-labels", version 2, num_classes,
                                       dataset, pool, validation_size, prediction_model,
                                       threshold (None: all kept, the paper), pool_size
@@ -50,7 +51,7 @@ from .longtail import unlabeled_class_counts
 FORMAT_NAME = "ltkit-pseudo-labels"
 FORMAT_VERSION = 2  # 1: a pickle (refused, as pickles can carry code)
 # Optional arrays of the archive, absent when the pool has none.
-OPTIONAL_ARRAYS = ("reference_labels", "images", "paths", "labeled_indices")
+OPTIONAL_ARRAYS = ("reference_labels", "images", "paths", "labeled_indices", "validation_indices")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 
 
@@ -64,6 +65,7 @@ class Pool:
     reference_labels: Optional[np.ndarray] = None  # int64 (N,), selection only
     labeled_indices: Optional[np.ndarray] = None  # leftover pools: the labelled subset they exclude
     validation_size: int = 0  # leftover pools: images of the validation split they also exclude
+    validation_indices: Optional[np.ndarray] = None  # ... and which (positions in the training file)
 
     def __post_init__(self):
         if (self.images is None) == (self.paths is None):
@@ -93,13 +95,14 @@ def leftover_pool(data: LongTailData) -> Pool:
         raise DatasetError(f"{data.name}: the long-tailed cut left no training image out (is --imb_factor 1?), "
                            "so there is no leftover pool")
     validation_size = 0 if data.val is None else len(data.val)
+    validation_indices = np.zeros(0, np.int64) if data.val_indices is None else np.asarray(data.val_indices)
     if not data.unlabeled.in_memory:
         return Pool(f"leftover of {data.name}", paths=list(data.unlabeled.paths),
                     reference_labels=data.unlabeled.targets, labeled_indices=data.train_indices,
-                    validation_size=validation_size)
+                    validation_size=validation_size, validation_indices=validation_indices)
     return Pool(f"leftover of {data.name}", images=data.unlabeled.array,
                 reference_labels=data.unlabeled.targets, labeled_indices=data.train_indices,
-                validation_size=validation_size)
+                validation_size=validation_size, validation_indices=validation_indices)
 
 
 def ti_pickle_pool(path: str) -> Pool:
@@ -202,6 +205,8 @@ def save_pseudo_labels(path: str, pool: Pool, pseudo_labels: np.ndarray, confide
         "num_classes": int(num_classes), "dataset": dataset, "pool": pool.name,
         "labeled_indices": None if pool.labeled_indices is None else np.asarray(pool.labeled_indices),
         "validation_size": int(pool.validation_size),
+        "validation_indices": None if pool.validation_indices is None else np.asarray(pool.validation_indices,
+                                                                                      dtype=np.int64),
         "prediction_model": prediction_model, "threshold": None if threshold is None else float(threshold),
         "pool_size": len(pool),
     }
@@ -280,7 +285,7 @@ def _check_shapes(path: str, entry: Dict[str, Any]) -> None:
         raise DatasetError(f"--unlabeled {path}: {what}; regenerate it with scripts/gen_pseudolabels.py")
 
     for name, kind in (("pseudo_labels", "integer"), ("confidences", "floating"), ("reference_labels", "integer"),
-                       ("labeled_indices", "integer")):
+                       ("labeled_indices", "integer"), ("validation_indices", "integer")):
         array = entry.get(name)
         if array is None and name in OPTIONAL_ARRAYS:
             continue
@@ -346,13 +351,26 @@ def _check_pool_matches(entry: Dict[str, Any], data: LongTailData, path: str) ->
                 np.asarray(entry["labeled_indices"]), data.train_indices):
             raise DatasetError(f"{path} is the leftover pool of another long-tailed subset ({entry['dataset']}); "
                                "regenerate it from a run with this --dataset/--imb_factor/--imb_type/--lt_seed")
-        # The validation split is drawn from the same leftovers: a pool made without it would hand
-        # this run's validation images to training, and selection would see trained-on data.
+        # The validation split is drawn from the same leftovers: a pool that excluded another split
+        # (another size, or as many images chosen with another --lt_seed while --lt_selection first
+        # kept the labelled subset) would hand this run's validation images to training, and
+        # selection would see trained-on data.
         validation_size = 0 if data.val is None else len(data.val)
+        ours = np.sort(np.zeros(0, np.int64) if data.val_indices is None else np.asarray(data.val_indices))
+        theirs = entry.get("validation_indices")
         if entry.get("validation_size", 0) != validation_size:
             raise DatasetError(f"{path} was made with a validation split of {entry.get('validation_size', 0)} "
                                f"images but this run has {validation_size}: regenerate the pool from a run "
                                "with the same --val_per_class, so no validation image can join training")
+        if theirs is None and validation_size:
+            raise DatasetError(f"{path} does not record which images its run's validation split held (an "
+                               "earlier version wrote it): regenerate it with scripts/gen_pseudolabels.py, so "
+                               "no validation image of this run can join training")
+        if theirs is not None and not np.array_equal(np.sort(np.asarray(theirs)), ours):
+            raise DatasetError(f"{path} was made with other validation images than this run's (the same "
+                               f"{validation_size} in number; another --lt_seed?): regenerate the pool from a "
+                               "run with this --lt_seed and --val_per_class, so no validation image can join "
+                               "training")
 
 
 def _append(train: ImageSource, entry: Dict[str, Any], chosen: np.ndarray, targets: np.ndarray) -> ImageSource:

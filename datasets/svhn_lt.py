@@ -119,6 +119,7 @@ def svhn_lt(options: DataOptions) -> LongTailData:
         image_size=32,
         class_names=[str(digit) for digit in range(10)],
         val=train.subset(val_idx) if options.val_per_class > 0 else None,
+        val_indices=val_idx if options.val_per_class > 0 else None,
         unlabeled=train.subset(pool) if len(pool) else None,
         train_indices=selected,
     )

@@ -255,6 +255,34 @@ def test_leftover_pool_made_without_this_runs_validation_split_is_refused(tmp_pa
         semi.add_pseudo_labeled(with_val, path, 0.1, 1, log=lambda _: None)
 
 
+def test_leftover_pool_made_with_other_validation_images_is_refused(tmp_path):
+    # --lt_selection first keeps the labelled subset whatever --lt_seed says, but the validation
+    # split is drawn with that seed: a pool of one seed holds the other seed's validation images.
+    options = dict(imb_factor=0.1, val_per_class=5, lt_selection="first")
+    base = DATASETS.build("cifar10_sample", DataOptions(lt_seed=0, **options))
+    other = DATASETS.build("cifar10_sample", DataOptions(lt_seed=1, **options))
+    assert np.array_equal(base.train_indices, other.train_indices) and len(base.val) == len(other.val)
+    pool = semi.leftover_pool(base)
+    assert set(pool.validation_indices) == set(base.val_indices)
+    path = str(tmp_path / "p.npz")
+    labels = pool.reference_labels.copy()
+    semi.save_pseudo_labels(path, pool, labels, np.ones(len(pool)), num_classes=10, dataset=base.name,
+                            prediction_model="m")
+    with pytest.raises(DatasetError, match=rf"other validation images than this run's \(the same {len(base.val)} "
+                                           r"in number; another --lt_seed\?\)"):
+        semi.add_pseudo_labeled(other, path, 0.1, 1, log=lambda _: None)
+    # The run whose split the pool excluded takes it, and none of its validation images joins D_U.
+    added = semi.add_pseudo_labeled(base, path, 0.1, 1, log=lambda _: None)
+    assert len(added.train) > len(base.train)
+    assert not set(np.asarray(semi.load_pseudo_labels(path)["validation_indices"])) - set(base.val_indices)
+    # A file of an earlier version records the split's size only: refused when there is a split.
+    pool.validation_indices = None
+    semi.save_pseudo_labels(path, pool, labels, np.ones(len(pool)), num_classes=10, dataset=base.name,
+                            prediction_model="m", force=True)
+    with pytest.raises(DatasetError, match="does not record which images its run's validation split held"):
+        semi.add_pseudo_labeled(base, path, 0.1, 1, log=lambda _: None)
+
+
 # ---- pre-trained loading -----------------------------------------------------------------------------
 def backbone_weights(seed=1):
     torch.manual_seed(seed)
