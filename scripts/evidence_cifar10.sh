@@ -47,15 +47,19 @@ job_bccl() {  # seed
   run_main --method bccl "${FAIR[@]}" --temp 0.1 --lr 0.15 --use-norm True --wd 5e-4 --cos True -b 128 \
     --feat_dim 128 --seed "$1" --out_dir "$ROOT_LOG/bccl_cifar10_seed$1"
 }
+# A job's stages run only after the stage before succeeded: the lane calls each job inside an `if`,
+# where bash's `set -e` does not apply, so every stage but the last ends with `|| return`.
 job_ce_ssp() {  # seed
-  run_main --method rotation "${FAIR[@]}" --seed "$1" --out_dir "$ROOT_LOG/rotation_cifar10_seed$1"
+  run_main --method rotation "${FAIR[@]}" --seed "$1" --out_dir "$ROOT_LOG/rotation_cifar10_seed$1" || return
   run_main --method ce "${FAIR[@]}" --pretrained_model "$ROOT_LOG/rotation_cifar10_seed$1" --seed "$1" \
     --out_dir "$ROOT_LOG/ce_ssp_cifar10_seed$1"
 }
 job_semi() {  # seed
   local base="$ROOT_LOG/semi_r50_ce_seed$1" pseudo="$ROOT_LOG/semi_r50_pseudo_seed$1.npz"
-  run_main "${SEMI[@]}" -b 128 --seed "$1" --out_dir "$base"
-  [[ -f "$pseudo" ]] || python scripts/gen_pseudolabels.py --path "$base" --which last --pool leftover --out "$pseudo"
+  run_main "${SEMI[@]}" -b 128 --seed "$1" --out_dir "$base" || return
+  if [[ ! -f "$pseudo" ]]; then
+    python scripts/gen_pseudolabels.py --path "$base" --which last --pool leftover --out "$pseudo" || return
+  fi
   run_main "${SEMI[@]}" -b 256 --unlabeled "$pseudo" --imb_factor_unlabel 0.02 --unlabel_size_factor 5 \
     --seed "$1" --out_dir "$ROOT_LOG/semi_r50_ce_du_rhoU50_seed$1"
 }

@@ -102,6 +102,29 @@ def predict_pool(method, pool, info, args):
     return labels.numpy(), confidences.numpy()
 
 
+def check_run_finished(folder: str, payload) -> None:
+    """A run folder stands for its finished result, as with --pretrained_model: a base run that
+    stopped early (a time limit, a failure) would otherwise label the pool with a half-trained
+    classifier without a word, and every later step would train on those labels."""
+    import json
+
+    from utils.checkpoint import CheckpointError
+    from utils.pretrained import training_progress
+
+    progress = training_progress(payload)
+    if progress is None:
+        return
+    try:
+        with open(os.path.join(folder, "results.json"), encoding="utf-8") as stream:
+            reported = json.load(stream)["last"]["epoch"]
+    except (OSError, ValueError, KeyError, TypeError):
+        reported = None
+    if not isinstance(reported, int) or reported < progress[1]:
+        raise CheckpointError(f"--path {folder}: that run has not finished its {progress[1]} epochs (its "
+                              "results.json does not report them); finish it first (re-run its command with "
+                              f"--resume auto), or pass the file {payload['path']} to label with it on purpose")
+
+
 def main(args: argparse.Namespace) -> None:
     from datasets import semi
     from methods import rebuild
@@ -115,6 +138,8 @@ def main(args: argparse.Namespace) -> None:
                           f"{os.path.splitext(args.out)[0]}.npz")
     payload = load_checkpoint(args.path, prefer=f"{args.which}.pth", trust=args.trust_checkpoint,
                               exact=True)
+    if os.path.isdir(args.path):
+        check_run_finished(args.path, payload)
     if is_self_supervised(payload):  # no classifier of the dataset's classes worth trusting for labels
         raise CheckpointError(f"{payload['path']} is a {payload['method']} pre-training run; pseudo-label with a "
                               "classifier trained on the labelled set (e.g. --method ce)")

@@ -145,6 +145,27 @@ def test_evidence_queue_only_runs_the_named_jobs_in_queue_order(tmp_path, monkey
     assert outs == ["ce_cifar10_seed0", "ldam_drw_cifar10_seed1", "rotation_cifar10_seed2", "ce_ssp_cifar10_seed2"]
 
 
+def test_an_evidence_job_stops_at_its_first_failed_stage(tmp_path):
+    # The base CE run of the semi job and the rotation run of CE + SSP fail: nothing that would
+    # start from their unfinished results runs (no pseudo-labels, no CE + D_U, no CE from a
+    # half-trained backbone), and the lane says the job failed and goes on to its next job.
+    log = tmp_path / "calls.txt"
+    shim = tmp_path / "bin" / "python"
+    shim.parent.mkdir()
+    shim.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$*" >> "$CALL_LOG"\n'
+                    'case "$*" in *semi_r50_ce_seed0*|*rotation_cifar10_seed1*) exit 1;; esac\n')
+    shim.chmod(shim.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PATH": f"{shim.parent}:{os.environ['PATH']}", "CALL_LOG": str(log),
+           "ROOT_LOG": str(tmp_path / "log"), "ONLY": "ce_ssp_s1 semi_s0 ce_s2"}
+    result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "evidence_cifar10.sh")], cwd=str(tmp_path),
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    calls = log.read_text().splitlines()
+    assert [call.split("--out_dir ")[1].split()[0].rsplit("/", 1)[1] for call in calls] == [
+        "rotation_cifar10_seed1", "ce_cifar10_seed2", "semi_r50_ce_seed0"]
+    assert result.stdout.count("FAILED") == 2
+
+
 @pytest.mark.slow
 def test_device_check_smoke_mode(tmp_path):
     """scripts/device_check.sh --smoke: every step of the GPU check on the CPU, with the bundled

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -538,6 +539,20 @@ def test_rotation_then_ce_then_pseudo_labels_then_semi_supervised(smoke, capsys)
         assert run_guarded("gen_pseudolabels.py", lambda: script.main(args)) == 2
         error = capsys.readouterr().err
         assert fragment in error and error.strip().count("\n") == 0
+    # A base run that did not finish (here: its results.json gone) is refused as a folder; its
+    # last.pth named as a file labels the pool on purpose.
+    shutil.copytree(str(root / "ce"), str(root / "ce_cut"), ignore=shutil.ignore_patterns("results.json", ".run.lock"))
+    args = script.get_args_parser().parse_args(["--path", str(root / "ce_cut"), "--out", str(root / "cut.npz"),
+                                                "--pool", "leftover", "--workers", "0"])
+    assert run_guarded("gen_pseudolabels.py", lambda: script.main(args)) == 2
+    error = capsys.readouterr().err
+    assert error.strip().count("\n") == 0 and "that run has not finished its 1 epochs" in error
+    assert f"pass the file {root / 'ce_cut' / 'last.pth'} to label with it on purpose" in error
+    assert not os.path.exists(root / "cut.npz")
+    args = script.get_args_parser().parse_args(["--path", str(root / "ce_cut" / "last.pth"), "--out",
+                                                str(root / "cut.npz"), "--pool", "leftover", "--workers", "0"])
+    assert run_guarded("gen_pseudolabels.py", lambda: script.main(args)) == 0 and os.path.isfile(root / "cut.npz")
+    capsys.readouterr()
     # The script's real command line once (its own sys.path set-up included): a refusal, which
     # stops before the toolkit's models are imported.
     result = subprocess.run([sys.executable, "scripts/gen_pseudolabels.py", "--path", str(root / "nope"), "--out",
