@@ -24,7 +24,7 @@ Pseudo-label file: a NumPy ``.npz`` archive, written atomically and read with
     labeled_indices   int64           leftover pools: the labelled subset the pool excludes
     validation_indices int64          leftover pools: the validation split the pool excludes
     meta              str ()          JSON: format "ltkit-pseudo-labels", version 2, num_classes,
-                                      dataset, pool, validation_size, prediction_model,
+                                      dataset, pool, pool_kind, validation_size, prediction_model,
                                       threshold (None: all kept, the paper), pool_size
 
 Version 1 files were pickles; they are refused (regenerate them). The paper's
@@ -52,6 +52,10 @@ FORMAT_NAME = "ltkit-pseudo-labels"
 FORMAT_VERSION = 2  # 1: a pickle (refused, as pickles can carry code)
 # Optional arrays of the archive, absent when the pool has none.
 OPTIONAL_ARRAYS = ("reference_labels", "images", "paths", "labeled_indices", "validation_indices")
+# Pool kinds, as pseudo-label files and results.json record them; the papers drew D_U from the
+# first two (80M-TinyImages for CIFAR, SVHN extra for SVHN), the others are this toolkit's.
+PAPER_POOLS = ("tinyimages", "svhn_extra")
+POOL_KINDS = PAPER_POOLS + ("leftover", "images")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 
 
@@ -60,6 +64,7 @@ class Pool:
     """Unlabelled images to pseudo-label: pixels or paths, with reference labels when known."""
 
     name: str  # what the pool is, recorded in the pseudo-label file
+    kind: str = "images"  # one of POOL_KINDS: tables tell the papers' pools from the others
     images: Optional[np.ndarray] = None  # uint8 (N, H, W, 3)
     paths: Optional[List[str]] = None  # absolute image paths
     reference_labels: Optional[np.ndarray] = None  # int64 (N,), selection only
@@ -97,10 +102,10 @@ def leftover_pool(data: LongTailData) -> Pool:
     validation_size = 0 if data.val is None else len(data.val)
     validation_indices = np.zeros(0, np.int64) if data.val_indices is None else np.asarray(data.val_indices)
     if not data.unlabeled.in_memory:
-        return Pool(f"leftover of {data.name}", paths=list(data.unlabeled.paths),
+        return Pool(f"leftover of {data.name}", kind="leftover", paths=list(data.unlabeled.paths),
                     reference_labels=data.unlabeled.targets, labeled_indices=data.train_indices,
                     validation_size=validation_size, validation_indices=validation_indices)
-    return Pool(f"leftover of {data.name}", images=data.unlabeled.array,
+    return Pool(f"leftover of {data.name}", kind="leftover", images=data.unlabeled.array,
                 reference_labels=data.unlabeled.targets, labeled_indices=data.train_indices,
                 validation_size=validation_size, validation_indices=validation_indices)
 
@@ -123,7 +128,8 @@ def ti_pickle_pool(path: str) -> Pool:
     images = np.asarray(entry["data"], dtype=np.uint8)
     if images.ndim != 4 or images.shape[3] != 3:
         raise DatasetError(f"{path}: 'data' must be N x H x W x 3 uint8, got shape {images.shape}")
-    return Pool(os.path.basename(path), images=images, reference_labels=entry["extrapolated_targets"])
+    return Pool(os.path.basename(path), kind="tinyimages", images=images,
+                reference_labels=entry["extrapolated_targets"])
 
 
 def svhn_extra_pool(root: str, download: bool) -> Pool:
@@ -131,7 +137,7 @@ def svhn_extra_pool(root: str, download: bool) -> Pool:
     from .svhn_lt import read_svhn_split
 
     split = read_svhn_split(root, "extra", download)
-    return Pool("svhn extra", images=split.array, reference_labels=split.targets)
+    return Pool("svhn extra", kind="svhn_extra", images=split.array, reference_labels=split.targets)
 
 
 def image_folder_pool(folder: str) -> Pool:
@@ -202,7 +208,7 @@ def save_pseudo_labels(path: str, pool: Pool, pseudo_labels: np.ndarray, confide
         "reference_labels": None if pool.reference_labels is None else pool.reference_labels[keep],
         "images": None if pool.images is None else pool.images[keep],
         "paths": None if pool.paths is None else [pool.paths[i] for i in keep],
-        "num_classes": int(num_classes), "dataset": dataset, "pool": pool.name,
+        "num_classes": int(num_classes), "dataset": dataset, "pool": pool.name, "pool_kind": pool.kind,
         "labeled_indices": None if pool.labeled_indices is None else np.asarray(pool.labeled_indices),
         "validation_size": int(pool.validation_size),
         "validation_indices": None if pool.validation_indices is None else np.asarray(pool.validation_indices,
@@ -272,6 +278,17 @@ def load_pseudo_labels(path: str) -> Dict[str, Any]:
             entry["reference_labels"] is not None and len(entry["reference_labels"]) != size):
         raise DatasetError(f"{path}: images, pseudo labels, confidences and reference labels differ in length")
     return entry
+
+
+def pool_kind(path: str) -> str:
+    """The kind of pool a pseudo-label file was drawn from (POOL_KINDS), read from its header
+    alone; files written before the kind was recorded name a leftover pool in their pool name."""
+    with np.load(path, allow_pickle=False) as archive:
+        meta = json.loads(str(archive["meta"]))
+    kind = meta.get("pool_kind")
+    if kind in POOL_KINDS:
+        return kind
+    return "leftover" if str(meta.get("pool", "")).startswith("leftover of ") else "unrecorded"
 
 
 def _is_count(value: Any) -> bool:

@@ -345,9 +345,18 @@ def imbalance_ratio(result: Dict[str, Any]) -> int:
     return int(round(max(counts) / min(counts))) if counts else 1
 
 
+# The pools the papers drew D_U from (80M-TinyImages, SVHN extra): a run on any other pool
+# (datasets.semi.POOL_KINDS) names it in its label and is no row of the papers' tables.
+PAPER_POOLS = ("tinyimages", "svhn_extra")
+
+
 def run_label(result: Dict[str, Any]) -> str:
-    """The run's label; pseudo-labelled runs also name the imbalance of their D_U."""
+    """The run's label; pseudo-labelled runs also name the imbalance of their D_U, and the pool
+    it came from when that is not the paper's (``ce_semi_leftover_rhoU50``)."""
     label = result.get("label") or result.get("method", "?")
+    pool = result.get("unlabeled_pool")
+    if pool is not None and pool not in PAPER_POOLS:
+        label += f"_{pool}"
     if result.get("imb_factor_unlabel"):
         label += f"_rhoU{int(round(1 / result['imb_factor_unlabel']))}"
     return label

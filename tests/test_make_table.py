@@ -236,6 +236,26 @@ def test_a_continued_run_and_other_images_are_other_recipes(tmp_path):
     assert "| lcsl | resnet32 | 2 | 70.50 ± 0.71 |" in make_table.build_table(results, paper=False)
 
 
+def test_a_semi_supervised_run_names_a_pool_that_is_not_the_papers(tmp_path):
+    # D_U from the leftover CIFAR images is no row of the paper's table (its pool was 80M-TI):
+    # its own label, no paper number beside it; the paper's pool keeps the paper's row.
+    from datasets.semi import PAPER_POOLS, POOL_KINDS
+
+    assert make_table.PAPER_POOLS == PAPER_POOLS and set(PAPER_POOLS) < set(POOL_KINDS)
+    for name, pool, top1 in (("leftover", "leftover", 70.0), ("ti", "tinyimages", 75.0)):
+        fake_result(str(tmp_path / name), "ce_semi", top1)
+        record = tmp_path / name / "results.json"
+        result = {**json.loads(record.read_text()), "imb_factor": 0.02, "imb_factor_unlabel": 0.02}
+        record.write_text(json.dumps({**result, "unlabeled_pool": pool}))
+    results = make_table.load_results(make_table.find_results([str(tmp_path)]))
+    table = make_table.build_table(results, paper=True)
+    assert "| cifar10 | 50 | ce_semi_leftover_rhoU50 | resnet32 | 1 | 70.00 |" in table
+    leftover = next(line for line in table.splitlines() if "ce_semi_leftover_rhoU50" in line)
+    assert "| best on TEST |  |" in leftover  # no paper number
+    assert "| ce_semi_rhoU50 | resnet32 | 1 | 75.00 |" in table
+    assert "| best on TEST | 81.64 |" in next(line for line in table.splitlines() if "| ce_semi_rhoU50 |" in line)
+
+
 def test_seeds_trained_in_other_precisions_are_other_rows(tmp_path):
     # The same flags (--amp auto) became bf16 on one CPU and fp32 on another: results.json records
     # it (newer runs) or log.txt names it (older ones); a run with neither is 'unrecorded'.

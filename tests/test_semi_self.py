@@ -564,6 +564,9 @@ def test_rotation_then_ce_then_pseudo_labels_then_semi_supervised(smoke, capsys)
         assert "short in classes 0 (0 of" in stream.read()
     result = json.load(open(root / "semi" / "results.json"))  # rho_U defaults to rho (--imb_factor 0.1)
     assert (result["label"], result["imb_factor"], result["imb_factor_unlabel"]) == ("ce_semi", 0.1, 0.1)
+    # What D_U was drawn from and how many images it added, for the tables.
+    assert result["unlabeled_pool"] == "leftover" == semi.pool_kind(out)
+    assert result["unlabeled_images"] == sum(result["train_counts"]) - sum(result["labeled_counts"]) > 0
 
 
 def test_moco_then_crt(smoke, capsys):

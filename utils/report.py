@@ -52,8 +52,22 @@ def labelled_records(run: Run, records: Dict[str, Any]) -> Dict[str, Any]:
                                   "rule": f"test numbers of the epoch with the best validation {metric} "
                                           "(selection_score is that validation score)"}
     results["select_on"] = config.select_on
+    if config.unlabeled:
+        results.update(unlabeled_pool=_pool_kind(config.unlabeled),
+                       unlabeled_images=sum(data.train_counts) - sum(run.labeled_counts))
     results.update({k: v for k, v in records.items() if k.startswith("method/")})
     return results
+
+
+def _pool_kind(path: str) -> str:
+    """What D_U was drawn from (datasets.semi.POOL_KINDS), so tables tell a run on the papers'
+    pool from one on a substitute; 'unrecorded' when the file cannot be read any more."""
+    from datasets.semi import pool_kind
+
+    try:
+        return pool_kind(path)
+    except (OSError, ValueError, KeyError):
+        return "unrecorded"
 
 
 def evaluate_named(run: Run, variants: Sequence[Variant], prefix: str, rule: str,
