@@ -4,7 +4,8 @@ Every registered loss is an ``nn.Module`` built as
 ``LOSSES.build(name, class_counts=[n_1, ..., n_C], **hparams)`` and called as
 ``loss(logits, targets)`` -> scalar mean. Per-class weights (re-weighting, DRW) are switched with
 ``loss.set_class_weights(weights_or_None)``; ``needs_normed_head`` tells the entry script whether
-the loss expects cosine logits.
+the loss expects cosine logits, ``logit_scale`` by what factor it multiplies the logits before its
+softmax (LDAM's s; evaluation applies it too, so probabilities are the trained ones).
 """
 from utils.registry import Registry
 

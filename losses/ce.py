@@ -27,6 +27,12 @@ class ClassCountLoss(nn.Module):
     # The entry script reads this to choose a cosine (normalised) classifier head.
     needs_normed_head: bool = False
 
+    @property
+    def logit_scale(self) -> float:
+        """The factor the loss multiplies the network's logits by before its softmax: the
+        predictive distribution it trains is softmax(logit_scale * logits)."""
+        return 1.0
+
     def __init__(self, class_counts: Counts):
         super().__init__()
         counts = as_counts(class_counts)

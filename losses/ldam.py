@@ -32,6 +32,10 @@ class LDAMLoss(ClassCountLoss):
         self.scale = float(scale)
         self.register_buffer("margins", ldam_margins(self.class_counts, max_margin))
 
+    @property
+    def logit_scale(self) -> float:
+        return self.scale
+
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         self._check(logits, targets)
         # margins[targets]: (N,) -> (N, 1); scatter_add subtracts it from column y_i of row i only.

@@ -110,11 +110,21 @@ class Method(nn.Module):
         """The image -> logits network evaluated by test.py (unwrapped)."""
         return self.model
 
+    @property
+    def logit_scale(self) -> float:
+        """The factor between the classifier's output and the logits the method trains the
+        softmax of (LDAM's s = 30 on its cosine head, applied inside the loss). Evaluation
+        multiplies by it: the argmax is the same either way, but probabilities (ECE, NLL,
+        pseudo-label confidences) and post-hoc logit adjustment must see the trained scale."""
+        return 1.0
+
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for evaluation; runs through the DataParallel wrapper when there is one."""
         net = self._eval_network if self._eval_network is not None else self.classifier()
-        return net(images)
+        logits = net(images)
+        # In float32: a product rounded to bf16 could tie two logits that were not tied.
+        return logits if self.logit_scale == 1.0 else logits.float() * self.logit_scale
 
 
 # ---- command line ------------------------------------------------------------------------------

@@ -41,6 +41,10 @@ class ERM(Method):
         super().__init__(model, class_counts, **options)
         self.criterion = LOSSES.build(self.options.loss, class_counts=list(class_counts), **self.options.loss_options)
 
+    @property
+    def logit_scale(self) -> float:
+        return self.criterion.logit_scale
+
     def class_weights(self, epoch: int) -> Optional[torch.Tensor]:
         counts = self.class_counts.tolist()
         if self.options.train_rule == "reweight":

@@ -96,9 +96,11 @@ def predict_pool(method, pool, info, args):
     inputs = DeviceInputs(info["mean"], info["std"], ctx.device)
     with torch.no_grad():
         logits, _ = collect_logits(network, loader, inputs, ctx, args.amp)
-    # The label is the class every reported accuracy predicts (ties to the lower index).
+    # The label is the class every reported accuracy predicts (ties to the lower index); the
+    # confidence is the probability the loss trained (LDAM: softmax of s * cosine, not of cosine).
     labels = predicted_class(logits)
-    confidences = logits.float().softmax(dim=1).gather(1, labels[:, None]).squeeze(1)
+    probabilities = (logits.float() * method.logit_scale).softmax(dim=1)
+    confidences = probabilities.gather(1, labels[:, None]).squeeze(1)
     return labels.numpy(), confidences.numpy()
 
 

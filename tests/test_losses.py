@@ -74,6 +74,49 @@ def test_erm_applies_its_train_rule_at_each_epoch_start(rule, before, after):
         assert float(method.criterion(logits, targets)) == pytest.approx(expected, abs=2e-5), epoch
 
 
+def test_ldam_evaluation_scores_the_probabilities_its_loss_trained():
+    # LDAM's head gives cosines (scale 1); the loss trains softmax(30 * cos). A cosine head whose
+    # class vectors are e_0 and e_1 on a feature along e_0 gives cosines (1, 0): the trained
+    # probability of class 0 is e^30 / (e^30 + 1) = 1 - 9.4e-14, NLL 9.4e-14, where softmax of
+    # the raw cosines would say e / (e + 1) = 0.7311 (NLL 0.3133). Evaluation (ECE, NLL, the
+    # post-hoc prior, pseudo-label confidences) must see the former; the argmax is the same.
+    from methods import build_method
+    from models import Classifier
+    from models.heads import NormedLinear
+    from utils.dist import DeviceContext
+    from utils.engine import DeviceInputs
+    from utils.evaluation import Variant, evaluate_variants
+
+    class Features(torch.nn.Module):
+        out_dim = 2
+
+        def forward(self, x):
+            return x.flatten(1)[:, :2]
+
+    head = NormedLinear(2, 2, scale=1.0)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(2))
+    ldam = build_method("erm", Classifier(Features(), head), [50, 5], loss="ldam", loss_options={})
+    ce = build_method("erm", Classifier(Features(), head), [50, 5], loss="ce")
+    assert (ldam.logit_scale, ce.logit_scale) == (30.0, 1.0)
+    images = torch.zeros(1, 3, 1, 1)  # a float batch passes DeviceInputs as it is
+    images[0, 0, 0, 0] = 1.0
+    ldam.eval()
+    assert ldam.predict(images).tolist() == [[30.0, 0.0]]
+    loader = [(images, torch.tensor([0]), torch.tensor([0]))]
+    inputs = DeviceInputs((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), torch.device("cpu"))
+    variants = [Variant(), Variant(tau_norm=1.0), Variant(posthoc_tau=1.0)]
+    summary = evaluate_variants(ldam, variants, loader, inputs, DeviceContext(torch.device("cpu")), [50, 5])
+    assert summary[Variant()]["nll"] == pytest.approx(E(-30.0), abs=1e-6)
+    assert summary[Variant()]["top1"] == 100.0
+    # The tau-normalised copy of a cosine head gives the same cosines, scaled the same way.
+    assert summary[Variant(tau_norm=1.0)]["nll"] == pytest.approx(E(-30.0), abs=1e-6)
+    # Post-hoc adjustment subtracts log(50/55) and log(5/55) from (30, 0): a margin of 30 - ln 10
+    # = 27.70 (on the raw cosines it would be 1 - 2.30 < 0: class 1 would win).
+    assert summary[Variant(posthoc_tau=1.0)]["nll"] == pytest.approx(math.log1p(E(-(30 - math.log(10)))), abs=1e-9)
+    assert summary[Variant(posthoc_tau=1.0)]["top1"] == 100.0
+
+
 def test_effective_number_weights_beta_zero_is_uniform():
     assert torch.equal(effective_number_weights([5000, 50, 3], beta=0.0), torch.ones(3))
 

@@ -68,8 +68,10 @@ def _network(method, tau_norm: Optional[float], ctx: DeviceContext):
     if tau_norm is None:
         return method.predict
     trained = method.classifier()
-    copy = type(trained)(trained.backbone, tau_normalize_head(trained.head, tau_norm))
-    return dist.wrap_forward_only(copy.eval(), ctx)
+    copy = dist.wrap_forward_only(type(trained)(trained.backbone, tau_normalize_head(trained.head, tau_norm)).eval(),
+                                  ctx)
+    scale = method.logit_scale
+    return copy if scale == 1.0 else (lambda images: copy(images).float() * scale)
 
 
 @torch.no_grad()
