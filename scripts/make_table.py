@@ -354,10 +354,12 @@ def run_label(result: Dict[str, Any]) -> str:
     """The run's label; pseudo-labelled runs also name the imbalance of their D_U, and the pool
     it came from when that is not the paper's (``ce_semi_leftover_rhoU50``)."""
     label = result.get("label") or result.get("method", "?")
-    pool = result.get("unlabeled_pool")
-    if pool is not None and pool not in PAPER_POOLS:
-        label += f"_{pool}"
     if result.get("imb_factor_unlabel"):
+        # results.json from before the pool was recorded: which pool it was is unknown, so no
+        # paper number may stand beside it.
+        pool = result.get("unlabeled_pool") or "unrecorded"
+        if pool not in PAPER_POOLS:
+            label += f"_{pool}"
         label += f"_rhoU{int(round(1 / result['imb_factor_unlabel']))}"
     return label
 
