@@ -18,8 +18,8 @@ from datasets import DATASETS, DataOptions, DatasetError, dataset_entry
 from datasets.longtail import IMB_TYPES, SELECTIONS
 from utils.checkpoint import CheckpointError, add_trust_argument
 from utils.config import (AMP_CHOICES, AUG_BACKENDS, COMPILE_MODES, FRACTION, GPU_HELP, NON_NEGATIVE_INT, SEED,
-                          SELECTION_SPLITS, ConfigError, Number, OptimConfig, Recipe, RunConfig, TrainConfig,
-                          add_bool_flag, str2bool)
+                          REFERENCE_IMB_FACTOR_UNLABEL, SELECTION_SPLITS, ConfigError, Number, OptimConfig, Recipe,
+                          RunConfig, TrainConfig, add_bool_flag, str2bool)
 
 
 def limit(config_class: type, name: str) -> Number:
@@ -161,14 +161,20 @@ def add_semi_self_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--unlabeled", default=None,
                        help="pseudo-label file (scripts/gen_pseudolabels.py) whose images join training")
     group.add_argument("--imb_factor_unlabel", type=limit(TrainConfig, "imb_factor_unlabel"), default=None,
-                       help="imbalance of the selected pseudo-labelled subset (default: --imb_factor)")
+                       help=f"imbalance of the selected pseudo-labelled subset (default: "
+                            f"{REFERENCE_IMB_FACTOR_UNLABEL}, the reference's train_semi.py)")
     group.add_argument("--unlabel_size_factor", type=limit(TrainConfig, "unlabel_size_factor"), default=5.0,
                        help="pseudo-labelled images per labelled image")
 
 
 def semi_self_fields(args: argparse.Namespace) -> Dict[str, Any]:
+    # With --unlabeled, an omitted --imb_factor_unlabel is the reference's default, written into
+    # the run's config (not left to mean something else later).
+    imb_factor_unlabel = args.imb_factor_unlabel
+    if imb_factor_unlabel is None and args.unlabeled is not None:
+        imb_factor_unlabel = REFERENCE_IMB_FACTOR_UNLABEL
     return dict(pretrained_model=args.pretrained_model, unlabeled=args.unlabeled,
-                imb_factor_unlabel=args.imb_factor_unlabel, unlabel_size_factor=args.unlabel_size_factor)
+                imb_factor_unlabel=imb_factor_unlabel, unlabel_size_factor=args.unlabel_size_factor)
 
 
 def add_aug_arguments(parser: argparse.ArgumentParser, recipes: Dict[str, Recipe]) -> None:

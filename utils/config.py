@@ -353,7 +353,9 @@ class TrainConfig:
     eval_tau_norm: Optional[float] = None  # also report the tau-normalised classifier
     pretrained_model: Optional[str] = None  # start from these (self-supervised) backbone weights
     unlabeled: Optional[str] = None  # pseudo-label file whose images join the training set
-    imb_factor_unlabel: Optional[float] = None  # imbalance of the pseudo-labelled subset (None: --imb_factor)
+    # Imbalance of the pseudo-labelled subset; the command line fills in REFERENCE_IMB_FACTOR_UNLABEL
+    # when --unlabeled is given without it (None in the configs of earlier runs meant --imb_factor).
+    imb_factor_unlabel: Optional[float] = None
     unlabel_size_factor: float = 5.0  # pseudo-labelled images per labelled image
 
     LIMITS: ClassVar[Dict[str, Tuple[str, Number]]] = {
@@ -384,6 +386,11 @@ class TrainConfig:
         values["run"] = RunConfig(**values["run"])
         values["train_aug"] = tuple(values["train_aug"])
         return TrainConfig(**values)
+
+
+# --imb_factor_unlabel when --unlabeled comes without it: the default of the semi-self reference's
+# train_semi.py (rho_U = 100), whatever --imb_factor is.
+REFERENCE_IMB_FACTOR_UNLABEL = 0.01
 
 
 # What a run's config.json records beside its configuration: the commit, the command line that
