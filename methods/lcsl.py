@@ -303,7 +303,7 @@ DEFAULT_VAL_PER_CLASS = 20
 # value other than 'none' AutoAugment + Cutout, 'sim_aug' included.
 DATA_AUG = {"none": {"cifar": "standard", "imagenet": "standard"},
             "autoaug": {"cifar": "autoaug", "imagenet": "randaug"},
-            "sim_aug": {"cifar": "autoaug", "imagenet": "simclr"}}
+            "sim_aug": {"cifar": "autoaug", "imagenet": "sim_aug"}}
 
 
 def dataset_name(value: str) -> str:
@@ -356,9 +356,7 @@ class LCSLCommandLine:
                 raise ConfigError(f"LCSL trains on one view, but --aug lists {len(args.aug)} recipes")
             recipe, options = args.aug[0], {}
         else:
-            recipe = DATA_AUG[args.data_aug or "none"][style]
-            # LCSL's ImageNet sim_aug adds Gaussian blur to the SimCLR view (docs/lcsl.md#augmentation).
-            options = {"blur": True} if recipe == "simclr" else {}
+            recipe, options = DATA_AUG[args.data_aug or "none"][style], {}
         for key in ("randaug_n", "randaug_m", "color_jitter"):
             value = getattr(args, key, None)
             if value is not None:

@@ -167,9 +167,19 @@ def test_options_reach_their_recipe():
     randaug = build_transform("randaug", "imagenet", 48, randaug_n=3, randaug_m=7)
     op = next(op for op in randaug.transforms if type(op).__name__ == "RandAugment")
     assert (op.num_ops, op.magnitude, op.num_magnitude_bins) == (3, 7, 11)
-    blurred = build_transform("simclr", "cifar", 32, blur=True)
-    assert "GaussianBlur" in repr(blurred)
-    assert "GaussianBlur" not in repr(build_transform("simclr", "cifar", 32))
+    # LCSL's sim_aug: jitter without hue, always applied, and blur; BCCL's SimCLR view: hue 0.1,
+    # p = 0.8, no blur. An option a recipe does not declare is refused.
+    lcsl = [type(op).__name__ for op in build_transform("sim_aug", "imagenet", 48).transforms]
+    assert lcsl == ["RandomResizedCrop", "ColorJitter", "RandomGrayscale", "RandomApply", "RandomHorizontalFlip",
+                    "PILToTensor"]
+    jitter = build_transform("sim_aug", "imagenet", 48).transforms[1]
+    assert jitter.hue is None and jitter.brightness == (0.6, 1.4)
+    simclr = build_transform("simclr", "cifar", 32).transforms
+    assert [type(op).__name__ for op in simclr][2:4] == ["RandomApply", "RandomGrayscale"]
+    assert simclr[2].p == 0.8 and simclr[2].transforms[0].hue == (-0.1, 0.1)
+    assert "GaussianBlur" not in repr(simclr)
+    with pytest.raises(TypeError, match="takes no option blur"):
+        build_transform("simclr", "cifar", 32, blur=True)
 
 
 def test_multiview_returns_tuple_in_order():

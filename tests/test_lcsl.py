@@ -253,7 +253,7 @@ def test_readme_command_parses_to_the_papers_recipe():
     imagenet, _ = script.build_config(parse("--dataset", "imagenet", "--data_aug", "sim_aug"))
     assert (imagenet.dataset, imagenet.arch, imagenet.select_on, imagenet.data.val_per_class) == \
         ("imagenet_lt", "resnext50", "val", 0)  # ImageNet_LT_val.txt: 20 images per class
-    assert imagenet.train_aug == ("simclr",) and imagenet.aug_options == {"blur": True}
+    assert imagenet.train_aug == ("sim_aug",) and imagenet.aug_options == {}
     inat, _ = script.build_config(parse("--dataset", "inaturalist", "--data_aug", "autoaug"))
     assert (inat.arch, inat.train_aug, inat.select_on) == ("resnet50", ("randaug",), "test")  # val is its test
     assert script.build_config(parse("--data_aug", "sim_aug"))[0].train_aug == ("autoaug",)  # the reference's CIFAR rule

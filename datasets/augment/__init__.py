@@ -2,7 +2,7 @@
 
 ``build_transform("autoaug", "cifar", 32)`` gives one transform; ``build_views(["autoaug",
 "simclr"], "cifar", 32)`` gives BCCL's two views as a ``MultiView``. Options go to the recipes
-that declare them (``randaug_n``, ``randaug_m``, ``color_jitter``, ``cutout_size``, ``blur``), so
+that declare them (``randaug_n``, ``randaug_m``, ``color_jitter``, ``cutout_size``), so
 a typo raises instead of being ignored.
 """
 from __future__ import annotations

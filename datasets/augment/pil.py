@@ -179,12 +179,11 @@ def randaug(style: str, image_size: int, *, randaug_n: int = 2, randaug_m: int =
 
 
 @TRANSFORMS.register("simclr")
-def simclr(style: str, image_size: int, *, blur: bool = False) -> Transform:
+def simclr(style: str, image_size: int) -> Transform:
     """BCCL's SimAug (docs/bccl.md#views), the SimCLR view (Chen et al. 2020) without blur.
 
     RandomResizedCrop(scale 0.08-1) + flip + ColorJitter(0.4, 0.4, 0.4, 0.1) with p = 0.8 +
-    grayscale with p = 0.2. BCCL has no blur in this view; ``blur=True`` adds SimCLR's Gaussian
-    blur (sigma 0.1-2, p = 0.5), the extra step of LCSL's ImageNet ``sim_aug``.
+    grayscale with p = 0.2.
     """
     check_style("simclr", style)
     ops = [
@@ -193,8 +192,26 @@ def simclr(style: str, image_size: int, *, blur: bool = False) -> Transform:
         T.RandomApply([_color_jitter(hue=0.1)], p=0.8),
         T.RandomGrayscale(p=0.2),
     ]
-    if blur:
-        ops.append(_gaussian_blur(image_size))
+    return _to_uint8(ops)
+
+
+@TRANSFORMS.register("sim_aug")
+def sim_aug(style: str, image_size: int) -> Transform:
+    """LCSL's ImageNet-LT / iNaturalist ``--data_aug sim_aug`` (its data/dataset_LT.py,
+    docs/lcsl.md#augmentation): unlike the SimCLR view the colour jitter has no hue and is
+    always applied.
+
+    RandomResizedCrop(scale 0.08-1) + ColorJitter(0.4, 0.4, 0.4, 0) + grayscale with p = 0.2 +
+    Gaussian blur (sigma 0.1-2) with p = 0.5 + flip.
+    """
+    check_style("sim_aug", style)
+    ops = [
+        T.RandomResizedCrop(image_size, scale=(0.08, 1.0)),
+        _color_jitter(hue=0.0),
+        T.RandomGrayscale(p=0.2),
+        _gaussian_blur(image_size),
+        T.RandomHorizontalFlip(),
+    ]
     return _to_uint8(ops)
 
 

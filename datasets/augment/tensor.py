@@ -110,14 +110,19 @@ def randaug(style: str, image_size: int, *, randaug_n: int = 2, randaug_m: int =
 
 
 @TENSOR_TRANSFORMS.register("simclr")
-def simclr(style: str, image_size: int, *, blur: bool = False) -> BatchTransform:
-    """BCCL's SimAug: RRC(0.08-1) + flip + ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8 + grayscale p=0.2,
-    and with ``blur=True`` Gaussian blur (sigma 0.1-2) p=0.5."""
+def simclr(style: str, image_size: int) -> BatchTransform:
+    """BCCL's SimAug: RRC(0.08-1) + flip + ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8 + grayscale p=0.2."""
     check_style("simclr", style)
-    steps = [ResizedCropFlip(image_size, scale=(0.08, 1.0)), _jitter(hue=0.1, p=0.8), RandomGrayscale(0.2)]
-    if blur:
-        steps.append(GaussianBlur(blur_kernel_size(image_size)))
-    return Compose(steps)
+    return Compose([ResizedCropFlip(image_size, scale=(0.08, 1.0)), _jitter(hue=0.1, p=0.8), RandomGrayscale(0.2)])
+
+
+@TENSOR_TRANSFORMS.register("sim_aug")
+def sim_aug(style: str, image_size: int) -> BatchTransform:
+    """LCSL's ImageNet sim_aug: RRC(0.08-1) + ColorJitter(0.4, 0.4, 0.4, 0) always + grayscale
+    p=0.2 + blur (sigma 0.1-2) p=0.5 + flip (drawn with the crop: it commutes with the rest)."""
+    check_style("sim_aug", style)
+    return Compose([ResizedCropFlip(image_size, scale=(0.08, 1.0)), _jitter(hue=0.0), RandomGrayscale(0.2),
+                    GaussianBlur(blur_kernel_size(image_size))])
 
 
 @TENSOR_TRANSFORMS.register("moco_v2")
