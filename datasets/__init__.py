@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 from utils.registry import Registry
 
@@ -28,6 +28,7 @@ class DatasetEntry:
     image_style: str
     default_arch: Optional[str] = None  # the backbone the papers train on it (None: --arch is required)
     ships_val_list: bool = False  # the benchmark has its own validation list (ImageNet-LT, Places-LT)
+    aliases: Tuple[str, ...] = ()  # the papers' own --dataset spellings of it
 
     def __call__(self, options: DataOptions) -> LongTailData:
         return self.build(options)
@@ -46,8 +47,10 @@ DATASETS = Registry("dataset")
 DATASETS.register("cifar10")(DatasetEntry(cifar10, "cifar", "resnet32"))
 DATASETS.register("cifar100")(DatasetEntry(cifar100, "cifar", "resnet32"))
 DATASETS.register("cifar10_sample")(DatasetEntry(cifar10_sample, "cifar", "resnet32"))
-DATASETS.register("imagenet_lt")(DatasetEntry(imagenet_lt, "imagenet", "resnext50", ships_val_list=True))
-DATASETS.register("inat2018")(DatasetEntry(inat2018, "imagenet", "resnet50"))
+# Aliases: BCCL's myparser.py says 'imagenet' and 'inat', LCSL's config.py 'imagenet' and 'inaturalist'.
+DATASETS.register("imagenet_lt")(DatasetEntry(imagenet_lt, "imagenet", "resnext50", ships_val_list=True,
+                                              aliases=("imagenet",)))
+DATASETS.register("inat2018")(DatasetEntry(inat2018, "imagenet", "resnet50", aliases=("inat", "inaturalist")))
 DATASETS.register("places_lt")(DatasetEntry(places_lt, "imagenet", ships_val_list=True))
 DATASETS.register("image_list")(DatasetEntry(image_list, "imagenet"))
 
@@ -61,6 +64,15 @@ def dataset_entry(name: str) -> DatasetEntry:
         raise TypeError(f"dataset '{name}' is registered as a bare factory; register "
                         "DatasetEntry(factory, image_style, default_arch) instead")
     return entry
+
+
+def dataset_name(value: str) -> str:
+    """--dataset's argparse type: a registered name, or a paper's spelling of one (its alias)."""
+    for name in DATASETS.names():
+        entry = DATASETS.get(name)
+        if isinstance(entry, DatasetEntry) and value in entry.aliases:
+            return name
+    return value
 
 
 def build_dataset(name: str, options: DataOptions) -> LongTailData:
@@ -78,4 +90,5 @@ __all__ = [
     "LongTailData",
     "build_dataset",
     "dataset_entry",
+    "dataset_name",
 ]

@@ -294,8 +294,6 @@ class LCSL(Method):
 # the augmentation is --data_aug's (DATA_AUG).
 RECIPE = Recipe(lr=0.01, weight_decay=5e-3, epochs=300, warmup_epochs=10, cos=True, schedule=(), lr_gamma=0.1,
                 batch_size=64, aug=("standard",), seed=0)
-# The reference's --dataset spellings.
-DATASET_ALIASES = {"imagenet": "imagenet_lt", "inaturalist": "inat2018"}
 # Balanced validation images per class on CIFAR-style data, from the images the LT subset left.
 # The head class keeps all its images (none left), so it is absent from the split.
 DEFAULT_VAL_PER_CLASS = 20
@@ -306,10 +304,6 @@ DATA_AUG = {"none": {"cifar": "standard", "imagenet": "standard"},
             "sim_aug": {"cifar": "autoaug", "imagenet": "sim_aug"}}
 
 
-def dataset_name(value: str) -> str:
-    return DATASET_ALIASES.get(value, value)
-
-
 class LCSLCommandLine:
     """train_LCSL.py's flags (the paper's config.py spellings) and the TrainConfig they describe."""
 
@@ -317,7 +311,7 @@ class LCSLCommandLine:
     recipe = RECIPE
 
     def add_arguments(self, parser) -> None:
-        from datasets import DATASETS
+        from datasets import DATASETS, dataset_name
         from utils import cli
         from utils.config import POSITIVE_INT, TrainConfig
 

@@ -313,8 +313,13 @@ def test_paper_command_gives_the_bccl_recipe():
     options = config.method_options
     assert (options["temperature"], options["feat_dim"]) == (0.1, 128)
     assert (options["queue_size"], options["num_centroids"], options["warmup_epochs"]) == (100, 5, 10)
-    imagenet, _ = main_script.build_config(parse("--dataset", "imagenet_lt", "--temp", "0.07", "--feat_dim", "2048"))
+    # BCCL's own spellings of the large benchmarks (myparser.py: imagenet, inat) name them.
+    imagenet, _ = main_script.build_config(parse("--dataset", "imagenet", "--temp", "0.07", "--feat_dim", "2048"))
+    assert imagenet.dataset == "imagenet_lt" and imagenet.arch == "resnext50"
     assert imagenet.train_aug == ("simclr", "simclr") and imagenet.method_options["feat_dim"] == 2048
+    assert main_script.build_config(parse("--dataset", "inat"))[0].dataset == "inat2018"
+    with pytest.raises(SystemExit):
+        parse("--dataset", "imagenet1k")
 
 
 @pytest.mark.parametrize("views,recipes", [("sim-sim", ("autoaug", "simclr")), ("sim-rand", ("randaug", "simclr")),

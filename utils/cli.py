@@ -14,7 +14,7 @@ import sys
 import traceback
 from typing import Any, Callable, Dict, List
 
-from datasets import DATASETS, DataOptions, DatasetError, dataset_entry
+from datasets import DATASETS, DataOptions, DatasetError, dataset_entry, dataset_name
 from datasets.longtail import IMB_TYPES, SELECTIONS
 from utils.checkpoint import CheckpointError, add_trust_argument
 from utils.config import (AMP_CHOICES, AUG_BACKENDS, COMPILE_MODES, FRACTION, GPU_HELP, NON_NEGATIVE_INT, SEED,
@@ -29,7 +29,9 @@ def limit(config_class: type, name: str) -> Number:
 
 def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset", default=default_dataset, choices=DATASETS.names(), help="dataset")
+    group.add_argument("--dataset", default=default_dataset, type=dataset_name, choices=DATASETS.names(),
+                       help="dataset (the papers' 'imagenet', 'inat' and 'inaturalist' name imagenet_lt and "
+                            "inat2018)")
     group.add_argument("--data_root", "--data", dest="data_root", default="./data",
                        help="dataset folder (CIFAR pickles below it, or the image root of list datasets)")
     group.add_argument("--imb_type", default="exp", choices=IMB_TYPES, help="per-class count profile")
