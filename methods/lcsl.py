@@ -326,7 +326,7 @@ class LCSLCommandLine:
         LCSLOptions.add_arguments(group)
         group.add_argument("--data_aug", type=str.lower, default=None, choices=sorted(DATA_AUG),
                            help="none: crop + flip; autoaug: AutoAugment + Cutout (CIFAR) / RandAugment "
-                                "(ImageNet-style); sim_aug: SimCLR views with blur (ImageNet-style), "
+                                "(ImageNet-style); sim_aug: the sim_aug recipe (ImageNet-style: jitter, grey, blur), "
                                 "AutoAugment + Cutout on CIFAR as in the reference (default: none)")
         group.add_argument("--start_epoch", type=POSITIVE_INT, default=1,
                            help="> 1 continues the run's last.pth (--out_dir, or the newest matching run "
