@@ -176,13 +176,13 @@ def main(args: argparse.Namespace) -> None:
     chosen = os.path.basename(payload["path"])
     note = "last epoch" if chosen == "last.pth" else f"selected: {selection_rule(method, rule)}"
     title = (f"{data.name} {args.split} | {payload['method']} {payload['model_kwargs']['arch']} | "
-             f"{payload['path']} (epoch {payload['epoch']}, {note}) | {variant.describe()}")
+             f"{payload['path']} (epoch {payload['epoch']}, {note}) | {variant.describe(method.tau_norm_keeps_bias)}")
     print_summary(title, summary)
     if args.json:
         from utils.logger import write_json
 
         write_json(args.json, {**summary, "checkpoint": payload["path"], "epoch": payload["epoch"],
-                               "checkpoint_rule": note, "variant": variant.describe(), "split": args.split})
+                               "checkpoint_rule": note, "variant": variant.describe(method.tau_norm_keeps_bias), "split": args.split})
     if args.plot:
         plot_per_class(args.plot, summary, data.train_counts)
         print(f"plot written to {args.plot}")

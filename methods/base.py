@@ -39,6 +39,9 @@ class Method(nn.Module):
     # The summary key (utils.metrics.summarize) whose improvement on the selection split
     # (--select_on) makes an epoch the run's best.pth.
     selection_metric = "top1"
+    # Whether the tau-normalised classifier (--tau_norm) keeps the trained bias: Kang et al.'s
+    # tau-normalisation drops it; a method whose paper normalises its layer in place keeps it.
+    tau_norm_keeps_bias = False
     Options: Type[MethodOptions] = MethodOptions
 
     def __init__(self, model: nn.Module, class_counts: Sequence[int], **options: Any):

@@ -150,6 +150,9 @@ class LCSL(Method):
     # The teacher is replaced when this improves on the selection split (reference
     # train_LCSL.py), so best.pth, chosen by the same number and rule, is the teacher's student.
     selection_metric = "mean_per_class"
+    # The reference's final report normalises the classifier's weight in place (its Normalizer),
+    # and the layer goes on adding its bias.
+    tau_norm_keeps_bias = True
     Options = LCSLOptions
 
     def __init__(self, model: nn.Module, class_counts: Sequence[int], **options):

@@ -110,18 +110,23 @@ def _check_has_weight(head: nn.Module) -> None:
         raise TypeError(f"expected a head with a 2-D `weight` (Linear or NormedLinear), got {type(head).__name__}")
 
 
-def tau_normalize_head(head: nn.Module, tau: float) -> nn.Module:
-    """A deep copy of ``head`` with tau-normalised weight rows and the bias left as it is.
+def tau_normalize_head(head: nn.Module, tau: float, keep_bias: bool = True) -> nn.Module:
+    """A deep copy of ``head`` with tau-normalised weight rows; the bias kept, or dropped.
 
     The post-hoc classifier re-balancing of Kang et al. (ICLR 2020): no retraining, evaluated on
-    the copy so the trained head (and its checkpoint) stays intact. For a ``NormedLinear`` the
-    forward renormalises anyway, so the copy computes the same logits; it is accepted so that
-    evaluation code need not branch on the head type.
+    the copy so the trained head (and its checkpoint) stays intact. Their tau_norm.py scores
+    features against the normalised rows alone (no bias: ``keep_bias=False``); LCSL's final
+    report normalises the weight of its linear layer in place, which keeps adding the bias
+    (``keep_bias=True``). For a ``NormedLinear`` the forward renormalises anyway, so the copy
+    computes the same logits; it is accepted so that evaluation code need not branch on the
+    head type.
     """
     _check_has_weight(head)
     normalized = copy.deepcopy(head)
     with torch.no_grad():
         normalized.weight.copy_(tau_normalized_weight(head.weight, tau))
+    if not keep_bias and getattr(normalized, "bias", None) is not None:
+        normalized.bias = None  # F.linear without a bias
     return normalized
 
 

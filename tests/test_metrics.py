@@ -208,6 +208,7 @@ def test_each_test_time_variant_scores_its_own_hand_computed_logits():
 
     class Trained:
         predict = staticmethod(model)
+        tau_norm_keeps_bias, logit_scale = False, 1.0  # a head without bias: either rule gives the same
 
         @staticmethod
         def classifier():

@@ -240,6 +240,23 @@ def test_tau_normalize_head_returns_a_new_head(head_name: str):
         assert torch.equal(normalized.bias, original["bias"])
 
 
+def test_tau_normalized_head_with_and_without_the_bias():
+    # Rows (3, 4) and (0, 2), bias (1, -1), feature (1, 1), tau 1: normalised rows (0.6, 0.8) and
+    # (0, 1) give 1.4 and 1.0; Kang et al. score those (bias dropped), LCSL adds the bias: 2.4, 0.0.
+    head = nn.Linear(2, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[3.0, 4.0], [0.0, 2.0]]))
+        head.bias.copy_(torch.tensor([1.0, -1.0]))
+    feature = torch.ones(1, 2)
+    assert torch.allclose(tau_normalize_head(head, 1.0, keep_bias=False)(feature), torch.tensor([[1.4, 1.0]]))
+    assert torch.allclose(tau_normalize_head(head, 1.0, keep_bias=True)(feature), torch.tensor([[2.4, 0.0]]))
+    assert torch.equal(head.bias, torch.tensor([1.0, -1.0]))  # the trained head keeps its bias
+    from methods.base import Method
+    from methods.lcsl import LCSL
+
+    assert (Method.tau_norm_keeps_bias, LCSL.tau_norm_keeps_bias) == (False, True)
+
+
 def test_normalize_rows_in_place_keeps_bias():
     torch.manual_seed(0)
     head = nn.Linear(8, 4)

@@ -43,9 +43,10 @@ class Variant:
             parts.append("flip_tta")
         return "_".join(parts)
 
-    def describe(self) -> str:
+    def describe(self, keeps_bias: bool = False) -> str:
+        """What the variant scores; ``keeps_bias`` is the method's tau_norm_keeps_bias."""
         what = ("trained classifier" if self.tau_norm is None
-                else f"tau-normalised classifier (tau={self.tau_norm:g})")
+                else f"tau-normalised classifier (tau={self.tau_norm:g}, bias {'kept' if keeps_bias else 'dropped'})")
         if self.posthoc_tau is not None:
             what += f", post-hoc logit adjustment (tau={self.posthoc_tau:g})"
         return what + (", flip test-time augmentation" if self.flip else ", no TTA")
@@ -68,8 +69,8 @@ def _network(method, tau_norm: Optional[float], ctx: DeviceContext):
     if tau_norm is None:
         return method.predict
     trained = method.classifier()
-    copy = dist.wrap_forward_only(type(trained)(trained.backbone, tau_normalize_head(trained.head, tau_norm)).eval(),
-                                  ctx)
+    head = tau_normalize_head(trained.head, tau_norm, keep_bias=method.tau_norm_keeps_bias)
+    copy = dist.wrap_forward_only(type(trained)(trained.backbone, head).eval(), ctx)
     scale = method.logit_scale
     return copy if scale == 1.0 else (lambda images: copy(images).float() * scale)
 

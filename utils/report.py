@@ -79,7 +79,7 @@ def evaluate_named(run: Run, variants: Sequence[Variant], prefix: str, rule: str
     entries = {}
     for variant, summary in summaries.items():
         name = variant.name(prefix)
-        entries[name] = {**summary, **(extra or {}), "rule": f"{rule}; test set, {variant.describe()}"}
+        entries[name] = {**summary, **(extra or {}), "rule": f"{rule}; test set, {variant.describe(run.method.tau_norm_keeps_bias)}"}
         run.logger.info(f"{name}: top1={summary['top1']:.2f}")
     return entries
 
