@@ -15,6 +15,7 @@ behaviour.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -97,9 +98,11 @@ class CRTCommandLine(MethodCommandLine):
     names = ("crt",)
     title = "classifier re-training (--method crt)"
     Options = CRTOptions
-    # cls_crt.yaml (ImageNet-LT): batch 512, 10 epochs, lr 0.2, wd 5e-4, cosine (iNat: 30 epochs, wd 1e-4).
+    # cls_crt.yaml of ImageNet-LT: batch 512, 10 epochs, lr 0.2, wd 5e-4, cosine, colour jitter.
     recipe = Recipe(lr=0.2, weight_decay=5e-4, epochs=10, warmup_epochs=0, cos=True, schedule=(160, 180),
                     lr_gamma=0.1, batch_size=512, aug=("standard",), seed=0)
+    # iNaturalist18/cls_crt.yaml: 30 epochs, wd 1e-4, and no colour jitter in its transform.
+    inat_recipe = dataclasses.replace(recipe, epochs=30, weight_decay=1e-4)
     erm_flags = ("sampler",)
 
     def choose(self, args) -> MethodChoice:
@@ -113,8 +116,10 @@ class CRTCommandLine(MethodCommandLine):
         sampler = args.sampler or "class_aware"
         # The reference caps an epoch at floor(N / batch) steps: drop the last partial batch.
         options = CRTOptions(cb_beta=args.cb_beta, update_bn=args.crt_update_bn)
-        return MethodChoice("crt", options, "crt", self.recipe, sampler=sampler,
-                            sampler_options=sampler_options(args, sampler), drop_last=True)
+        inat = args.dataset == "inat2018"
+        return MethodChoice("crt", options, "crt", self.inat_recipe if inat else self.recipe, sampler=sampler,
+                            sampler_options=sampler_options(args, sampler), drop_last=True,
+                            aug_options={"color_jitter": False} if inat else {})
 
 
 METHOD_CLIS.register("crt")(CRTCommandLine())

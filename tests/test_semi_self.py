@@ -425,6 +425,22 @@ def test_moco_step_and_shuffled_keys_keep_their_order():
 
 
 # ---- cRT ---------------------------------------------------------------------------------------------
+def test_crt_defaults_follow_each_datasets_cls_crt_config():
+    # cls_crt.yaml: ImageNet-LT 10 epochs at wd 5e-4 with colour jitter; iNaturalist 30 epochs at
+    # wd 1e-4 without it; both batch 512, lr 0.2, cosine. Flags given win.
+    def config(*extra):
+        args = main_script.get_args_parser().parse_args(["--method", "crt", "--pretrained_model", "stage1.pth",
+                                                         *extra])
+        return main_script.build_config(args)[0]
+
+    imagenet, inat = config("--dataset", "imagenet_lt"), config("--dataset", "inat2018")
+    assert (imagenet.optim.epochs, imagenet.optim.weight_decay, imagenet.aug_options) == (10, 5e-4, {})
+    assert (inat.optim.epochs, inat.optim.weight_decay, inat.aug_options) == (30, 1e-4, {"color_jitter": False})
+    assert (inat.optim.lr, inat.batch_size, inat.optim.cosine) == (0.2, 512, True)
+    given = config("--dataset", "inat2018", "--epochs", "5", "--color_jitter", "True")
+    assert (given.optim.epochs, given.aug_options) == (5, {"color_jitter": True})
+
+
 def test_crt_trains_the_head_alone():
     method = build_method("crt", build_model("resnet32", 3), COUNTS)
     assert {id(p) for p in method.optim_parameters()} == {id(p) for p in method.model.head.parameters()}
