@@ -166,6 +166,38 @@ class ArrayUnpickler(pickle._Unpickler):
 
     dispatch[pickle.BUILD[0]] = load_checked_build
 
+    # NumPy pickles name ``numpy.ndarray`` only as the class _reconstruct builds; called directly
+    # (REDUCE, NEWOBJ) it would make an array over bytes of the file's choosing, of Python objects
+    # whose elements are raw memory addresses. A dtype of Python objects has no place in arrays of
+    # pixels and labels either.
+    def load_checked_reduce(self) -> None:
+        _refuse_call(self.stack[-2], self.stack[-1])
+        super().load_reduce()
+
+    def load_checked_newobj(self) -> None:
+        _refuse_call(self.stack[-2], self.stack[-1])
+        super().load_newobj()
+
+    def load_checked_newobj_ex(self) -> None:
+        _refuse_call(self.stack[-3], self.stack[-2])
+        super().load_newobj_ex()
+
+    dispatch[pickle.REDUCE[0]] = load_checked_reduce
+    dispatch[pickle.NEWOBJ[0]] = load_checked_newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = load_checked_newobj_ex
+
+
+def _refuse_call(target: Any, args: Any) -> None:
+    if target is np.ndarray:
+        raise UnsafePickleError("numpy.ndarray called directly (arrays are rebuilt through _reconstruct)")
+    if target is np.dtype:
+        try:
+            forged = np.dtype(*args).hasobject if isinstance(args, tuple) else True
+        except (TypeError, ValueError):
+            return  # the call itself fails and is reported as damage
+        if forged:
+            raise UnsafePickleError("numpy.dtype of Python objects")
+
 
 def read_array_pickle(path: str, encoding: str = "ASCII") -> Any:
     """Loads a pickle with ``ArrayUnpickler``; raises what the read raised (callers name the file)."""

@@ -98,7 +98,7 @@ def test_real_run_checkpoints_need_no_allow_list(cifar10_root, tmp_path, method,
 @pytest.mark.parametrize("change, message", [
     ({"state_dict": None}, "its 'state_dict' is None (NoneType), not a dict"),
     ({"config": [1, 2]}, "its 'config' is [1, 2] (list), not a dict"),
-    ({"epoch": "x"}, "its 'epoch' is x (str), not a count"),
+    ({"epoch": "x"}, "its 'epoch' is 'x' (str), not a count"),
     ({"epoch": -1}, "its 'epoch' is -1 (int), not a count"),
     ({"version": "2"}, "its format version is '2', not a number"),
 ], ids=["state_dict", "config", "epoch-str", "epoch-negative", "version"])
@@ -360,6 +360,53 @@ def test_planted_pool_pickle_is_refused(tmp_path):
     with pytest.raises(DatasetError, match="ti_80M_selected.pickle: refused"):
         semi.ti_pickle_pool(path)
     assert not marker.exists()
+
+
+class ForgedObjects:
+    """Unpickles as ``numpy.ndarray((4,), object, buffer=b"A" * 32)``: an array of Python objects
+    whose elements are the address 0x4141414141414141; reading one would crash the process."""
+
+    def __reduce__(self):
+        return np.ndarray, ((4,), "O", b"A" * 32)
+
+
+def test_forged_object_arrays_are_refused_unread(cifar10_root, tmp_path):
+    # Through the allowed NumPy globals of both loaders (checkpoints; CIFAR and pool pickles).
+    # Nothing may read the forged elements, not even an error message (that would segfault).
+    payload = tiny_payload()
+    payload["method"] = ForgedObjects()
+    path = str(tmp_path / "forged.pth")
+    torch.save(payload, path)
+    with pytest.raises(UnsafeCheckpointError, match=r"refused to use an array of Python objects \(shape \(4,\)\)"):
+        load_checkpoint(path)
+    result = run_script("test.py", "--path", path)
+    one_line_exit_2(result, path, "array of Python objects")
+    pool = str(tmp_path / "ti.pickle")
+    for protocol in (2, 4):
+        with open(pool, "wb") as handle:
+            pickle.dump({"data": ForgedObjects(), "extrapolated_targets": np.array([1])}, handle, protocol=protocol)
+        with pytest.raises(DatasetError, match="numpy.ndarray called directly"):
+            semi.ti_pickle_pool(pool)
+    with open(pool, "wb") as handle:  # an object dtype built on its own is refused as well
+        pickle.dump({"data": np.dtype("O"), "extrapolated_targets": np.array([1])}, handle, protocol=2)
+    with pytest.raises(DatasetError, match="numpy.dtype of Python objects"):
+        semi.ti_pickle_pool(pool)
+
+
+def test_a_small_file_of_shared_nested_lists_is_named_quickly(tmp_path):
+    # 100 bytes of pickle, 10^8 list items once expanded: the message describes it in a bounded
+    # number of steps instead of building its whole str.
+    bomb = [0]
+    for _ in range(8):
+        bomb = [bomb] * 10
+    payload = tiny_payload()
+    payload["method"] = bomb
+    path = str(tmp_path / "bomb.pth")
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert "its 'method' is [[[...], [...], [...], ...], [[...], ... (list), not a str" in message
 
 
 @pytest.mark.parametrize("protocol", [2, 4, 5])

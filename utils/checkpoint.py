@@ -22,6 +22,7 @@ import os
 import pickle
 import random
 import re
+import reprlib
 import shutil
 import signal
 import subprocess
@@ -195,6 +196,44 @@ def _allow_numpy():
     return torch.serialization.safe_globals(SAFE_NUMPY_GLOBALS)
 
 
+def object_array_in(value: Any) -> Optional[str]:
+    """The shape of the first NumPy array of Python objects inside ``value``, or None.
+
+    The allowed NumPy globals let a file call ``numpy.ndarray(shape, object, buffer=...)``: an
+    object array over bytes the file wrote, whose elements are pointers of its choosing; reading
+    one (printing it, comparing it) dereferences them. Such an array is found without reading
+    its elements (and freeing it is safe: it does not own its buffer). Containers are walked
+    once each, so shared or cyclic references cost nothing extra."""
+    pending, seen = [value], set()
+    while pending:
+        item = pending.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, np.ndarray):
+            if item.dtype.hasobject:
+                return f"shape {item.shape}"
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            pending.extend(item)
+    return None
+
+
+def short_description(value: Any, limit: int = 40) -> str:
+    """At most ``limit`` characters saying what ``value`` is, for error messages about damaged
+    files: bounded in depth and width, so a small file of nested shared lists (whose full str
+    would take hours) costs nothing."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict = 2, 3, 3, 3
+_SHORT.maxstring, _SHORT.maxother = 40, 40
+
+
 def _refused_type(error: BaseException) -> Optional[str]:
     """The type weights_only refused, from torch's message; None when the error is another one."""
     message = str(error)
@@ -224,7 +263,16 @@ def read_torch_file(path: str, what: str = "checkpoint", trust: Optional[bool] =
             if trust:
                 return torch.load(path, map_location="cpu", weights_only=False)
             with _allow_numpy():
-                return torch.load(path, map_location="cpu", weights_only=True)
+                loaded = torch.load(path, map_location="cpu", weights_only=True)
+        forged = object_array_in(loaded)
+        if forged is not None:
+            raise UnsafeCheckpointError(
+                f"{what} {path}: refused to use an array of Python objects ({forged}): checkpoints hold "
+                "numeric arrays only, and this one's elements would be memory addresses written in the file "
+                "(a damaged or crafted file)")
+        return loaded
+    except UnsafeCheckpointError:
+        raise
     except Exception as error:  # truncated zip, pickle garbage, wrong file type, refused type
         refused = _refused_type(error) if isinstance(error, pickle.UnpicklingError) else None
         if refused is not None:
@@ -271,7 +319,7 @@ def load_checkpoint(path: str, prefer: str = "best.pth", trust: Optional[bool] =
     for field, kind in PAYLOAD_FIELDS.items():
         value = payload.get(field)
         if not (_is_int(value) and value >= 0 if kind is int else isinstance(value, kind)):
-            found = "missing" if field not in payload else f"{str(value)[:40]} ({type(value).__name__})"
+            found = "missing" if field not in payload else f"{short_description(value)} ({type(value).__name__})"
             raise CheckpointError(f"{path} is a damaged ltkit checkpoint: its '{field}' is {found}, not "
                                   f"{'a count' if kind is int else 'a ' + kind.__name__}")
     payload["path"] = path
