@@ -147,6 +147,22 @@ def test_a_validation_split_that_holds_out_nothing_names_the_cause(cifar10_root,
     assert not os.path.exists(run)
 
 
+def test_overwrite_removes_a_link_in_the_run_folder_never_its_target(tmp_path):
+    # tb/ as a link to a folder of the user's (tensorboard logs kept elsewhere): --overwrite
+    # removes the link, the folder it points to keeps every file.
+    from utils.run_folder import discard_run_outputs
+
+    run, elsewhere = tmp_path / "run", tmp_path / "tensorboard"
+    run.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "events.out").write_text("kept")
+    (run / "config.json").write_text("{}")
+    os.symlink(str(elsewhere), str(run / "tb"))
+    os.symlink(str(tmp_path / "gone"), str(run / "log.txt"))  # a dangling link is removed too
+    assert sorted(discard_run_outputs(str(run))) == ["config.json", "log.txt", "tb"]
+    assert os.listdir(run) == [] and (elsewhere / "events.out").read_text() == "kept"
+
+
 def test_overwrite_and_resume_contradict(cifar10_root, tmp_path):
     with pytest.raises(ConfigError, match="--overwrite .*--resume"):
         config_for(cifar10_root.root, "--out_dir", str(tmp_path / "run"), "--overwrite", "--resume", "auto")

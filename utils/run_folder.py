@@ -64,10 +64,10 @@ def discard_run_outputs(run_dir: str) -> List[str]:
     removed = remove_orphaned_temporaries(run_dir)
     for name in RUN_OUTPUTS:
         path = os.path.join(run_dir, name)
-        if os.path.isdir(path):
+        if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
             removed.append(name + "/")
-        elif os.path.exists(path):
+        elif os.path.lexists(path):  # a file, or a link (to a folder too): the link goes, never its target
             os.remove(path)
             removed.append(name)
     return removed
