@@ -310,6 +310,11 @@ def unpack(args: argparse.Namespace) -> None:
             if json.load(stream) == manifest:
                 print(f"{folder} is already unpacked")
                 return
+    elif any(os.path.exists(os.path.join(folder, name)) for name in ("data_batch_1", "test_batch", "batches.meta")):
+        # CIFAR-10 files this script did not write (the real ones, say): the bundle's subset, with
+        # black images where nothing was selected, must not replace them.
+        raise BundleError(f"{folder} already holds CIFAR-10 files that no bundle wrote: unpack into another "
+                          "--data_root (an empty folder)")
     os.makedirs(folder, exist_ok=True)
     train = np.zeros((TRAIN_IMAGES, 32, 32, 3), dtype=np.uint8)  # black where nothing is selected
     train[bundle["kept"]] = unpack_blobs(bundle["kept_bytes"], bundle["kept_offsets"])

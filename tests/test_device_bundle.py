@@ -67,3 +67,22 @@ def test_pickles_are_read_as_arrays_and_one_that_names_code_is_refused(tmp_path)
     with pytest.raises(device_bundle.BundleError, match="test_batch names '(posix|nt).system'"):
         device_bundle.read_pickles(folder)
     assert not (tmp_path / "ran").exists()
+
+
+def test_unpack_never_replaces_cifar_files_it_did_not_write(tmp_path, capsys):
+    # The real CIFAR-10 under --data_root: the bundle's subset (black where nothing was selected)
+    # must not overwrite it; the refusal comes before anything is written.
+    import json
+
+    import numpy as np
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    np.savez(bundle / device_bundle.DATA_FILE, manifest=np.array(json.dumps({"protocol": device_bundle.PROTOCOL})))
+    real = tmp_path / "data" / "cifar-10-batches-py"
+    real.mkdir(parents=True)
+    (real / "data_batch_1").write_bytes(b"the real batch")
+    code = device_bundle.main(["unpack", "--bundle", str(bundle), "--data_root", str(tmp_path / "data")])
+    error = capsys.readouterr().err
+    assert code == 2 and "already holds CIFAR-10 files that no bundle wrote" in error and error.count("\n") == 1
+    assert sorted(os.listdir(real)) == ["data_batch_1"] and (real / "data_batch_1").read_bytes() == b"the real batch"
