@@ -252,7 +252,8 @@ def load_pseudo_labels(path: str) -> Dict[str, Any]:
         with np.load(path, allow_pickle=False) as archive:
             entry: Dict[str, Any] = {name: archive[name] for name in archive.files}
         meta = json.loads(str(entry.pop("meta")))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:  # JSON errors are ValueErrors
+    # JSON errors are ValueErrors; a header claiming an absurd shape is a MemoryError.
+    except (OSError, ValueError, KeyError, EOFError, MemoryError, zipfile.BadZipFile) as error:
         raise DatasetError(f"--unlabeled {path} is damaged or not a pseudo-label file "
                            f"({type(error).__name__}): regenerate it with scripts/gen_pseudolabels.py") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:

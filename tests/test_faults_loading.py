@@ -115,6 +115,35 @@ def test_a_checkpoint_with_a_damaged_field_is_named_as_damaged(tmp_path, change,
         load_checkpoint(path)
 
 
+def test_a_damaged_header_given_as_pretrained_weights_is_one_error(tmp_path):
+    # As --pretrained_model: a config that is not a dict reads as "no parent run, no progress",
+    # and a header without a state dict is named, not a KeyError from deep inside.
+    from utils.pretrained import is_self_supervised_start, training_progress
+
+    path = str(tmp_path / "damaged.pth")
+    payload = {**tiny_payload(), "config": [1]}
+    save_atomic(payload, path)
+    assert training_progress(payload) is None and is_self_supervised_start(path) is False
+    tensors, _, progress = read_weights(path)
+    assert tensors and progress is None
+    del payload["state_dict"]
+    save_atomic(payload, path)
+    with pytest.raises(CheckpointError, match=r"--pretrained_model .*damaged.pth: no state dict inside \(NoneType\)"):
+        read_weights(path)
+
+
+def test_a_pseudo_label_file_claiming_an_absurd_shape_is_named(tmp_path):
+    path = tmp_path / "bomb.npz"
+    header = "{'descr': '<i8', 'fortran_order': False, 'shape': (100000000000000,), }"
+    npy = b"\x93NUMPY\x01\x00" + len(header + " " * (118 - len(header)) + "\n").to_bytes(2, "little")
+    npy += (header + " " * (118 - len(header)) + "\n").encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("pseudo_labels.npy", npy)
+        archive.writestr("meta.npy", b"")
+    with pytest.raises(DatasetError, match="bomb.npz is damaged or not a pseudo-label file"):
+        semi.load_pseudo_labels(str(path))
+
+
 @pytest.mark.parametrize("change, message", [
     ({"method": "nosuch"}, "cannot rebuild the recorded method 'nosuch' (KeyError: unknown method 'nosuch'"),
     ({"method_kwargs": {"bogus": 1}}, "unexpected keyword argument 'bogus'"),

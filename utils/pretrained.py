@@ -56,14 +56,21 @@ def is_self_supervised_start(path: str, depth: int = 0) -> bool:
         return True
     if is_self_supervised(payload):
         return True
-    parent = (payload.get("config") or {}).get("pretrained_model")
-    return bool(parent) and (depth >= 8 or is_self_supervised_start(parent, depth + 1))
+    parent = _field(payload, "config", "pretrained_model")
+    return isinstance(parent, str) and bool(parent) and (depth >= 8 or is_self_supervised_start(parent, depth + 1))
+
+
+def _field(payload: Mapping[str, Any], *keys: str) -> Any:
+    """payload[k1][k2]... or None where a level is missing or not a dict (a damaged header)."""
+    value: Any = payload
+    for key in keys:
+        value = value.get(key) if isinstance(value, Mapping) else None
+    return value
 
 
 def training_progress(payload: Mapping[str, Any]) -> Optional[Tuple[int, int]]:
     """(completed epochs, planned epochs) of an ltkit checkpoint, None where either is unknown."""
-    done = payload.get("epoch")
-    planned = ((payload.get("config") or {}).get("optim") or {}).get("epochs")
+    done, planned = payload.get("epoch"), _field(payload, "config", "optim", "epochs")
     if isinstance(done, int) and isinstance(planned, int):
         return done, planned
     return None
@@ -77,7 +84,8 @@ def read_weights(path: str) -> Tuple[Dict[str, torch.Tensor], str, Optional[Tupl
     kind, progress = "state dict", None
     if isinstance(payload, dict) and payload.get("format") == FORMAT_NAME:
         progress = training_progress(payload)
-        payload, kind = payload["state_dict"], f"ltkit {payload.get('method')} checkpoint"
+        method = payload.get("method")
+        payload, kind = payload.get("state_dict"), f"ltkit {method if isinstance(method, str) else 'unnamed'} checkpoint"
     elif isinstance(payload, dict) and isinstance(payload.get("state_dict_best"), dict):
         payload, kind = payload["state_dict_best"].get("feat_model", {}), "stage checkpoint (feat_model)"
     elif isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
