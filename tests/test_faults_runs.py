@@ -305,6 +305,13 @@ def test_orphaned_temporary_files_are_removed_when_the_run_continues(cifar10_roo
     train(cifar10_root.root, "--out_dir", run, "--resume", "auto", "--epochs", "2")
     assert not any(os.path.exists(os.path.join(run, name)) for name in orphans)
     assert f"removed 2 temporary file(s) an interrupted write left in {run}: {', '.join(orphans)}" in log_of(run)
+    # An --out_dir that holds no run is the user's folder: a file there named like a temporary
+    # is theirs, and stays.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "log.txt.tmp").write_text("my notes")
+    train(cifar10_root.root, "--out_dir", str(mine))
+    assert (mine / "log.txt.tmp").read_text() == "my notes"
 
 
 def _ddp_worker(rank, world, port, data_root, run, out):

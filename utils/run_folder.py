@@ -480,7 +480,9 @@ def _clear_for(plan: RunPlan, run_dir: str) -> List[str]:
         removed = discard_run_outputs(run_dir)
         return [f"--overwrite: deleted the earlier run's files in {run_dir}: {', '.join(removed)}"]
     notes = []
-    removed = remove_orphaned_temporaries(run_dir)
+    # Only a folder that holds a run can hold the temporaries of its interrupted writes; in a new
+    # run's folder (an --out_dir the user made) a file of such a name is the user's.
+    removed = remove_orphaned_temporaries(run_dir) if plan.action != "new" else []
     if removed:
         notes.append(f"removed {len(removed)} temporary file(s) an interrupted write left in {run_dir}: "
                      f"{', '.join(removed)}")
