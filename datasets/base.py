@@ -21,6 +21,10 @@ def download_folder(root: str) -> Iterator[None]:
     """A download into ``root`` that fails (offline, a bad md5) takes with it the folders it
     created, the partial archive included: a mistyped --data_root leaves no stray folder behind,
     and a folder that existed before is left with what it held."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        # Every rank builds the data: another process may be writing into the folder right now.
+        yield
+        return
     created = None  # the outermost folder of root's path that does not exist yet
     path = os.path.abspath(root)
     while not os.path.exists(path):

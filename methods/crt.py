@@ -116,10 +116,15 @@ class CRTCommandLine(MethodCommandLine):
         sampler = args.sampler or "class_aware"
         # The reference caps an epoch at floor(N / batch) steps: drop the last partial batch.
         options = CRTOptions(cb_beta=args.cb_beta, update_bn=args.crt_update_bn)
+        from datasets.augment import recipe_options
+
         inat = args.dataset == "inat2018"
-        return MethodChoice("crt", options, "crt", self.inat_recipe if inat else self.recipe, sampler=sampler,
+        recipe = self.inat_recipe if inat else self.recipe
+        # iNaturalist's transform has no colour jitter: switched off in the recipes that have one.
+        jitters = all("color_jitter" in recipe_options(name) for name in (args.aug or recipe.aug))
+        return MethodChoice("crt", options, "crt", recipe, sampler=sampler,
                             sampler_options=sampler_options(args, sampler), drop_last=True,
-                            aug_options={"color_jitter": False} if inat else {})
+                            aug_options={"color_jitter": False} if inat and jitters else {})
 
 
 METHOD_CLIS.register("crt")(CRTCommandLine())

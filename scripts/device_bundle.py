@@ -316,6 +316,8 @@ def unpack(args: argparse.Namespace) -> None:
         raise BundleError(f"{folder} already holds CIFAR-10 files that no bundle wrote: unpack into another "
                           "--data_root (an empty folder)")
     os.makedirs(folder, exist_ok=True)
+    with open(stamp, "w", encoding="utf-8") as stream:  # from here on the files are this script's
+        json.dump({"unpacking": True}, stream)
     train = np.zeros((TRAIN_IMAGES, 32, 32, 3), dtype=np.uint8)  # black where nothing is selected
     train[bundle["kept"]] = unpack_blobs(bundle["kept_bytes"], bundle["kept_offsets"])
     labels = bundle["train_labels"]

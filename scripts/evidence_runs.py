@@ -164,7 +164,16 @@ def needs_weights(root: str, run: str) -> bool:
     results = os.path.join(root, run, "results.json")
     if not os.path.isfile(results):
         return True
-    return read_record(results).get("method") in SELF_SUPERVISED
+    record = read_record(results)
+    # A finished run being extended (config.json now asks for more epochs than results.json
+    # reports) is unfinished again: it travels with the checkpoint it continues from.
+    optim = read_record(os.path.join(root, run, "config.json")).get("optim")
+    last = record.get("last")
+    planned = optim.get("epochs") if isinstance(optim, dict) else None
+    reported = last.get("epoch") if isinstance(last, dict) else None
+    if isinstance(planned, int) and isinstance(reported, int) and reported < planned:
+        return True
+    return record.get("method") in SELF_SUPERVISED
 
 
 def pack(args: argparse.Namespace) -> None:

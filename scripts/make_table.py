@@ -277,12 +277,19 @@ def load_results(paths: Sequence[str], by: Sequence[str] = (),
         except ResultError as error:
             print(f"make_table.py: warning: skipped {path}: {error}", file=sys.stderr)
             continue
+        result["path"] = path
         identity = run_identity(result)
         if identity in seen:  # a copy, e.g. results/ collected from the run folder also given
-            print(f"make_table.py: warning: skipped {path}: the same run as {seen[identity]} (a copy), "
+            kept = seen[identity]
+            if precision_name(kept) == "unrecorded" and precision_name(result) != "unrecorded":
+                # The run folder's log names the precision its copy's record lacks: keep that one.
+                results[next(i for i, r in enumerate(results) if r is kept)] = result
+                result, kept = kept, result
+                seen[identity] = kept
+            print(f"make_table.py: warning: skipped {result['path']}: the same run as {kept['path']} (a copy), "
                   "counted once", file=sys.stderr)
             continue
-        seen[identity] = path
+        seen[identity] = result
         results.append(result)
     return results
 

@@ -217,6 +217,16 @@ def test_collect_adds_whole_runs_and_skips_a_staging_folder(tmp_path, capsys):
     assert os.listdir(results / "ce_cifar10_seed0") == ["results.json"]
 
 
+def test_a_finished_run_being_extended_travels_with_its_checkpoint(tmp_path):
+    root = tmp_path / "runs"
+    run = root / "ce_cifar10_seed0"
+    write(str(run / "results.json"), json.dumps({"method": "erm", "last": {"epoch": 200}}))
+    write(str(run / "config.json"), json.dumps({"optim": {"epochs": 200}}))
+    assert not evidence_runs.needs_weights(str(root), "ce_cifar10_seed0")
+    write(str(run / "config.json"), json.dumps({"optim": {"epochs": 300}, "epochs_changed": [{"from": 200}]}))
+    assert evidence_runs.needs_weights(str(root), "ce_cifar10_seed0")
+
+
 def test_finished_stage_one_runs_keep_their_weights_and_the_total_is_capped(tmp_path, capsys):
     root, out = tmp_path / "runs", str(tmp_path / "out")
     rotation = root / "rotation_cifar10_seed1"  # finished; ce_ssp_cifar10_seed1 starts from it

@@ -202,3 +202,18 @@ def test_the_started_as_hint_never_quotes_another_runs_command(cifar10_root, tmp
     code, err = guarded(capsys, cifar10_root.root, "--resume", second, "--lr", "0.05", "--epochs", "2")
     assert code == 2 and "holds another run (--lr=0.05 in its config.json, 0.1 in the checkpoint)" in err
     assert "was started" not in err
+
+
+def test_a_pseudo_labelled_run_saved_before_its_imbalance_was_recorded_compares_as_it_trained():
+    # Older configs saved imb_factor_unlabel null for "the same as --imb_factor": compared with
+    # a command that names that imbalance, nothing differs; with today's default 0.01, it does.
+    from utils.run_folder import config_differences
+
+    def config(*extra):
+        args = main_script.get_args_parser().parse_args(["--method", "ce", "--imb_factor", "0.02", "--unlabeled",
+                                                         "d_u.npz", *extra])
+        return main_script.build_config(args)[0]
+
+    saved = {**json.loads(json.dumps(config().to_dict())), "imb_factor_unlabel": None}
+    assert config_differences(config("--imb_factor_unlabel", "0.02"), saved) == []
+    assert config_differences(config(), saved) == [("--imb_factor_unlabel", 0.02, 0.01)]

@@ -199,6 +199,15 @@ def test_a_run_reached_twice_or_copied_is_counted_once(tmp_path, capsys):
     results = make_table.load_results(paths)
     assert "skipped " + str(tmp_path / "runs" / "ce0" / "results.json") in capsys.readouterr().err
     assert "| ce | resnet32 | 2 | 61.00 ± 1.41 |" in make_table.build_table(results, paper=False)
+    # Of a run and its copy, the one whose record names the precision is the one counted.
+    record = tmp_path / "runs" / "ce1" / "results.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "precision": "bf16"}))
+    os.makedirs(tmp_path / "results" / "ce1")
+    (tmp_path / "results" / "ce1" / "results.json").write_text(
+        json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "precision"}))
+    results = make_table.load_results(make_table.find_results([str(tmp_path / "results"), str(tmp_path / "runs")]))
+    assert sorted(make_table.precision_name(r) for r in results) == ["bf16", "unrecorded"]
+    assert any(r["path"].endswith(os.path.join("runs", "ce1", "results.json")) for r in results)
     # Two runs of one seed in the method's row leave its pairs with CE ambiguous: no gain.
     fake_result(str(tmp_path / "runs" / "ldam0"), "ldam_drw", 65.0, seed=0)
     fake_result(str(tmp_path / "runs" / "ldam0_again"), "ldam_drw", 66.0, seed=0)

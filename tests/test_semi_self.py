@@ -439,6 +439,8 @@ def test_crt_defaults_follow_each_datasets_cls_crt_config():
     assert (inat.optim.lr, inat.batch_size, inat.optim.cosine) == (0.2, 512, True)
     given = config("--dataset", "inat2018", "--epochs", "5", "--color_jitter", "True")
     assert (given.optim.epochs, given.aug_options) == (5, {"color_jitter": True})
+    # A recipe without colour jitter gets no such option (it would be refused as not applying).
+    assert config("--dataset", "inat2018", "--aug", "randaug").aug_options == {}
 
 
 def test_crt_trains_the_head_alone():

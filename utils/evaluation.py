@@ -46,7 +46,7 @@ class Variant:
     def describe(self, keeps_bias: bool = False) -> str:
         """What the variant scores; ``keeps_bias`` is the method's tau_norm_keeps_bias."""
         what = ("trained classifier" if self.tau_norm is None
-                else f"tau-normalised classifier (tau={self.tau_norm:g}, bias {'kept' if keeps_bias else 'dropped'})")
+                else f"tau-normalised classifier (tau={self.tau_norm:g}, {'bias kept' if keeps_bias else 'no bias'})")
         if self.posthoc_tau is not None:
             what += f", post-hoc logit adjustment (tau={self.posthoc_tau:g})"
         return what + (", flip test-time augmentation" if self.flip else ", no TTA")

@@ -201,8 +201,17 @@ def config_differences(config: TrainConfig, saved: Dict[str, Any]) -> List[Tuple
     return _differences(config.method, config.to_dict(), saved)
 
 
+def _as_recorded_today(saved: Dict[str, Any]) -> Dict[str, Any]:
+    """A saved configuration in today's terms: a pseudo-labelled run from before
+    --imb_factor_unlabel was written into the config saved null for "the same as --imb_factor"."""
+    data = saved.get("data")
+    if saved.get("unlabeled") and saved.get("imb_factor_unlabel") is None and isinstance(data, dict):
+        return {**saved, "imb_factor_unlabel": data.get("imb_factor")}
+    return saved
+
+
 def _differences(method: str, current: Dict[str, Any], saved: Dict[str, Any]) -> List[Tuple[str, Any, Any]]:
-    saved_flat = _flatten(json.loads(json.dumps(saved)))
+    saved_flat = _flatten(json.loads(json.dumps(_as_recorded_today(saved))))
     differences = []
     for (group, key), value in _flatten(json.loads(json.dumps(current))).items():
         if key in RESUMABLE_CHANGES.get(group, ()) or saved_flat.get((group, key), value) == value:
