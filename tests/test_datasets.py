@@ -139,6 +139,11 @@ def test_offline_download_becomes_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match="cannot download CIFAR"):
         build_dataset("cifar10", DataOptions(data_root=str(tmp_path / "data")))
     assert (tmp_path / "data" / "notes.txt").read_text() == "mine"
+    # Under DDP every rank builds the data, and another may be writing into the new folder: it stays.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(DatasetError, match="cannot download CIFAR"):
+        build_dataset("cifar10", DataOptions(data_root=str(tmp_path / "ddp" / "data")))
+    assert (tmp_path / "ddp" / "data").is_dir()
 
 
 def test_missing_files_without_download(tmp_path, monkeypatch):
