@@ -125,6 +125,28 @@ def test_a_stop_signal_during_a_checkpoint_write_waits_for_the_file(tmp_path, mo
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_stop_while_best_pth_is_written_waits_for_last_pth_too(cifar10_root, tmp_path, monkeypatch):
+    # Ctrl-C in the middle of the improving epoch's best.pth: last.pth of the same epoch is still
+    # written, so a resume never retrains an epoch whose weights best.pth already holds.
+    import utils.checkpoint as checkpoint
+
+    run = str(tmp_path / "run")
+    real_save, calls = torch.save, []
+
+    def save_then_signal(obj, stream):
+        calls.append(obj["epoch"])
+        if len(calls) == 1:  # the first file of epoch 1: best.pth
+            os.kill(os.getpid(), signal.SIGINT)
+        real_save(obj, stream)
+
+    monkeypatch.setattr(torch, "save", save_then_signal)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(config_for(cifar10_root.root, run, "--epochs", "2", "--limit_batches", "1"), "ce")
+    monkeypatch.undo()
+    assert calls == [1, 1]
+    assert [checkpoint.load_checkpoint(os.path.join(run, name))["epoch"] for name in ("best.pth", "last.pth")] == [1, 1]
+
+
 def test_a_scheduler_stop_after_ctrl_c_during_a_write_still_ends_as_a_stop():
     # Ctrl-C then a scheduler's SIGTERM while a checkpoint is written: the run must end as
     # terminated (exit 143), not as interrupted, once the file is complete.

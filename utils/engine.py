@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from utils import dist
+from utils.checkpoint import signals_deferred
 from utils.config import OptimConfig, TrainConfig
 from utils.dist import DeviceContext
 from utils.metrics import improves, summarize
@@ -305,7 +306,10 @@ def fit(config: TrainConfig, method, data, ctx: DeviceContext, loaders: Dict[str
         trained_in[precision] = trained_in.get(precision, 0) + 1
         records["precision"] = precision  # this checkpoint's epoch: test.py evaluates in it
         _log_epoch(logger, epoch, lr, train, evaluations)
-        if improved:
-            save_checkpoint("best.pth", epoch + 1, optimizer, scaler, records)
-        save_checkpoint("last.pth", epoch + 1, optimizer, scaler, records)
+        # Both files of an epoch or neither: a SIGTERM between them would leave best.pth an epoch
+        # ahead of the last.pth a resume retrains from.
+        with signals_deferred():
+            if improved:
+                save_checkpoint("best.pth", epoch + 1, optimizer, scaler, records)
+            save_checkpoint("last.pth", epoch + 1, optimizer, scaler, records)
     return records
