@@ -153,7 +153,8 @@ def _check_finite(first_bad: torch.Tensor, sums: Dict[str, torch.Tensor], epoch:
     parts = [name for name, value in sums.items() if not torch.isfinite(value)] or ["loss/total"]
     raise NonFiniteLossError(f"non-finite loss at epoch {epoch + 1}, step {bad_step + 1} "
                              f"(parts: {', '.join(parts)}); stopping, checkpoints of earlier epochs are kept. "
-                             "Try a lower --lr, --amp none, or check the data.")
+                             "Start again with a lower --lr or --amp none (as a new run: a continued run "
+                             "keeps its own flags), or check the data.")
 
 
 @torch.no_grad()
