@@ -291,7 +291,32 @@ def load_results(paths: Sequence[str], by: Sequence[str] = (),
             continue
         seen[identity] = result
         results.append(result)
-    return results
+    return results + [row for result in results for row in variant_rows(result)]
+
+
+# results.json keys of the last-epoch model under --tau_norm / --posthoc_tau / --tta_flip
+# (utils.evaluation.Variant.name with the prefix "last"): "last_tau_norm1", "last_posthoc_la_tau1".
+VARIANT_PREFIX = "last_"
+NOT_VARIANTS = ("last_val",)  # the validation numbers of the last epoch
+
+
+def variant_rows(result: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """A row per test-time variant a run scored (``ce+tau_norm1``): the variant's last-epoch
+    numbers, and its selected checkpoint's where the run scored that too (``selected_<variant>``,
+    LCSL's final report), under the run's own selection rule. The same training as the plain
+    row, so a gain over it (paired by seed) is the variant's gain."""
+    rows = []
+    for key, entry in result.items():
+        if not key.startswith(VARIANT_PREFIX) or key in NOT_VARIANTS or not isinstance(entry, dict):
+            continue
+        variant = key[len(VARIANT_PREFIX):]
+        row = {k: v for k, v in result.items() if not k.startswith(("last", "best_on_", "selected"))}
+        row.update(last=entry, variant=variant)
+        chosen = result.get(f"selected_{variant}")
+        if isinstance(chosen, dict):
+            row["variant_selection"] = (selected_entry(result)[0], chosen)
+        rows.append(row)
+    return rows
 
 
 def run_identity(result: Dict[str, Any]) -> str:
@@ -368,10 +393,14 @@ def run_label(result: Dict[str, Any]) -> str:
         if pool not in PAPER_POOLS:
             label += f"_{pool}"
         label += f"_rhoU{int(round(1 / result['imb_factor_unlabel']))}"
+    if result.get("variant"):
+        label += f"+{result['variant']}"
     return label
 
 
 def paper_row(label: str) -> str:
+    if "+" in label:  # a test-time variant of a run (variant_rows): no paper reports it
+        return label
     if label.startswith("lcsl_"):  # train_LCSL.py labels runs lcsl_<augmentation>_sel<split>
         return "lcsl"
     return PAPER_ROWS.get(label, label)
@@ -392,6 +421,8 @@ def hardware(result: Dict[str, Any]) -> str:
 
 def selected_entry(result: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
     """Test numbers of the checkpoint the run selected, and the name of the rule that chose it."""
+    if result.get("variant"):  # a variant row: the run's selected checkpoint under that variant, if scored
+        return result.get("variant_selection", ("none scored", {}))
     if result.get("select_on", "val" if result.get("best_on_val") else "test") == "val":
         return "best on val", result.get("best_on_val", {})
     return "best on TEST", result.get("best_on_test", {})
