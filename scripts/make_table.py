@@ -291,30 +291,36 @@ def load_results(paths: Sequence[str], by: Sequence[str] = (),
             continue
         seen[identity] = result
         results.append(result)
-    return results + [row for result in results for row in variant_rows(result)]
+    return results + [row for result in results for row in variant_rows(result, result["path"])]
 
 
-# results.json keys of the last-epoch model under --tau_norm / --posthoc_tau / --tta_flip
-# (utils.evaluation.Variant.name with the prefix "last"): "last_tau_norm1", "last_posthoc_la_tau1".
-VARIANT_PREFIX = "last_"
-NOT_VARIANTS = ("last_val",)  # the validation numbers of the last epoch
+# results.json keys of test-time variants (utils.evaluation.Variant.name): the last-epoch model's
+# under --tau_norm / --posthoc_tau / --tta_flip ("last_tau_norm1"), and the selected checkpoint's
+# where a method's final report scores them (LCSL: "selected_tau_norm1.9_flip_tta").
+VARIANT_PREFIXES = ("last_", "selected_")
 
 
-def variant_rows(result: Dict[str, Any]) -> List[Dict[str, Any]]:
+def variant_rows(result: Dict[str, Any], source: str = "") -> List[Dict[str, Any]]:
     """A row per test-time variant a run scored (``ce+tau_norm1``): the variant's last-epoch
-    numbers, and its selected checkpoint's where the run scored that too (``selected_<variant>``,
-    LCSL's final report), under the run's own selection rule. The same training as the plain
-    row, so a gain over it (paired by seed) is the variant's gain."""
-    rows = []
+    numbers and its selected checkpoint's, each where the run scored it, the latter under the
+    run's own selection rule. The same training as the plain row, so a gain over it (paired by
+    seed) is the variant's gain. A damaged entry is skipped with a warning naming it."""
+    entries: Dict[str, Dict[str, Any]] = {}
     for key, entry in result.items():
-        if not key.startswith(VARIANT_PREFIX) or key in NOT_VARIANTS or not isinstance(entry, dict):
+        prefix = next((p for p in VARIANT_PREFIXES if key.startswith(p)), None)
+        if prefix is None or not isinstance(entry, dict) or "top1" not in entry:
+            continue  # last_val, selected_checkpoint, selected_report: no variant
+        if not all(_is_number(entry.get(metric)) for metric in METRICS):
+            print(f"make_table.py: warning: skipped the entry '{key}' of {source or 'a run'}: its metrics must be "
+                  "finite numbers or null", file=sys.stderr)
             continue
-        variant = key[len(VARIANT_PREFIX):]
+        entries.setdefault(key[len(prefix):], {})[prefix] = entry
+    rows = []
+    for variant, found in sorted(entries.items()):
         row = {k: v for k, v in result.items() if not k.startswith(("last", "best_on_", "selected"))}
-        row.update(last=entry, variant=variant)
-        chosen = result.get(f"selected_{variant}")
-        if isinstance(chosen, dict):
-            row["variant_selection"] = (selected_entry(result)[0], chosen)
+        row.update(last=found.get("last_", {}), variant=variant)
+        if "selected_" in found:
+            row["variant_selection"] = (selected_entry(result)[0], found["selected_"])
         rows.append(row)
     return rows
 

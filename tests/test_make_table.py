@@ -268,7 +268,7 @@ def test_a_semi_supervised_run_names_a_pool_that_is_not_the_papers(tmp_path):
     assert "| best on TEST | 81.64 |" in next(line for line in table.splitlines() if "| ce_semi_rhoU50 |" in line)
 
 
-def test_test_time_variants_of_a_run_are_rows_of_their_own(tmp_path):
+def test_test_time_variants_of_a_run_are_rows_of_their_own(tmp_path, capsys):
     # CE seeds 0 and 1 trained once each, scored also tau-normalised (--tau_norm 1): a row
     # "ce+tau_norm1" beside "ce" (never more seeds of it), no paper number, its gain paired by seed.
     for seed, plain, normalised in ((0, 60.0, 64.0), (1, 62.0, 65.0)):
@@ -277,20 +277,28 @@ def test_test_time_variants_of_a_run_are_rows_of_their_own(tmp_path):
         result = json.loads(record.read_text())
         result["last_tau_norm1"] = {"top1": normalised, "many": None, "medium": None, "few": None}
         record.write_text(json.dumps(result))
+    # LCSL's final report scores its selected checkpoint tau-normalised, as train_LCSL.py writes it
+    # (no last-epoch variant): the row has that number under the run's selection rule.
     fake_result(str(tmp_path / "lcsl"), "lcsl_none_selval", 70.0, val=69.0)
     record = tmp_path / "lcsl" / "results.json"
     result = json.loads(record.read_text())
-    result.update(last_tau_norm1_9={"top1": 71.0}, selected_tau_norm1_9={"top1": 72.5}, select_on="val")
+    result.update({"selected": {"top1": 69.0}, "selected_tau_norm1.9": {"top1": 72.5, "many": 80.0},
+                   "selected_tau_norm1.9_flip_tta": {"top1": "73.1"},  # damaged: skipped, with a warning
+                   "selected_checkpoint": {"file": "best.pth", "rule": "r"}, "select_on": "val"})
     record.write_text(json.dumps(result))
     results = make_table.load_results(make_table.find_results([str(tmp_path)]))
+    captured = capsys.readouterr().err
+    assert "skipped the entry 'selected_tau_norm1.9_flip_tta' of" in captured and "lcsl" in captured
     table = make_table.build_table(results, paper=True)
     assert "| ce | resnet32 | 2 | 61.00 ± 1.41 |" in table
     variant = next(line for line in table.splitlines() if "| ce+tau_norm1 |" in line)
     assert "| 2 | 64.50 ± 0.71 |" in variant and "| n/a | none scored |  |" in variant
-    lcsl = next(line for line in table.splitlines() if "| lcsl_none_selval+tau_norm1_9 |" in line)
-    assert "| 1 | 71.00 |" in lcsl and "| 72.50 | best on val |  |" in lcsl  # no paper number beside it
+    lcsl = [line for line in table.splitlines() if "| lcsl_none_selval+" in line]
+    assert len(lcsl) == 1 and "| lcsl_none_selval+tau_norm1.9 | resnet32 | 1 | n/a |" in lcsl[0]
+    assert "| 72.50 | best on val |  |" in lcsl[0]  # no paper number beside it
     gains = make_table.build_gains_table(results)
     assert "| ce+tau_norm1 | resnet32 | 2 of 2 | +3.50 ± 0.71 |" in gains
+    make_table.plot_per_class(results, str(tmp_path / "plot.png"))  # rows without per-class numbers
 
 
 def test_seeds_trained_in_other_precisions_are_other_rows(tmp_path):
