@@ -247,11 +247,16 @@ def precision_name(result: Dict[str, Any]) -> str:
 
 
 def seeds_cell(members: List[Dict[str, Any]]) -> str:
-    """How many seeds a row averages, and how many of each precision when they differ."""
+    """How many seeds a row averages, how many of each precision when they differ, and which
+    seed it holds more than one run of (the same training twice is no second seed)."""
     counts = Counter(precision_name(m) for m in members)
-    if len(counts) < 2:
-        return str(len(members))
-    return f"{len(members)} ({', '.join(f'{name} {count}' for name, count in sorted(counts.items()))})"
+    cell = str(len(members))
+    if len(counts) >= 2:
+        cell += f" ({', '.join(f'{name} {count}' for name, count in sorted(counts.items()))})"
+    repeated = sorted((str(seed), n) for seed, n in Counter(m.get("seed") for m in members).items() if n > 1)
+    if repeated:
+        cell += "; " + ", ".join(f"seed {seed} {n} times" for seed, n in repeated)
+    return cell
 
 
 def logged_precision(folder: str) -> Optional[str]:

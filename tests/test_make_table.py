@@ -25,7 +25,7 @@ def fake_result(folder, label, top1, val=None, train_time_s=None, hardware=None,
 
 def test_table_averages_seeds_and_labels_rules(tmp_path):
     fake_result(str(tmp_path / "a"), "bccl", 80.0, train_time_s=3 * 3600, hardware="AMD EPYC (1 thread)")
-    fake_result(str(tmp_path / "b"), "bccl", 82.0, train_time_s=4 * 3600, hardware="AMD EPYC (1 thread)")
+    fake_result(str(tmp_path / "b"), "bccl", 82.0, train_time_s=4 * 3600, hardware="AMD EPYC (1 thread)", seed=1)
     fake_result(str(tmp_path / "c"), "balanced_softmax", 70.0, val=69.0, train_time_s=1500)
     results = [json.load(open(p)) for p in make_table.find_results([str(tmp_path)])]
     table = make_table.build_table(results, paper=True)
@@ -89,8 +89,8 @@ def test_gains_compare_only_runs_of_the_same_images_and_epochs(tmp_path):
 
 
 def test_by_splits_groups_on_config_fields(tmp_path):
-    for name, backend, top1 in (("p0", "pil", 60.0), ("p1", "pil", 64.0), ("t0", "tensor", 61.0)):
-        fake_result(str(tmp_path / name), "ce", top1)
+    for name, backend, top1, seed in (("p0", "pil", 60.0, 0), ("p1", "pil", 64.0, 1), ("t0", "tensor", 61.0, 0)):
+        fake_result(str(tmp_path / name), "ce", top1, seed=seed)
         with open(tmp_path / name / "config.json", "w") as stream:
             json.dump({"run": {"aug_backend": backend}}, stream)
     results = [make_table.load_result(p, ["run.aug_backend", "run.missing"])
@@ -143,7 +143,7 @@ def test_runs_with_other_recipes_are_never_averaged_as_seeds(tmp_path):
     # the smoke run gets its own row, tagged with the field that differs; paths and seeds never split.
     runs = (("s0", 0, 200, 70.0), ("s1", 1, 200, 72.0), ("smoke", 0, 3, 20.0))
     for name, seed, epochs, top1 in runs:
-        fake_result(str(tmp_path / name), "ce", top1)
+        fake_result(str(tmp_path / name), "ce", top1, seed=seed)
         with open(tmp_path / name / "config.json", "w") as stream:
             json.dump({"optim": {"epochs": epochs, "lr": 0.1}, "git_commit": name,
                        "command": f"python main.py --epochs {epochs} --seed {seed} --out_dir {name}",
@@ -156,6 +156,11 @@ def test_runs_with_other_recipes_are_never_averaged_as_seeds(tmp_path):
     # Without a difference in the recipe the row keeps its plain label.
     plain = make_table.build_table([r for r in results if r["last"]["top1"] != 20.0], paper=False)
     assert "| ce | resnet32 | 2 | 71.00 ± 1.41 |" in plain
+    # A second run of seed 0 (the same command again) is counted, and the row says it holds one
+    # seed twice rather than three seeds.
+    again = {**next(r for r in results if r["last"]["top1"] == 70.0), "last": {"top1": 73.0}}
+    twice = make_table.build_table([r for r in results if r["last"]["top1"] != 20.0] + [again], paper=False)
+    assert "| ce | resnet32 | 3; seed 0 2 times | 71.67 ± 1.53 |" in twice
 
 
 def test_a_run_continued_with_more_epochs_is_grouped_by_the_epochs_it_trained(tmp_path):
