@@ -34,6 +34,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help=f"training method (default: ERM when --loss_type/--train_rule/--sampler "
                              f"is given, else {DEFAULT_METHOD})")
     recipes = {name: METHOD_CLIS.get(name).recipe for name in METHOD_CLIS.names()}
+    recipes.update({f"{name} on {dataset}": recipe for name in METHOD_CLIS.names()
+                    for dataset, recipe in METHOD_CLIS.get(name).dataset_recipes.items()})
     cli.add_data_arguments(parser, default_dataset="cifar10")
     cli.add_model_arguments(parser, head_default="True for bccl, ldam and ldam_drw (--loss_type LDAM), False "
                                                   "for the others",

@@ -160,6 +160,8 @@ class MethodCommandLine:
     title = ""  # the --help group
     Options: Type[MethodOptions] = MethodOptions
     recipe: Recipe
+    # Datasets whose paper recipe differs from ``recipe`` (listed in --help as "<method> on <dataset>").
+    dataset_recipes: Dict[str, Recipe] = {}
     # The re-balancing flags (--loss_type, --train_rule, --sampler) it reads; main.py refuses
     # them for the other methods rather than ignore them.
     erm_flags: Tuple[str, ...] = ()

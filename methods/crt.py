@@ -102,7 +102,7 @@ class CRTCommandLine(MethodCommandLine):
     recipe = Recipe(lr=0.2, weight_decay=5e-4, epochs=10, warmup_epochs=0, cos=True, schedule=(160, 180),
                     lr_gamma=0.1, batch_size=512, aug=("standard",), seed=0)
     # iNaturalist18/cls_crt.yaml: 30 epochs, wd 1e-4, and no colour jitter in its transform.
-    inat_recipe = dataclasses.replace(recipe, epochs=30, weight_decay=1e-4)
+    dataset_recipes = {"inat2018": dataclasses.replace(recipe, epochs=30, weight_decay=1e-4)}
     erm_flags = ("sampler",)
 
     def choose(self, args) -> MethodChoice:
@@ -119,7 +119,7 @@ class CRTCommandLine(MethodCommandLine):
         from datasets.augment import recipe_options
 
         inat = args.dataset == "inat2018"
-        recipe = self.inat_recipe if inat else self.recipe
+        recipe = self.dataset_recipes.get(args.dataset, self.recipe)
         # iNaturalist's transform has no colour jitter: switched off in the recipes that have one.
         jitters = all("color_jitter" in recipe_options(name) for name in (args.aug or recipe.aug))
         return MethodChoice("crt", options, "crt", recipe, sampler=sampler,

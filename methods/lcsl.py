@@ -319,7 +319,7 @@ class LCSLCommandLine:
         from utils.config import POSITIVE_INT, TrainConfig
 
         parser.add_argument("--dataset", default="cifar100", type=dataset_name, choices=DATASETS.names(),
-                            help="dataset ('imagenet' and 'inaturalist' are accepted for imagenet_lt and inat2018)")
+                            help="dataset ('imagenet', 'inat' and 'inaturalist' are accepted for imagenet_lt and inat2018)")
         parser.set_defaults(val_per_class=None)  # resolved per dataset in build_config
         cli.reword(parser, "val_per_class",
                    "validation images per class, taken from the training images the long-tailed subset leaves "

@@ -23,7 +23,7 @@ DATA_ROOT=${DATA_ROOT:-./data/imagenet}
 SPLIT_DIR=${SPLIT_DIR:-./data/ImageNet_LT}
 ROOT_LOG=${ROOT_LOG:-log/lcsl_imagenet_lt}
 SELECT=${SELECT:-val}
-DATA_AUG=${DATA_AUG:-none}   # none | autoaug (RandAugment) | sim_aug (SimCLR views with blur)
+DATA_AUG=${DATA_AUG:-none}   # none | autoaug (RandAugment) | sim_aug (jitter without hue, greyscale, blur)
 EXTRA=("$@")
 
 for seed in $SEEDS; do

@@ -198,7 +198,7 @@ def add_aug_arguments(parser: argparse.ArgumentParser, recipes: Dict[str, Recipe
     add_bool_flag(group, "--color_jitter", default=None,
                   help="colour jitter (0.4, 0.4, 0.4) in the ImageNet-style 'standard' and 'cutout' recipes; "
                        "False for the iNaturalist recipe of the semi-self paper",
-                  default_text="True, the recipes' own")
+                  default_text="True, the recipes' own; False for crt on inat2018, as its cls_crt.yaml")
 
 
 def architecture(args: argparse.Namespace) -> str:
