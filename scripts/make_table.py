@@ -253,7 +253,8 @@ def seeds_cell(members: List[Dict[str, Any]]) -> str:
     cell = str(len(members))
     if len(counts) >= 2:
         cell += f" ({', '.join(f'{name} {count}' for name, count in sorted(counts.items()))})"
-    repeated = sorted((str(seed), n) for seed, n in Counter(m.get("seed") for m in members).items() if n > 1)
+    seeds = Counter(m.get("seed") for m in members if m.get("seed") is not None)  # unrecorded: not comparable
+    repeated = sorted((str(seed), n) for seed, n in seeds.items() if n > 1)
     if repeated:
         cell += "; " + ", ".join(f"seed {seed} {n} times" for seed, n in repeated)
     return cell
