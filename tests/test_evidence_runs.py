@@ -151,10 +151,8 @@ def test_restore_refuses_members_outside_the_folder(tmp_path, capsys):
     assert not (tmp_path / "escaped.txt").exists() and "not a file inside a run folder" in capsys.readouterr().err
 
 
-def test_a_later_moment_of_a_run_never_mixes_with_an_earlier_one(tmp_path, capsys):
-    # Call 1 returns a run stopped at epoch 5; call 2 on the same machine finishes it. Restoring
-    # call 2 over call 1's folder would keep the old log beside the new results: the folder is
-    # left whole instead, and call 2's run restores into another folder.
+def two_moments_packed(tmp_path):
+    """Packs (in <moment>/out) of one LCSL run at two moments: stopped at epoch 5, and finished."""
     early, late = tmp_path / "early", tmp_path / "late"
     for root, epochs, done in ((early, 5, False), (late, 200, True)):
         run = root / "runs" / "lcsl_cifar10_seed0"
@@ -164,6 +162,14 @@ def test_a_later_moment_of_a_run_never_mixes_with_an_earlier_one(tmp_path, capsy
         if done:
             write(str(run / "results.json"), json.dumps({"method": "lcsl", "last": {"epoch": 200}}))
         assert evidence_runs.main(["pack", str(root / "runs"), str(root / "out")]) == 0
+    return early, late
+
+
+def test_a_later_moment_of_a_run_never_mixes_with_an_earlier_one(tmp_path, capsys):
+    # Call 1 returns a run stopped at epoch 5; call 2 on the same machine finishes it. Restoring
+    # call 2 over call 1's folder would keep the old log beside the new results: the folder is
+    # left whole instead, and call 2's run restores into another folder.
+    early, late = two_moments_packed(tmp_path)
     here = str(tmp_path / "here")
     assert evidence_runs.main(["restore", str(early / "out" / "runs_records.tar"),
                                str(early / "out" / "runs_checkpoints_1.tar"), "--into", here]) == 0
@@ -177,15 +183,7 @@ def test_a_later_moment_of_a_run_never_mixes_with_an_earlier_one(tmp_path, capsy
 def test_packs_of_two_moments_given_together_are_refused(tmp_path, capsys):
     # The early pack's checkpoint beside the late pack's results would make one folder of two
     # moments: given both at once, restore refuses and writes nothing.
-    early, late = tmp_path / "early", tmp_path / "late"
-    for root, epochs, done in ((early, 5, False), (late, 200, True)):
-        run = root / "runs" / "lcsl_cifar10_seed0"
-        write(str(run / "config.json"), "{}")
-        write(str(run / "log.txt"), f"{epochs} epochs\n")
-        write(str(run / "last.pth"), bytes([epochs]) * 100)
-        if done:
-            write(str(run / "results.json"), json.dumps({"method": "lcsl", "last": {"epoch": 200}}))
-        assert evidence_runs.main(["pack", str(root / "runs"), str(root / "out")]) == 0
+    early, late = two_moments_packed(tmp_path)
     here = tmp_path / "here"
     capsys.readouterr()
     archives = [str(early / "out" / "runs_checkpoints_1.tar"), str(early / "out" / "runs_records.tar"),

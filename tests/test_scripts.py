@@ -26,14 +26,20 @@ SCRIPTS = sorted(s for s in glob.glob(os.path.join(ROOT, "scripts", "*.sh"))
                  if not s.endswith(("device_check.sh", "device_evidence.sh", "quickstart.sh")))
 
 
-def recorded_commands(script, tmp_path):
-    log = tmp_path / "calls.txt"
+def python_shim(tmp_path, body):
+    """A stand-in `python` (a bash script of ``body``) first on PATH; the environment to run with,
+    CALL_LOG naming tmp_path/calls.txt for the shim to write to."""
     shim = tmp_path / "bin" / "python"
     shim.parent.mkdir()
-    shim.write_text('#!/usr/bin/env bash\nfor a in "$@"; do printf "%s\\n" "$a" >> "$CALL_LOG"; done\n'
-                    'printf "@@END@@\\n" >> "$CALL_LOG"\n')
+    shim.write_text("#!/usr/bin/env bash\n" + body)
     shim.chmod(shim.stat().st_mode | stat.S_IEXEC)
-    env = {**os.environ, "PATH": f"{shim.parent}:{os.environ['PATH']}", "CALL_LOG": str(log),
+    return {**os.environ, "PATH": f"{shim.parent}:{os.environ['PATH']}", "CALL_LOG": str(tmp_path / "calls.txt")}
+
+
+def recorded_commands(script, tmp_path):
+    log = tmp_path / "calls.txt"
+    env = {**python_shim(tmp_path, 'for a in "$@"; do printf "%s\\n" "$a" >> "$CALL_LOG"; done\n'
+                                   'printf "@@END@@\\n" >> "$CALL_LOG"\n'),
            "SEEDS": "0 1", "ROOT_LOG": str(tmp_path / "log")}
     result = subprocess.run(["bash", script], cwd=str(tmp_path), env=env, capture_output=True, text=True,
                             timeout=120)
@@ -150,12 +156,8 @@ def test_an_evidence_job_stops_at_its_first_failed_stage(tmp_path):
     # start from their unfinished results runs (no pseudo-labels, no CE + D_U, no CE from a
     # half-trained backbone), and the lane says the job failed and goes on to its next job.
     log = tmp_path / "calls.txt"
-    shim = tmp_path / "bin" / "python"
-    shim.parent.mkdir()
-    shim.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$*" >> "$CALL_LOG"\n'
-                    'case "$*" in *semi_r50_ce_seed0*|*rotation_cifar10_seed1*) exit 1;; esac\n')
-    shim.chmod(shim.stat().st_mode | stat.S_IEXEC)
-    env = {**os.environ, "PATH": f"{shim.parent}:{os.environ['PATH']}", "CALL_LOG": str(log),
+    env = {**python_shim(tmp_path, 'printf "%s\\n" "$*" >> "$CALL_LOG"\n'
+                                   'case "$*" in *semi_r50_ce_seed0*|*rotation_cifar10_seed1*) exit 1;; esac\n'),
            "ROOT_LOG": str(tmp_path / "log"), "ONLY": "ce_ssp_s1 semi_s0 ce_s2"}
     result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "evidence_cifar10.sh")], cwd=str(tmp_path),
                             env=env, capture_output=True, text=True, timeout=120)
