@@ -62,7 +62,7 @@ def print_summary(title: str, summary: Dict[str, Any]) -> None:
     print(format_shot_table(summary))
 
 
-def plot_per_class(path: str, summary: Dict[str, Any], counts) -> None:
+def plot_per_class(path: str, summary: Dict[str, Any], counts, split: str = "test") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,7 +72,7 @@ def plot_per_class(path: str, summary: Dict[str, Any], counts) -> None:
     axis.scatter(counts, summary["per_class"], s=12)
     axis.set_xscale("log")
     axis.set_xlabel("training images of the class")
-    axis.set_ylabel("test accuracy (%)")
+    axis.set_ylabel(f"{split} accuracy (%)")
     axis.set_title(f"per-class accuracy (top-1 {summary['top1']:.2f})")
     axis.grid(alpha=0.3)
     figure.tight_layout()
@@ -174,7 +174,9 @@ def main(args: argparse.Namespace) -> None:
         return
     rule = payload.get("config", {}).get("select_on", "?")
     chosen = os.path.basename(payload["path"])
-    note = "last epoch" if chosen == "last.pth" else f"selected: {selection_rule(method, rule)}"
+    # best.pth is what the run selected; any other file (a copied snapshot) is only its epoch.
+    note = {"last.pth": "last epoch", "best.pth": f"selected: {selection_rule(method, rule)}"}.get(
+        chosen, f"the file {chosen}")
     title = (f"{data.name} {args.split} | {payload['method']} {payload['model_kwargs']['arch']} | "
              f"{payload['path']} (epoch {payload['epoch']}, {note}) | {variant.describe(method.tau_norm_keeps_bias)}")
     print_summary(title, summary)
@@ -184,7 +186,7 @@ def main(args: argparse.Namespace) -> None:
         write_json(args.json, {**summary, "checkpoint": payload["path"], "epoch": payload["epoch"],
                                "checkpoint_rule": note, "variant": variant.describe(method.tau_norm_keeps_bias), "split": args.split})
     if args.plot:
-        plot_per_class(args.plot, summary, data.train_counts)
+        plot_per_class(args.plot, summary, data.train_counts, args.split)
         print(f"plot written to {args.plot}")
     if args.confusion:
         names = list(data.class_names or [])

@@ -231,6 +231,31 @@ def test_test_script_scores_in_the_precision_the_run_trained_in(cifar10_root, tm
     assert code == 0 and "precision: none (--amp)" in out
 
 
+def test_test_script_labels_each_checkpoint_file_for_what_it_is(cifar10_root, tmp_path, capsys):
+    # last.pth: the last epoch; best.pth: what the run selected, by its rule; a copied snapshot:
+    # only its file name and epoch (no selection made it). --plot's axis names the split scored.
+    import shutil
+
+    run = str(tmp_path / "run")
+    run_training(config_for(cifar10_root.root, run, "--epochs", "1", "--limit_batches", "1"), "ce")
+    shutil.copy(os.path.join(run, "last.pth"), os.path.join(run, "snapshot.pth"))
+    expected = {"last.pth": "(epoch 1, last epoch)", "best.pth": "(epoch 1, selected: best ",
+                "snapshot.pth": "(epoch 1, the file snapshot.pth)"}
+    for name, label in expected.items():
+        code, out, _ = run_entry(test_script, "test.py", ["--path", os.path.join(run, name), "--workers", "0"], capsys)
+        assert code == 0 and label in out, (name, out)
+    from matplotlib.axes import Axes
+
+    labels = []
+    real = Axes.set_ylabel
+    try:
+        Axes.set_ylabel = lambda axis, text, *a, **k: labels.append(text) or real(axis, text, *a, **k)
+        test_script.plot_per_class(str(tmp_path / "p.png"), {"per_class": [50.0, 40.0], "top1": 45.0}, [10, 5], "val")
+    finally:
+        Axes.set_ylabel = real
+    assert labels == ["val accuracy (%)"] and os.path.isfile(tmp_path / "p.png")
+
+
 def test_test_script_writes_the_confusion_matrix_and_says_where_the_tail_went(cifar10_root, tmp_path, capsys):
     import csv
 

@@ -64,3 +64,21 @@ def test_evaluation_goes_through_data_parallel():
     for name in ("erm", "bccl"):
         single = wrapped(name, SINGLE)
         assert single._eval_network is single.classifier()
+
+
+def test_gpu_ids_under_torchrun_are_named_as_ignored(monkeypatch, capsys):
+    # torchrun gives each process the GPU of its LOCAL_RANK: a --gpu list would silently not be
+    # the GPUs used, so rank 0 says so (the other ranks stay quiet).
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)  # no process group needed
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    ctx = dist.setup_devices("2,3")
+    assert (ctx.rank, ctx.world_size) == (0, 2)
+    assert "warning: --gpu 2,3 is ignored under torchrun" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    dist.setup_devices("2,3")
+    dist.setup_devices(None)
+    assert capsys.readouterr().err == ""

@@ -81,6 +81,9 @@ def setup_devices(gpu: Optional[str], backend: Optional[str] = None) -> DeviceCo
     if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if ids is not None and rank == 0:
+            print(f"warning: --gpu {gpu} is ignored under torchrun: each process takes the GPU of its "
+                  "LOCAL_RANK (choose GPUs with CUDA_VISIBLE_DEVICES)", file=sys.stderr)
         if has_cuda:
             torch.cuda.set_device(local_rank)
             device = torch.device("cuda", local_rank)
