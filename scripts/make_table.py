@@ -276,7 +276,7 @@ def load_results(paths: Sequence[str], by: Sequence[str] = (),
                  pool_precisions: bool = False) -> List[Dict[str, Any]]:
     """Every usable results.json; the others are skipped with a warning on stderr naming them."""
     results = []
-    seen: Dict[str, str] = {}
+    seen: Dict[str, int] = {}  # run identity -> its index in results
     for path in paths:
         try:
             result = load_result(path, by, pool_precisions)
@@ -286,18 +286,17 @@ def load_results(paths: Sequence[str], by: Sequence[str] = (),
         result["path"] = path
         identity = run_identity(result)
         if identity in seen:  # a copy, e.g. results/ collected from the run folder also given
-            kept = seen[identity]
+            index = seen[identity]
+            skipped, kept = result, results[index]
             if precision_name(kept) == "unrecorded" and precision_name(result) != "unrecorded":
                 # The run folder's log names the precision its copy's record lacks: keep that one.
-                results[next(i for i, r in enumerate(results) if r is kept)] = result
-                result, kept = kept, result
-                seen[identity] = kept
-            print(f"make_table.py: warning: skipped {result['path']}: the same run as {kept['path']} (a copy), "
+                results[index], skipped, kept = result, kept, result
+            print(f"make_table.py: warning: skipped {skipped['path']}: the same run as {kept['path']} (a copy), "
                   "counted once", file=sys.stderr)
             continue
-        seen[identity] = result
+        seen[identity] = len(results)
         results.append(result)
-    return results + [row for result in results for row in variant_rows(result, result["path"])]
+    return results + [row for result in results for row in variant_rows(result)]
 
 
 # results.json keys of test-time variants (utils.evaluation.Variant.name): the last-epoch model's
@@ -306,7 +305,7 @@ def load_results(paths: Sequence[str], by: Sequence[str] = (),
 VARIANT_PREFIXES = ("last_", "selected_")
 
 
-def variant_rows(result: Dict[str, Any], source: str = "") -> List[Dict[str, Any]]:
+def variant_rows(result: Dict[str, Any]) -> List[Dict[str, Any]]:
     """A row per test-time variant a run scored (``ce+tau_norm1``): the variant's last-epoch
     numbers and its selected checkpoint's, each where the run scored it, the latter under the
     run's own selection rule. The same training as the plain row, so a gain over it (paired by
@@ -317,7 +316,7 @@ def variant_rows(result: Dict[str, Any], source: str = "") -> List[Dict[str, Any
         if prefix is None or not isinstance(entry, dict) or "top1" not in entry:
             continue  # last_val, selected_checkpoint, selected_report: no variant
         if not all(_is_number(entry.get(metric)) for metric in METRICS):
-            print(f"make_table.py: warning: skipped the entry '{key}' of {source or 'a run'}: its metrics must be "
+            print(f"make_table.py: warning: skipped the entry '{key}' of {result.get('path', 'a run')}: its metrics must be "
                   "finite numbers or null", file=sys.stderr)
             continue
         entries.setdefault(key[len(prefix):], {})[prefix] = entry
