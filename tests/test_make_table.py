@@ -427,3 +427,23 @@ def test_a_table_piped_into_a_reader_that_stops_ends_quietly(tmp_path):
         reader_gone.stdout.close()  # before the interpreter has even started: the write must fail
         _, stderr = reader_gone.communicate(timeout=60)
         assert b"Traceback" not in stderr and b"BrokenPipe" not in stderr, (script, stderr)
+
+
+def test_readme_evidence_tables_are_what_make_table_prints_from_the_committed_results(capsys):
+    # README quotes the evidence tables under the command that rebuilds them from results/; a
+    # re-collected run or a change in make_table must show up here, not as a stale table.
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    commands = [line for line in readme.splitlines() if line.startswith("python scripts/make_table.py results/")]
+    assert commands, "README shows no make_table.py command over results/"
+    for command in commands:
+        block_end = readme.index("```", readme.index(command)) + len("```")
+        cwd = os.getcwd()
+        os.chdir(ROOT)
+        try:
+            assert make_table.main(command.split()[2:]) == 0
+        finally:
+            os.chdir(cwd)
+        printed = capsys.readouterr().out.strip()
+        assert "| cifar10 |" in printed
+        quoted = readme[block_end:block_end + len(printed) + 4]
+        assert quoted == "\n\n" + printed + "\n\n", f"README's tables under `{command}` differ from what it prints"
