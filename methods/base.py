@@ -42,6 +42,10 @@ class Method(nn.Module):
     # Whether the tau-normalised classifier (--tau_norm) keeps the trained bias: Kang et al.'s
     # tau-normalisation drops it; a method whose paper normalises its layer in place keeps it.
     tau_norm_keeps_bias = False
+    # Whether --cos keeps the warm-up formula's cosine, cos(pi (e - W + 1) / (E - W + 1)), also
+    # when --warmup_epochs is 0 (LCSL's and BCCL's adjust_learning_rate); otherwise a run without
+    # warm-up takes MoCo's and the decoupling code's cos(pi e / E), which starts at the base lr.
+    warmup_cosine_without_warmup = False
     Options: Type[MethodOptions] = MethodOptions
 
     def __init__(self, model: nn.Module, class_counts: Sequence[int], **options: Any):

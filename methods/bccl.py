@@ -173,6 +173,7 @@ class BCCL(Method):
 
     name = "bccl"
     num_views = 2
+    warmup_cosine_without_warmup = True
     Options = BCCLOptions
 
     def __init__(self, model: nn.Module, class_counts: Sequence[int], **options):

@@ -153,6 +153,7 @@ class LCSL(Method):
     # The reference's final report normalises the classifier's weight in place (its Normalizer),
     # and the layer goes on adding its bias.
     tau_norm_keeps_bias = True
+    warmup_cosine_without_warmup = True
     Options = LCSLOptions
 
     def __init__(self, model: nn.Module, class_counts: Sequence[int], **options):

@@ -671,3 +671,17 @@ def test_an_unbalanced_validation_split_names_its_short_classes():
     balanced = build_dataset("cifar10_sample", DataOptions(imb_factor=0.01, val_per_class=20))
     assert validation_shortfall(balanced, 20) == "class 0 (airplane): 0"
     assert validation_shortfall(build_dataset("cifar10_sample", DataOptions(imb_factor=1.0, val_per_class=0)), 0) == ""
+
+
+def test_fit_gives_the_schedule_the_methods_cosine_rule(tmp_path, monkeypatch):
+    # LCSL and BCCL keep their warm-up formula's cosine without warm-up; fit must pass the
+    # method's rule to the schedule, or --warmup_epochs 0 would silently take MoCo's formula.
+    from methods.erm import ERM
+    from utils import engine
+
+    asked = []
+    real = engine.learning_rate
+    monkeypatch.setattr(engine, "learning_rate", lambda optim, epoch, *rule: asked.append(rule) or real(optim, epoch, *rule))
+    monkeypatch.setattr(ERM, "warmup_cosine_without_warmup", True)
+    _train_tiny(dist.DeviceContext(torch.device("cpu")), str(tmp_path / "run.pt"))
+    assert asked == [(True,), (True,)]

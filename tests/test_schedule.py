@@ -86,3 +86,23 @@ def test_engine_uses_plain_cosine_without_warmup():
     assert learning_rate(with_warmup, 0) == pytest.approx(0.015)
     step = OptimConfig(lr=0.1, epochs=200, warmup_epochs=5)
     assert learning_rate(step, 170) == pytest.approx(0.001)
+
+
+def test_lcsl_and_bccl_keep_their_cosine_without_warmup():
+    # Their adjust_learning_rate with W = 0: lr * (1 + cos(pi (e + 1) / (E + 1))) / 2, which is
+    # below the base lr from the first epoch; MoCo and cRT start at the base lr.
+    from methods import METHODS
+    from utils.config import OptimConfig
+    from utils.engine import learning_rate
+
+    optim = OptimConfig(lr=0.2, epochs=9, warmup_epochs=0, cosine=True, milestones=())
+    for name in METHODS.names():
+        keeps = METHODS.get(name).warmup_cosine_without_warmup
+        assert keeps == (name in ("lcsl", "bccl")), name
+        first, middle = (learning_rate(optim, epoch, keeps) for epoch in (0, 4))
+        if keeps:
+            assert first == pytest.approx(0.2 * (1 + math.cos(math.pi / 10)) / 2)  # 0.1951
+            assert middle == pytest.approx(0.1)  # (4 + 1) / (9 + 1) of the half cosine
+        else:
+            assert first == pytest.approx(0.2)
+            assert middle == pytest.approx(0.2 * (1 + math.cos(math.pi * 4 / 9)) / 2)  # 0.1174

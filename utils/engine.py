@@ -25,9 +25,11 @@ class NonFiniteLossError(RuntimeError):
     """Training produced NaN/inf; the message names the epoch, the step and the loss part."""
 
 
-def learning_rate(optim: OptimConfig, epoch: int) -> float:
-    """The epoch's learning rate (the papers set it once per epoch)."""
-    if optim.cosine and optim.warmup_epochs == 0:
+def learning_rate(optim: OptimConfig, epoch: int, warmup_cosine_without_warmup: bool = False) -> float:
+    """The epoch's learning rate (the papers set it once per epoch). ``warmup_cosine_without_warmup``:
+    the method's reference keeps its warm-up formula when there is no warm-up
+    (methods.base.Method.warmup_cosine_without_warmup)."""
+    if optim.cosine and optim.warmup_epochs == 0 and not warmup_cosine_without_warmup:
         # Plain cosine from the base lr (MoCo, the decoupling configs): lr * (1 + cos(pi e / E)) / 2.
         return cosine_lr(epoch, optim.lr, optim.epochs)
     if optim.cosine:
@@ -270,7 +272,7 @@ def fit(config: TrainConfig, method, data, ctx: DeviceContext, loaders: Dict[str
     selection_key = f"best_on_{config.select_on}"
     for epoch in range(start_epoch, optim.epochs):
         began = time.time()
-        lr = learning_rate(optim, epoch)
+        lr = learning_rate(optim, epoch, type(method).warmup_cosine_without_warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
         # Random streams restart from (seed, rank, epoch), so a resumed run (any rank) draws what
