@@ -175,11 +175,18 @@ def _benchmark(name: str, layout: ListLayout, options: DataOptions) -> LongTailD
         return os.path.join(split_dir, default) if default is not None else None
 
     train_list = resolve(options.train_list, layout.train)
-    val_list = resolve(options.val_list, layout.val)
-    test_list = resolve(options.test_list, layout.test)
-    if test_list is None:
-        # iNaturalist 2018 has no public test labels; every repo reports on the validation list.
-        test_list, val_list = val_list, None
+    if layout.test is None:
+        # iNaturalist 2018 has no public test labels; every repo reports on the upstream validation
+        # list, so that file is the test set here and only a --val_list of one's own validates.
+        test_list = resolve(options.test_list, layout.val)
+        val_list = options.val_list
+    else:
+        val_list = resolve(options.val_list, layout.val)
+        test_list = resolve(options.test_list, layout.test)
+    if val_list is not None and os.path.realpath(val_list) == os.path.realpath(test_list):
+        # Selecting on it would be selecting on the test set under the name "validation".
+        raise DatasetError(f"--val_list {val_list} is the test list of {name}: give a validation list of "
+                           "images outside the test set (or none)")
     return build_from_lists(name, options, train_list, val_list, test_list, layout.mean, layout.std)
 
 

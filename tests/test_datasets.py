@@ -201,6 +201,19 @@ def test_inat_val_doubles_as_test(tmp_path):
     assert data.mean == (0.466, 0.471, 0.380) and data.std == (0.195, 0.194, 0.192)
 
 
+def test_inat_val_list_of_ones_own_validates_and_the_upstream_list_stays_the_test_set(tmp_path):
+    lists = write_image_lists(tmp_path, "iNaturalist18", ["train", "val"])
+    train_list = os.path.join(lists.split_dir, "iNaturalist18_train.txt")
+    data = build_dataset("inat2018", list_options(lists, val_list=train_list))
+    assert (len(data.val), len(data.test)) == (9, 6)  # the training list here, the upstream val list
+    # A --test_list leaves the upstream list out entirely (it is not a validation split either).
+    swapped = build_dataset("inat2018", list_options(lists, test_list=train_list))
+    assert len(swapped.test) == 9 and swapped.val is None
+    upstream = os.path.join(lists.split_dir, "iNaturalist18_val.txt")
+    with pytest.raises(DatasetError, match="--val_list .*iNaturalist18_val.txt is the test list of inat2018"):
+        build_dataset("inat2018", list_options(lists, val_list=upstream))
+
+
 def test_places_lt_and_list_overrides(tmp_path):
     lists = write_image_lists(tmp_path, "Places_LT", ["train", "val", "test"])
     data = build_dataset("places_lt", list_options(lists))
