@@ -20,17 +20,18 @@ from typing import Any, Dict
 
 import torch
 
-from utils.config import AMP_CHOICES, GPU_HELP, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, OneLineErrorParser
+from utils.config import (AMP_CHOICES, GPU_HELP, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, OneLineErrorParser,
+                          user_path)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     from utils.checkpoint import add_trust_argument
 
     parser = OneLineErrorParser(description=__doc__)
-    parser.add_argument("--path", required=True, help="run folder or checkpoint file")
+    parser.add_argument("--path", required=True, type=user_path, help="run folder or checkpoint file")
     parser.add_argument("--which", choices=["last", "best"], default="last",
                         help="checkpoint of a run folder to evaluate")
-    parser.add_argument("--data_root", "--data", dest="data_root", default=None,
+    parser.add_argument("--data_root", "--data", dest="data_root", default=None, type=user_path,
                         help="read the data from this folder instead of the one recorded in the checkpoint")
     parser.add_argument("--split", choices=["test", "val"], default="test", help="the evaluation split to score")
     parser.add_argument("--gpu", default=None, help=GPU_HELP)

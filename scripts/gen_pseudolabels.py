@@ -30,18 +30,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.checkpoint import add_trust_argument  # noqa: E402
 from utils.config import (AMP_CHOICES, GPU_HELP, NON_NEGATIVE_INT, POSITIVE_INT, PROBABILITY, ConfigError,  # noqa: E402
-                          OneLineErrorParser, add_bool_flag)
+                          OneLineErrorParser, add_bool_flag, user_path)
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(description=__doc__)
-    parser.add_argument("--path", required=True, help="run folder or checkpoint of the base classifier")
+    parser.add_argument("--path", required=True, type=user_path, help="run folder or checkpoint of the base classifier")
     parser.add_argument("--which", choices=["last", "best"], default="last", help="checkpoint of a run folder")
-    parser.add_argument("--pool", required=True, help="leftover | svhn_extra | PICKLE | FOLDER | LIST")
-    parser.add_argument("--pool_root", default=None, help="SVHN .mat folder, or the root of a list's paths")
+    parser.add_argument("--pool", required=True, type=user_path, help="leftover | svhn_extra | PICKLE | FOLDER | LIST")
+    parser.add_argument("--pool_root", default=None, type=user_path,
+                        help="SVHN .mat folder, or the root of a list's paths")
     parser.add_output_argument("--out", required=True, help="pseudo-label file to write (.npz)")
     parser.add_argument("--threshold", type=PROBABILITY, default=None,
                         help="keep predictions with confidence >= T only (default: keep all, as the paper)")
-    parser.add_argument("--data_root", "--data", dest="data_root", default=None,
+    parser.add_argument("--data_root", "--data", dest="data_root", default=None, type=user_path,
                         help="override the run's data folder (leftover pool)")
     add_bool_flag(parser, "--download", default=False, help="download missing SVHN files")
     parser.add_argument("--gpu", default=None, help=GPU_HELP)

@@ -35,6 +35,27 @@ def test_paper_spellings_are_aliases():
     assert parse("--use_norm", "True").use_norm is True
 
 
+def test_a_tilde_in_a_path_flag_is_the_home_folder(monkeypatch, tmp_path):
+    # The shell leaves --data_root=~/data as typed; torchvision would expand it and download into
+    # the home folder while the toolkit looked in ./~/data.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    args = parse("--data_root=~/data", "--split_dir=~/lists", "--val_list=~/v.txt", "--out_dir=~/runs/a",
+                 "--resume=~/runs/a", "--pretrained_model=~/ssp.pth", "--unlabeled=~/pseudo.npz")
+    home = str(tmp_path)
+    assert (args.data_root, args.split_dir, args.val_list, args.out_dir, args.resume, args.pretrained_model,
+            args.unlabeled) == tuple(os.path.join(home, name) for name in
+                                     ("data", "lists", "v.txt", "runs/a", "runs/a", "ssp.pth", "pseudo.npz"))
+    assert parse("--resume", "auto").resume == "auto" and parse().data_root == "./data"
+    import test as test_script
+
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    import gen_pseudolabels
+
+    assert test_script.get_args_parser().parse_args(["--path=~/runs/a", "--data=~/data"]).data_root == home + "/data"
+    pool = gen_pseudolabels.get_args_parser().parse_args(["--path", "~/r", "--pool=~/ti.pickle", "--out=~/p.npz"])
+    assert (pool.path, pool.pool, pool.out) == (home + "/r", home + "/ti.pickle", home + "/p.npz")
+
+
 def test_semi_self_flags_compose_the_method():
     config, label = main_script.build_config(parse("--loss_type", "LDAM", "--train_rule", "DRW"))
     assert config.method == "erm"

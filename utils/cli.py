@@ -19,7 +19,7 @@ from datasets.longtail import IMB_TYPES, SELECTIONS
 from utils.checkpoint import CheckpointError, add_trust_argument
 from utils.config import (AMP_CHOICES, AUG_BACKENDS, COMPILE_MODES, FRACTION, GPU_HELP, NON_NEGATIVE_INT, SEED,
                           REFERENCE_IMB_FACTOR_UNLABEL, SELECTION_SPLITS, ConfigError, Number, OptimConfig, Recipe,
-                          RunConfig, TrainConfig, add_bool_flag, str2bool)
+                          RunConfig, TrainConfig, add_bool_flag, str2bool, user_path)
 
 
 def limit(config_class: type, name: str) -> Number:
@@ -32,7 +32,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str) ->
     group.add_argument("--dataset", default=default_dataset, type=dataset_name, choices=DATASETS.names(),
                        help="dataset (the papers' 'imagenet', 'inat' and 'inaturalist' name imagenet_lt and "
                             "inat2018)")
-    group.add_argument("--data_root", "--data", dest="data_root", default="./data",
+    group.add_argument("--data_root", "--data", dest="data_root", default="./data", type=user_path,
                        help="dataset folder (CIFAR pickles below it, or the image root of list datasets)")
     group.add_argument("--imb_type", default="exp", choices=IMB_TYPES, help="per-class count profile")
     group.add_argument("--imb_factor", type=FRACTION, default=0.01, help="1 / imbalance ratio, in (0, 1]")
@@ -42,11 +42,13 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_dataset: str) ->
     group.add_argument("--val_per_class", type=NON_NEGATIVE_INT, default=0,
                        help="validation images per class, taken from the training images the long-tailed "
                             "subset leaves unused (fewer where a class has fewer left) (default: 0, none)")
-    group.add_argument("--split_dir", default=None, help="folder of ImageNet-LT / iNat / Places-LT lists")
-    group.add_argument("--train_list", default=None,
+    group.add_argument("--split_dir", default=None, type=user_path,
+                       help="folder of ImageNet-LT / iNat / Places-LT lists")
+    group.add_argument("--train_list", default=None, type=user_path,
                        help="training list 'path label' per line (default: the dataset's own, in --split_dir)")
-    group.add_argument("--val_list", default=None, help="validation list (default: the dataset's own, if any)")
-    group.add_argument("--test_list", default=None, help="test list (default: the dataset's own)")
+    group.add_argument("--val_list", default=None, type=user_path,
+                       help="validation list (default: the dataset's own, if any)")
+    group.add_argument("--test_list", default=None, type=user_path, help="test list (default: the dataset's own)")
     add_bool_flag(group, "--download", default=True, help="download missing CIFAR files")
     group.add_argument("--workers", "-j", type=limit(RunConfig, "workers"), default=min(4, os.cpu_count() or 1),
                        help="DataLoader workers for the PIL pipeline (default: up to 4, at most the CPU count)")
@@ -112,9 +114,9 @@ def add_optim_arguments(parser: argparse.ArgumentParser, recipes: Dict[str, Reci
 
 def add_run_arguments(parser: argparse.ArgumentParser, recipes: Dict[str, Recipe]) -> None:
     group = parser.add_argument_group("run")
-    group.add_argument("--root_log", default="log", help="parent folder of run folders")
-    group.add_argument("--out_dir", default=None, help="run folder (default: a name under --root_log)")
-    group.add_argument("--resume", default=None,
+    group.add_argument("--root_log", default="log", type=user_path, help="parent folder of run folders")
+    group.add_argument("--out_dir", default=None, type=user_path, help="run folder (default: a name under --root_log)")
+    group.add_argument("--resume", default=None, type=user_path,
                        help="checkpoint or run folder to continue (it continues in its own folder), or 'auto': "
                             "continue the unfinished run of exactly this configuration (--out_dir, or the "
                             "newest matching run under --root_log), skip it if finished, else start a new one")
@@ -158,9 +160,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, recipes: Dict[str, Recipe
 def add_semi_self_arguments(parser: argparse.ArgumentParser) -> None:
     """Yang & Xu (NeurIPS 2020): pseudo-labelled extra data and self-supervised initialisation."""
     group = parser.add_argument_group("semi-/self-supervised")
-    group.add_argument("--pretrained_model", default=None,
+    group.add_argument("--pretrained_model", default=None, type=user_path,
                        help="initialise the backbone from this checkpoint (rotation / MoCo / any run)")
-    group.add_argument("--unlabeled", default=None,
+    group.add_argument("--unlabeled", default=None, type=user_path,
                        help="pseudo-label file (scripts/gen_pseudolabels.py) whose images join training")
     group.add_argument("--imb_factor_unlabel", type=limit(TrainConfig, "imb_factor_unlabel"), default=None,
                        help=f"imbalance of the selected pseudo-labelled subset (default: "

@@ -95,10 +95,18 @@ def check_limits(config: Any) -> None:
         number.check(flag, getattr(config, name))
 
 
+def user_path(path: str) -> str:
+    """An argparse ``type`` for a path flag: ``~`` stands for the home folder as in the shell. The
+    shell leaves ``--data_root=~/data`` as typed, and torchvision's downloads expand it while every
+    other file access would not: the data would land in one folder and be looked for in another."""
+    return os.path.expanduser(path)
+
+
 def output_file(path: str) -> str:
     """An argparse ``type`` for a file the script writes (--plot, --json, --out): its folder must
     exist and be writable, so a typo fails at once instead of after minutes of work. Missing
     folders are not created: a mistyped path would otherwise scatter new folders."""
+    path = user_path(path)
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name inside it")
