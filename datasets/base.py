@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
@@ -35,6 +36,30 @@ def download_folder(root: str) -> Iterator[None]:
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def staging_folder(root: str) -> Iterator[str]:
+    """A folder inside ``root`` that only this process writes (named by host and process id), for
+    a download and its extraction; removed afterwards, whatever happened. Files move from it into
+    place with ``os.replace`` only once complete and md5-checked, so an interrupted download leaves
+    nothing a later run would trust, and processes fetching at once (DDP ranks, two runs on one
+    --data_root) never write into one file."""
+    path = os.path.join(root, f".download-{socket.gethostname()}-{os.getpid()}")
+    os.makedirs(path, exist_ok=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def move_missing(source: str, target: str) -> None:
+    """Moves each file of ``source`` to ``target`` where ``target`` lacks it; a file already there
+    (put there by the user, or by another process a moment ago) is kept."""
+    os.makedirs(target, exist_ok=True)
+    for name in os.listdir(source):
+        if not os.path.lexists(os.path.join(target, name)):
+            os.replace(os.path.join(source, name), os.path.join(target, name))
 
 
 @dataclass(frozen=True)

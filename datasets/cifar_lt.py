@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from .base import DataOptions, DatasetError, ImageSource, LongTailData, download_folder
+from .base import DataOptions, DatasetError, ImageSource, LongTailData, download_folder, move_missing, staging_folder
 from .longtail import balanced_validation_indices, class_counts, leftover_indices, select_indices
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -91,14 +91,22 @@ def ensure_cifar_files(root: str, layout: CifarLayout, download: bool) -> None:
         return
     if not download:
         raise DatasetError(_not_found_message(root, layout, missing, "CIFAR files not found and download is off"))
+    folder = os.path.join(root, layout.folder)
+    if len(missing) < len(layout.train_files) + 2:
+        # The folder holds some of the files: they may be the user's own copies (re-encoded, say),
+        # which the official archive would silently mix with or replace.
+        raise DatasetError(f"{folder} holds some CIFAR files but not {os.path.basename(missing[0])}: put the "
+                           f"missing files there, or move the folder away to download the official ones")
     # Imported here: torchvision is only needed when something has to be fetched.
     from torchvision.datasets import utils as tv_utils
 
+    archive = os.path.basename(layout.url)
     try:
-        with download_folder(root):
-            tv_utils.download_and_extract_archive(
-                layout.url, download_root=root, filename=os.path.basename(layout.url), md5=layout.md5
-            )
+        with download_folder(root), staging_folder(root) as staging:
+            tv_utils.download_url(layout.url, staging, filename=archive, md5=layout.md5)
+            tv_utils.extract_archive(os.path.join(staging, archive), staging)
+            move_missing(os.path.join(staging, layout.folder), folder)
+            os.replace(os.path.join(staging, archive), os.path.join(root, archive))  # kept, as torchvision does
     except (OSError, RuntimeError) as error:  # URLError is an OSError; a bad md5 is a RuntimeError
         message = _not_found_message(root, layout, missing, f"cannot download CIFAR ({error})")
         raise DatasetError(message) from error

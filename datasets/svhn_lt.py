@@ -22,7 +22,7 @@ import numpy as np
 
 from datasets import DATASETS, DatasetEntry
 
-from .base import DataOptions, DatasetError, ImageSource, LongTailData, download_folder
+from .base import DataOptions, DatasetError, ImageSource, LongTailData, download_folder, staging_folder
 from .longtail import balanced_validation_indices, class_counts, leftover_indices, select_indices
 
 SVHN_MAX_PER_CLASS = 1000
@@ -57,8 +57,9 @@ def ensure_svhn_file(root: str, split: str, download: bool) -> str:
     from torchvision.datasets import utils as tv_utils
 
     try:
-        with download_folder(root):
-            tv_utils.download_url(url, root, filename=filename, md5=md5)
+        with download_folder(root), staging_folder(root) as staging:
+            tv_utils.download_url(url, staging, filename=filename, md5=md5)
+            os.replace(os.path.join(staging, filename), path)
     except (OSError, RuntimeError) as error:  # URLError is an OSError; a bad md5 is a RuntimeError
         raise DatasetError(f"cannot download SVHN {split} ({error}); {hint}") from error
     if not os.path.isfile(path):
@@ -75,8 +76,9 @@ def read_svhn_split(root: str, split: str, download: bool = True) -> ImageSource
         raise DatasetError("reading SVHN's .mat files needs SciPy: pip install scipy") from error
     try:
         entry = sio.loadmat(path)
-    except (OSError, ValueError) as error:
-        raise DatasetError(f"cannot read {path}: {error}") from error
+    except Exception as error:  # noqa: BLE001 - scipy's MatReadError, IndexError, ... on a cut or damaged file
+        raise DatasetError(f"cannot read {path} ({type(error).__name__}: {error}): the file is incomplete or "
+                           "damaged; delete it and run again with --download True to fetch it") from error
     if "X" not in entry or "y" not in entry:
         raise DatasetError(f"{path} lacks the variables 'X' and 'y' of the SVHN format")
     pixels = np.asarray(entry["X"])

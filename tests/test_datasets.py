@@ -90,7 +90,7 @@ def test_existing_files_are_trusted_without_md5_or_download(cifar10_root, monkey
     def must_not_run(*args, **kwargs):
         raise AssertionError("files exist, nothing should be downloaded")
 
-    monkeypatch.setattr(tv_utils, "download_and_extract_archive", must_not_run)
+    monkeypatch.setattr(tv_utils, "download_url", must_not_run)
     assert build_dataset("cifar10", DataOptions(data_root=cifar10_root.root, download=True)).num_classes == 10
 
 
@@ -100,30 +100,63 @@ def test_download_is_called_with_the_official_archive(tmp_path, monkeypatch, nam
 
     calls = []
 
-    def fake_download(url, download_root, extract_root=None, filename=None, md5=None, remove_finished=False):
-        calls.append(dict(url=url, root=download_root, filename=filename, md5=md5))
-        write_cifar(download_root, classes, 5, 1)  # what extracting the archive would leave
+    def fake_download(url, root, filename=None, md5=None):
+        calls.append(dict(url=url, root=root, filename=filename, md5=md5))
+        with open(os.path.join(root, filename), "wb") as stream:
+            stream.write(b"archive")
 
-    monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake_download)
+    def fake_extract(archive, to_path):
+        write_cifar(to_path, classes, 5, 1)  # what extracting the archive would leave
+
+    monkeypatch.setattr(tv_utils, "download_url", fake_download)
+    monkeypatch.setattr(tv_utils, "extract_archive", fake_extract)
     root = str(tmp_path / "fresh")
     data = build_dataset(name, DataOptions(data_root=root, imb_factor=1.0))
     expected_md5 = {"cifar10": "c58f30108f718f92721af3b95e74349a", "cifar100": "eb9058c3a382ffc7106e4002c42a8d85"}
-    assert calls == [dict(url=layout.url, root=root, filename=os.path.basename(layout.url), md5=expected_md5[name])]
+    archive = os.path.basename(layout.url)
+    # Fetched and extracted in a folder of this process's own, then moved into place.
+    assert [{**call, "root": os.path.dirname(call["root"])} for call in calls] == [
+        dict(url=layout.url, root=root, filename=archive, md5=expected_md5[name])]
+    assert os.path.basename(calls[0]["root"]).startswith(".download-")
+    assert sorted(os.listdir(root)) == sorted([archive, layout.folder])
     assert layout.url.startswith("https://www.cs.toronto.edu/~kriz/")
     assert data.train_counts == [5] * classes
+
+
+def test_a_cut_download_leaves_nothing_and_a_partial_folder_is_not_overwritten(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tv_utils
+
+    def interrupted(url, root, filename=None, md5=None):
+        with open(os.path.join(root, filename), "wb") as stream:
+            stream.write(b"part of the archive")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tv_utils, "download_url", interrupted)
+    (tmp_path / "data").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset("cifar10", DataOptions(data_root=str(tmp_path / "data")))
+    assert os.listdir(tmp_path / "data") == []  # no partial archive a later run could take for the real one
+    # A folder holding some of the batches (the user's copies) is neither mixed with nor replaced
+    # by the official archive.
+    write_cifar(str(tmp_path / "data"), 10, 5, 1)
+    os.remove(tmp_path / "data" / "cifar-10-batches-py" / "data_batch_3")
+    monkeypatch.setattr(tv_utils, "download_url", lambda *a, **k: pytest.fail("no download"))
+    with pytest.raises(DatasetError, match="cifar-10-batches-py holds some CIFAR files but not data_batch_3: "
+                                           "put the missing files there, or move the folder away"):
+        build_dataset("cifar10", DataOptions(data_root=str(tmp_path / "data")))
 
 
 def test_offline_download_becomes_one_clear_error(tmp_path, monkeypatch):
     import torchvision.datasets.utils as tv_utils
 
-    def offline(url, download_root, filename=None, **kwargs):
+    def offline(url, root, filename=None, md5=None):
         # As torchvision does: the folder is made, and a broken transfer leaves part of the archive.
-        os.makedirs(download_root, exist_ok=True)
-        with open(os.path.join(download_root, filename), "wb") as stream:
+        os.makedirs(root, exist_ok=True)
+        with open(os.path.join(root, filename), "wb") as stream:
             stream.write(b"partial")
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(tv_utils, "download_and_extract_archive", offline)
+    monkeypatch.setattr(tv_utils, "download_url", offline)
     root = str(tmp_path / "nowhere" / "data")
     with pytest.raises(DatasetError) as caught:
         build_dataset("cifar10", DataOptions(data_root=root))
@@ -132,13 +165,13 @@ def test_offline_download_becomes_one_clear_error(tmp_path, monkeypatch):
     for part in (root, "cifar-10-batches-py", CIFAR10.url, "--dataset cifar10_sample", "name resolution"):
         assert part in message
     # A mistyped --data_root leaves no folder behind; a folder that existed is not removed and
-    # keeps what it held.
+    # keeps what it held (and nothing more).
     assert os.listdir(tmp_path) == []
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "notes.txt").write_text("mine")
     with pytest.raises(DatasetError, match="cannot download CIFAR"):
         build_dataset("cifar10", DataOptions(data_root=str(tmp_path / "data")))
-    assert (tmp_path / "data" / "notes.txt").read_text() == "mine"
+    assert os.listdir(tmp_path / "data") == ["notes.txt"] and (tmp_path / "data" / "notes.txt").read_text() == "mine"
     # Under DDP every rank builds the data, and another may be writing into the new folder: it stays.
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(DatasetError, match="cannot download CIFAR"):
@@ -149,7 +182,7 @@ def test_offline_download_becomes_one_clear_error(tmp_path, monkeypatch):
 def test_missing_files_without_download(tmp_path, monkeypatch):
     import torchvision.datasets.utils as tv_utils
 
-    monkeypatch.setattr(tv_utils, "download_and_extract_archive", lambda *a, **k: pytest.fail("download is off"))
+    monkeypatch.setattr(tv_utils, "download_url", lambda *a, **k: pytest.fail("download is off"))
     with pytest.raises(DatasetError, match="cifar-100-python.*cifar10_sample"):
         build_dataset("cifar100", DataOptions(data_root=str(tmp_path), download=False))
 
@@ -157,7 +190,7 @@ def test_missing_files_without_download(tmp_path, monkeypatch):
 def test_a_data_root_that_is_a_file_is_named_before_any_download(tmp_path, monkeypatch):
     import torchvision.datasets.utils as tv_utils
 
-    monkeypatch.setattr(tv_utils, "download_and_extract_archive", lambda *a, **k: pytest.fail("no download"))
+    monkeypatch.setattr(tv_utils, "download_url", lambda *a, **k: pytest.fail("no download"))
     (tmp_path / "data").write_text("not a folder")
     with pytest.raises(DatasetError, match=r"--data_root .*data is a file, not a folder"):
         build_dataset("cifar10", DataOptions(data_root=str(tmp_path / "data")))

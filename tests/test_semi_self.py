@@ -511,6 +511,19 @@ def test_svhn_download_goes_through_torchvision(tmp_path, monkeypatch):
     assert len(pool) == 20 and np.bincount(pool.reference_labels).tolist() == [2] * 10
 
 
+def test_a_cut_or_empty_svhn_file_is_one_line_that_says_to_fetch_it_again(tmp_path):
+    from datasets.svhn_lt import read_svhn_split
+
+    write_svhn(str(tmp_path), "test", [1] * 10)
+    path = tmp_path / "test_32x32.mat"
+    whole = path.read_bytes()
+    for cut in (b"", whole[:100], whole[:len(whole) // 2]):  # scipy: MatReadError, IndexError, OSError
+        path.write_bytes(cut)
+        with pytest.raises(DatasetError, match=r"cannot read .*test_32x32.mat .*incomplete or damaged; delete it "
+                                               r"and run again with --download True"):
+            read_svhn_split(str(tmp_path), "test", download=False)
+
+
 # ---- end to end --------------------------------------------------------------------------------------
 def train(capsys, *argv):
     """main.py's own path in this process (real main.py processes run in test_engine and others);
