@@ -207,11 +207,14 @@ PATH_OPTIONS = ("data_root", "split_dir", "train_list", "val_list", "test_list")
 def absolute_data_options(name: str, options: DataOptions, base: Optional[str] = None) -> DataOptions:
     """`options` with every path made absolute against `base` (default: the working directory),
     as checkpoints record them: a relative --data_root would otherwise mean whatever folder
-    test.py happens to run in. The bundled sample's default root stands for the sample folder."""
+    test.py happens to run in. The bundled sample's default root stands for the sample folder,
+    unless it holds a sample of its own (a train.txt), which is then what was read
+    (datasets.sample.sample_root)."""
     base = os.getcwd() if base is None else base
     changes = {key: os.path.normpath(os.path.join(base, getattr(options, key)))
                for key in PATH_OPTIONS if getattr(options, key) is not None}
-    if name == "cifar10_sample" and os.path.normpath(options.data_root) == os.path.normpath(DataOptions.data_root):
+    if (name == "cifar10_sample" and os.path.normpath(options.data_root) == os.path.normpath(DataOptions.data_root)
+            and not os.path.isfile(os.path.join(changes["data_root"], "train.txt"))):
         from datasets.sample import SAMPLE_DIR
 
         changes["data_root"] = SAMPLE_DIR

@@ -418,3 +418,16 @@ def test_a_moved_data_folder_takes_the_lists_inside_it_along(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(DatasetError, match=r"file \(--data_root\) is a file, not a folder"):
         data_options(payload, str(tmp_path / "file"))
+
+
+def test_the_sample_run_records_the_folder_it_read(tmp_path):
+    # With the default --data_root, cifar10_sample reads ./data when it holds a train.txt and the
+    # bundled sample otherwise: the checkpoint must name the one read, or test.py scores others.
+    from datasets.loaders import absolute_data_options
+
+    assert absolute_data_options("cifar10_sample", DataOptions(), base=str(tmp_path)).data_root == SAMPLE_DIR
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.txt").write_text("")
+    recorded = absolute_data_options("cifar10_sample", DataOptions(), base=str(tmp_path)).data_root
+    assert recorded == str(tmp_path / "data")
+    assert absolute_data_options("cifar10", DataOptions(), base=str(tmp_path)).data_root == str(tmp_path / "data")
