@@ -67,6 +67,19 @@ def test_semi_self_flags_compose_the_method():
     assert config.method_options["loss"] == "focal" and config.method_options["train_rule"] == "reweight"
 
 
+def test_cifar_long_tail_flags_are_refused_on_list_datasets():
+    with pytest.raises(ConfigError, match="--imb_factor: shapes the long tail cut from CIFAR-style datasets; "
+                                          "imagenet_lt's long tail is its training list: drop it"):
+        main_script.build_config(parse("--dataset", "imagenet_lt", "--imb_factor", "0.1"))
+    with pytest.raises(ConfigError, match="^--imb_type --lt_selection --lt_seed: shape .* drop them"):
+        main_script.build_config(parse("--dataset", "inat", "--imb_type", "step", "--lt_selection", "first",
+                                       "--lt_seed", "3"))
+    config, _ = main_script.build_config(parse("--dataset", "places_lt", "--arch", "resnet50"))
+    assert config.dataset == "places_lt"
+    config, _ = main_script.build_config(parse("--dataset", "cifar100", "--imb_factor", "0.1", "--lt_seed", "3"))
+    assert (config.data.imb_factor, config.data.lt_seed) == (0.1, 3)
+
+
 def test_recipe_defaults_follow_the_semi_self_code():
     config, _ = main_script.build_config(parse("--method", "ce"))
     optim = config.optim

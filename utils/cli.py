@@ -223,6 +223,17 @@ def pick(value, default):
 
 
 def data_options(args: argparse.Namespace, default_selection: str) -> DataOptions:
+    if not dataset_entry(args.dataset).small_images:
+        # These shape the long tail cut from a balanced CIFAR-style set; a list dataset's long tail
+        # is its training list, so the flags would be recorded (and name the run folder) unused.
+        given = [flag for flag, value, default in (
+            ("--imb_factor", args.imb_factor, DataOptions.imb_factor), ("--imb_type", args.imb_type, DataOptions.imb_type),
+            ("--lt_selection", args.lt_selection, None), ("--lt_seed", args.lt_seed, DataOptions.lt_seed))
+            if value != default]
+        if given:
+            raise ConfigError(f"{' '.join(given)}: {'shapes' if len(given) == 1 else 'shape'} the long tail cut from "
+                              f"CIFAR-style datasets; {args.dataset}'s long tail is its training list: drop "
+                              f"{'it' if len(given) == 1 else 'them'} (or give another --train_list)")
     return DataOptions(data_root=args.data_root, imb_type=args.imb_type, imb_factor=args.imb_factor,
                        lt_selection=pick(args.lt_selection, default_selection), lt_seed=args.lt_seed,
                        val_per_class=args.val_per_class, split_dir=args.split_dir,
