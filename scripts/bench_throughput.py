@@ -47,7 +47,7 @@ from datasets.cifar_lt import CIFAR_MEAN, CIFAR_STD  # noqa: E402
 from datasets.device_loader import DeviceLoader  # noqa: E402
 from methods import METHODS, build_method  # noqa: E402
 from models import build_model  # noqa: E402
-from utils.config import AMP_CHOICES, OneLineErrorParser  # noqa: E402
+from utils.config import AMP_CHOICES, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, OneLineErrorParser  # noqa: E402
 from utils.engine import DeviceInputs, autocast_context, make_scaler, resolve_amp  # noqa: E402
 
 class Setup(NamedTuple):
@@ -258,22 +258,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--method", nargs="+", default=["ce"], choices=sorted(METHOD_SETUPS),
                         help="one or more methods, timed one after the other")
-    parser.add_argument("--seconds", type=float, default=30.0, help="timed seconds per pipeline and phase")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating slices per pipeline")
-    parser.add_argument("--batch_size", "-b", type=int, default=128)
-    parser.add_argument("--workers", "-j", type=int, default=min(4, os.cpu_count() or 1),
+    parser.add_argument("--seconds", type=POSITIVE, default=30.0, help="timed seconds per pipeline and phase")
+    parser.add_argument("--rounds", type=POSITIVE_INT, default=3, help="alternating slices per pipeline")
+    parser.add_argument("--batch_size", "-b", type=POSITIVE_INT, default=128)
+    parser.add_argument("--workers", "-j", type=NON_NEGATIVE_INT, default=min(4, os.cpu_count() or 1),
                         help="DataLoader workers of the papers' pipeline (default: min(4, CPUs))")
-    parser.add_argument("--warmup_steps", type=int, default=3, help="untimed steps per pipeline and phase first")
+    parser.add_argument("--warmup_steps", type=NON_NEGATIVE_INT, default=3, help="untimed steps per pipeline and phase first")
     parser.add_argument("--synthetic", action="store_true", help="random images instead of the CIFAR-10 sample")
     parser.add_argument("--amp", default="auto", choices=AMP_CHOICES,
                         help="precision of the fast path (the papers' pipeline is always fp32)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=POSITIVE_INT, default=None,
                         help="torch threads for both pipelines (default: torch's choice)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path's network")
     parser.add_argument("--compile_mode", default=None, choices=["default", "reduce-overhead", "max-autotune"],
                         help="torch.compile mode of the fast path (implies --compile); reduce-overhead captures "
                              "the network's forward and backward in CUDA graphs (on CUDA only)")
-    parser.add_argument("--queue_fill_steps", type=int, default=None,
+    parser.add_argument("--queue_fill_steps", type=NON_NEGATIVE_INT, default=None,
                         help="bccl: untimed steps at most that fill the class queues before timing "
                              "(default: until full, at most twice the steps balanced batches need)")
     parser.add_argument("--json", default=None, help="also write every number to this JSON file")
@@ -345,9 +345,7 @@ def bench_method(args, name: str, source: ImageSource, device: torch.device, mod
 def main(args: argparse.Namespace) -> float:
     """Benchmarks every --method; returns the speedup of the last one over its schedule."""
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is visible; use --device cpu")
-    if args.seconds <= 0 or args.rounds < 1:
-        raise SystemExit("--seconds must be positive and --rounds at least 1")
+        get_args_parser().error("--device cuda: no CUDA device is visible; use --device cpu")
     methods = list(dict.fromkeys([args.method] if isinstance(args.method, str) else args.method))
     device = torch.device(args.device)
     if args.threads is not None:

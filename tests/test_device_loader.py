@@ -156,3 +156,16 @@ def test_throughput_benchmark_runs_both_pipelines(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert speedup > 0 and lines[-1] == f"speedup {speedup:.2f}"
     assert any(line.startswith("papers") for line in lines) and any(line.startswith("fast") for line in lines)
+
+
+def test_throughput_benchmark_flags_are_checked_as_typed(capsys):
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "bench_throughput.py")
+    spec = importlib.util.spec_from_file_location("bench_throughput", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for argv, fragment in ((["--seconds", "nan"], "--seconds"), (["--seconds", "0"], "--seconds"),
+                           (["--rounds", "0"], "--rounds"), (["-b", "-1"], "-b"), (["--threads", "0"], "--threads")):
+        with pytest.raises(SystemExit) as stop:
+            bench.get_args_parser().parse_args(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and fragment in err and err.count("\n") == 1, err
