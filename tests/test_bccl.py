@@ -268,8 +268,12 @@ def test_total_loss_weighs_its_parts_and_the_classifier_learns_from_view_one(one
     with torch.no_grad():
         view_one, view_two = method.model(views[0]), method.model(views[1])
     torch.testing.assert_close(out["logits"].detach(), view_one)
-    assert parts["ce"] == pytest.approx(float(method.ce_loss(view_one, targets)))
-    assert parts["ce"] != pytest.approx(float(method.ce_loss(view_two, targets)))
+    # BCCL's CE is logit-adjusted by the class prior (counts 6:3:1, tau 1), not plain CE.
+    adjusted = view_one + torch.log(torch.tensor([0.6, 0.3, 0.1]))
+    assert parts["ce"] == pytest.approx(float(F.cross_entropy(adjusted, targets)), rel=1e-5)
+    assert parts["ce"] != pytest.approx(float(F.cross_entropy(view_one, targets)), rel=1e-3)
+    assert parts["ce"] != pytest.approx(float(F.cross_entropy(view_two + torch.log(torch.tensor([0.6, 0.3, 0.1])),
+                                                              targets)), rel=1e-3)
 
 
 def test_epoch_refresh_mode_clusters_once_per_epoch(one_thread):
@@ -407,7 +411,56 @@ dist.destroy_process_group()
 """
 
 
-def test_ddp_gathers_features_before_the_loss_and_the_queue(tmp_path):
+DDP_METHOD_RANK = """
+import sys
+import torch
+import torch.distributed as dist
+from methods import build_method
+from models import build_model
+
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+views, targets = torch.load(sys.argv[1])
+torch.manual_seed(0)  # tiny_method's weights, on every rank
+model = build_model("resnet32", num_classes=3, head="normed", scale=1 / 0.03)
+method = build_method("bccl", model, [6, 3, 1], feat_dim=8, queue_size=6, num_centroids=2, warmup_epochs=1)
+method.eval()  # BatchNorm on running statistics: an image's embedding does not depend on its batch
+share = targets.shape[0] // world
+mine = slice(rank * share, (rank + 1) * share)
+out = method.training_step([view[mine] for view in views], targets[mine], epoch=0)
+torch.save({"scl": float(out["parts"]["loss/scl"]), "queues": method.queues.state_dict()}, f"{sys.argv[2]}.{rank}")
+dist.destroy_process_group()
+"""
+
+
+def test_bccl_step_under_ddp_contrasts_and_queues_the_whole_global_batch(tmp_path, one_thread):
+    # BCCL.training_step itself on two gloo ranks, each with half the batch: the contrastive loss
+    # and the class queues must be those of one process holding the whole batch.
+    views, targets = tiny_batch(0)
+    inputs, out = str(tmp_path / "inputs.pt"), str(tmp_path / "rank")
+    torch.save((views, targets), inputs)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ranks = [subprocess.Popen([sys.executable, "-c", DDP_METHOD_RANK, inputs, out], cwd=ROOT, stderr=subprocess.PIPE,
+                              env={**SUBPROCESS_ENV, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                                   "MASTER_PORT": str(port)}) for rank in range(2)]
+    for process in ranks:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr.decode()[-2000:]
+    whole = tiny_method(warmup_epochs=1).eval()
+    scl = float(whole.training_step(views, targets, epoch=0)["parts"]["loss/scl"])
+    half = tiny_method(warmup_epochs=1).eval()
+    half_scl = float(half.training_step([view[:3] for view in views], targets[:3], epoch=0)["parts"]["loss/scl"])
+    assert half_scl != pytest.approx(scl, rel=1e-3)  # so a rank contrasting its own half would show
+    for rank in range(2):
+        result = torch.load(f"{out}.{rank}")
+        assert result["scl"] == pytest.approx(scl, rel=1e-5)
+        for name, value in whole.queues.state_dict().items():
+            torch.testing.assert_close(result["queues"][name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_gathered_supcon_matches_the_whole_batch_loss_and_gradient(tmp_path):
     generator = torch.Generator().manual_seed(0)
     features = F.normalize(torch.randn(8, 2, 4, generator=generator), dim=2)  # 8 images x 2 views
     labels = torch.tensor([0, 1, 0, 2, 1, 0, 0, 2])
