@@ -15,6 +15,7 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import main as main_script
 from conftest import run_entry, write_cifar
@@ -422,6 +423,28 @@ def test_moco_step_and_shuffled_keys_keep_their_order():
     assert method.key_encoder.backbone.conv1.weight.grad is None
     method.eval()  # batch statistics off: shuffled and plain encodings must agree row by row
     torch.testing.assert_close(method.encode_keys(views[1]), method.key_encoder(views[1]))
+
+
+def test_moco_step_contrasts_its_query_with_its_key_and_the_queue_before_the_push():
+    # The step's loss against InfoNCE written out: -q.k+/T + log(e^(q.k+/T) + sum_j e^(q.n_j/T))
+    # with the negatives n_j the queue as it was before this batch's keys were pushed.
+    torch.manual_seed(0)
+    method = moco(queue_size=16, temperature=0.5).eval()  # running BN statistics: encodings per image
+    queue_before = method.queue.clone()
+    views, targets = (torch.randn(8, 3, 8, 8), torch.randn(8, 3, 8, 8)), torch.randint(0, 3, (8,))
+    out = method.training_step(views, targets, epoch=0)
+    with torch.no_grad():
+        q, probe_logits = method.network(views[0])
+        k = method.encode_keys(views[1])
+    torch.testing.assert_close(method.queue[:8], k)  # this batch's keys, pushed after the loss
+    torch.testing.assert_close(method.queue[8:], queue_before[8:])
+    torch.testing.assert_close(q.norm(dim=1), torch.ones(8))
+    positive = (q * k).sum(dim=1) / 0.5
+    every = torch.cat([positive[:, None], q @ queue_before.t() / 0.5], dim=1)
+    expected = float((torch.logsumexp(every, dim=1) - positive).mean())
+    assert float(out["parts"]["loss/infonce"]) == pytest.approx(expected, rel=1e-5)
+    probe = float(F.cross_entropy(probe_logits, targets))
+    assert float(out["loss"].detach()) == pytest.approx(expected + probe, rel=1e-5)
 
 
 # ---- cRT ---------------------------------------------------------------------------------------------
