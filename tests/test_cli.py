@@ -137,3 +137,29 @@ def test_ctrl_c_and_sigterm_are_one_line_and_the_handler_is_restored(capsys):
     assert run_guarded("test.py", lambda: os.kill(os.getpid(), signals.SIGTERM) or time.sleep(30)) == 143
     assert capsys.readouterr().err == "test.py: terminated (SIGTERM)\n"  # nothing to resume in test.py
     assert signals.getsignal(signals.SIGTERM) is before
+
+
+# --method shorthand -> (loss, train rule, sampler, head, label): the README's baseline table.
+ERM_PRESETS = {
+    "ce": ("ce", "none", None, "linear", "ce"),
+    "focal": ("focal", "none", None, "linear", "focal"),
+    "ldam": ("ldam", "none", None, "normed", "ldam"),
+    "ldam_drw": ("ldam", "drw", None, "normed", "ldam_drw"),
+    "cb_reweight": ("ce", "reweight", None, "linear", "cb_reweight"),
+    "drw": ("ce", "drw", None, "linear", "drw"),
+    "resample": ("ce", "none", "effective_number", "linear", "resample"),
+    "balanced_sampling": ("ce", "none", "class_balanced", "linear", "balanced_sampling"),
+    "logit_adjust": ("logit_adjust", "none", None, "linear", "logit_adjust"),
+    "balanced_softmax": ("balanced_softmax", "none", None, "linear", "balanced_softmax"),
+}
+
+
+@pytest.mark.parametrize("method", sorted(ERM_PRESETS))
+def test_each_erm_shorthand_trains_what_the_readme_says(method):
+    from methods.erm import PRESETS
+
+    assert sorted(PRESETS) == sorted(ERM_PRESETS)
+    config, label = main_script.build_config(parse("--method", method))
+    assert config.method == "erm"
+    assert (config.method_options["loss"], config.method_options["train_rule"], config.sampler, config.head,
+            label) == ERM_PRESETS[method]

@@ -8,7 +8,7 @@ import pytest
 
 import main as main_script
 import train_LCSL as lcsl_script
-from datasets import DATASETS, DataOptions, build_dataset, dataset_entry
+from datasets import DATASETS, DataOptions, build_dataset, dataset_entry, dataset_name
 from methods import METHOD_CLIS, METHODS, build_method
 from methods.bccl import BCCLOptions
 from methods.erm import ERMOptions
@@ -45,7 +45,13 @@ def flagged_fields(options_class):
 
 
 def command_lines():
-    return [(name, METHOD_CLIS.get(name)) for name in METHOD_CLIS.names()]
+    """Method command lines that declare flags of their own (a loop over none would check nothing)."""
+    return [(name, METHOD_CLIS.get(name)) for name in METHOD_CLIS.names()
+            if flagged_fields(METHOD_CLIS.get(name).Options)]
+
+
+def test_only_rotation_has_no_flags_of_its_own():
+    assert [name for name in METHOD_CLIS.names() if not flagged_fields(METHOD_CLIS.get(name).Options)] == ["rotation"]
 
 
 @pytest.mark.parametrize("name,command_line", command_lines(), ids=[n for n, _ in command_lines()])
@@ -151,12 +157,27 @@ def test_destination_is_the_first_flag():
 
 
 # ---- dataset facts ---------------------------------------------------------------------------------
+# (image style, the papers' backbone, own validation list, the papers' other spellings)
+DATASET_FACTS = {
+    "cifar10": ("cifar", "resnet32", False, ()), "cifar100": ("cifar", "resnet32", False, ()),
+    "cifar10_sample": ("cifar", "resnet32", False, ()), "svhn": ("cifar", "resnet32", False, ()),
+    "imagenet_lt": ("imagenet", "resnext50", True, ("imagenet",)),
+    "inat2018": ("imagenet", "resnet50", False, ("inat", "inaturalist")),
+    "places_lt": ("imagenet", None, True, ()), "image_list": ("imagenet", None, False, ()),
+}
+
+
 @pytest.mark.parametrize("name", DATASETS.names())
 def test_every_dataset_declares_its_facts(name):
     entry = dataset_entry(name)
-    assert entry.image_style in ("cifar", "imagenet")
+    assert (entry.image_style, entry.default_arch, entry.ships_val_list, entry.aliases) == DATASET_FACTS[name]
     assert entry.default_arch is None or entry.default_arch in MODELS.names()
-    assert entry.small_images == (entry.image_style == "cifar")
+    for alias in entry.aliases:
+        assert dataset_name(alias) == name
+
+
+def test_every_dataset_has_its_facts_listed():
+    assert sorted(DATASET_FACTS) == sorted(DATASETS.names())
 
 
 def test_the_built_data_agrees_with_its_entry():
