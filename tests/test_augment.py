@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
+from torchvision import transforms as T
 
 from datasets.augment import (
     STYLES,
@@ -196,6 +197,8 @@ def test_build_views_single_and_several():
     # randaug_m goes to the randaug view only; simclr would reject it on its own.
     pair = build_views(["randaug", "simclr"], "cifar", 32, randaug_m=5)
     assert isinstance(pair, MultiView) and len(pair) == 2
+    randaug = [op for op in pair.transforms[0].transforms if isinstance(op, T.RandAugment)]
+    assert len(randaug) == 1 and (randaug[0].num_ops, randaug[0].magnitude) == (2, 5)
 
 
 def test_multiview_batches_through_dataloader():

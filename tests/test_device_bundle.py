@@ -88,8 +88,9 @@ def test_unpack_never_replaces_cifar_files_it_did_not_write(tmp_path, capsys):
     assert sorted(os.listdir(real)) == ["data_batch_1"] and (real / "data_batch_1").read_bytes() == b"the real batch"
 
     # A folder an interrupted unpack left (its stamp says so) is the script's own: unpacked again,
-    # not refused (this minimal bundle then lacks the images, which is how far the test goes).
+    # not refused: it gets past the check to reading the images, which this minimal bundle lacks.
     (real / "bundle.json").write_text(json.dumps({"unpacking": True}))
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="kept"):
         device_bundle.unpack(device_bundle.get_args_parser().parse_args(
             ["unpack", "--bundle", str(bundle), "--data_root", str(tmp_path / "data")]))
+    assert json.loads((real / "bundle.json").read_text()) == {"unpacking": True}

@@ -289,9 +289,15 @@ def test_test_script_writes_the_confusion_matrix_and_says_where_the_tail_went(ci
     assert refused.value.code == 2 and f"--confusion {out} exists" in capsys.readouterr().err
 
 
-def test_native_precisions():
-    cpu, bf16_here = torch.device("cpu"), torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    assert engine_native("none", cpu) and not engine_native("fp16", cpu) and engine_native("bf16", cpu) == bf16_here
+@pytest.mark.parametrize("bf16_native", [True, False])
+def test_native_precisions(monkeypatch, bf16_native):
+    # Both kinds of CPU, whichever this one is: --amp auto is bf16 only where it runs natively.
+    from utils.engine import resolve_amp
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: bf16_native)
+    cpu = torch.device("cpu")
+    assert engine_native("none", cpu) and not engine_native("fp16", cpu)
+    assert (engine_native("bf16", cpu), resolve_amp("auto", cpu)) == (bf16_native, "bf16" if bf16_native else "none")
 
 
 def test_resume_with_other_flags_is_refused(cifar10_root, tmp_path):

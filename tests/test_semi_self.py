@@ -64,6 +64,13 @@ def test_rotation_labels_are_a_shuffled_balanced_list(batch):
     assert counts.max() - counts.min() <= 1 if batch >= 4 else counts.max() <= 1
 
 
+def test_rotation_labels_are_shuffled_by_the_generator():
+    in_order = torch.arange(4).repeat(9)[:33]
+    orders = [rotation_labels(33, torch.Generator().manual_seed(seed)) for seed in (1, 2)]
+    assert not torch.equal(orders[0], in_order) and not torch.equal(orders[0], orders[1])
+    torch.testing.assert_close(rotation_labels(33, torch.Generator().manual_seed(1)), orders[0])  # seeded
+
+
 def test_rotate_images_matches_rot90_image_by_image():
     images, labels = torch.randn(7, 3, 5, 5), torch.tensor([0, 1, 2, 3, 3, 1, 0])
     rotated = rotate_images(images, labels)
