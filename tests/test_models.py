@@ -175,7 +175,7 @@ def test_normed_head_default_scale_and_init():
     torch.testing.assert_close(head.weight.norm(dim=1), torch.ones(10))
 
 
-def test_normed_head_clipped_init_keeps_short_rows_and_clips_long_ones():
+def test_normed_head_clipped_init_keeps_short_rows_and_clips_long_ones(monkeypatch):
     torch.manual_seed(0)
     head = NormedLinear(64, 10)
     head.reset_parameters(max_norm=5.0)
@@ -186,11 +186,15 @@ def test_normed_head_clipped_init_keeps_short_rows_and_clips_long_ones():
     head = NormedLinear(2048, 3)
     head.reset_parameters(max_norm=5.0)  # norm ~26 before clipping: every row ends at exactly 5
     torch.testing.assert_close(head.weight.norm(dim=1), torch.full((3,), 5.0))
-    head = NormedLinear(2, 1)
-    with torch.no_grad():
-        head.weight.copy_(torch.tensor([[3.0, 4.0]]))
-        head.weight.renorm_(2, 0, 2.5)  # the operation the init applies: [3, 4] has norm 5 -> halved
-    torch.testing.assert_close(head.weight, torch.tensor([[1.5, 2.0]]))
+    # Rows drawn as [3, 4] (norm 5) and [0.3, 0.4] (norm 0.5), clipped at 2.5: the first halved, the
+    # second kept; without a limit both become unit rows.
+    drawn = torch.tensor([[3.0, 4.0], [0.3, 0.4]])
+    monkeypatch.setattr(torch.Tensor, "uniform_", lambda tensor, low, high: tensor.copy_(drawn))
+    head = NormedLinear(2, 2)
+    head.reset_parameters(max_norm=2.5)
+    torch.testing.assert_close(head.weight.detach(), torch.tensor([[1.5, 2.0], [0.3, 0.4]]))
+    head.reset_parameters()
+    torch.testing.assert_close(head.weight.detach(), torch.tensor([[0.6, 0.8], [0.6, 0.8]]))
 
 
 def test_normed_linear_matches_hand_computed_cosine():

@@ -483,6 +483,22 @@ def test_crt_trains_the_head_alone():
     assert all(p.grad is None for p in method.model.backbone.parameters())
 
 
+@pytest.mark.parametrize("update_bn", [False, True])
+def test_crt_refreshes_backbone_batchnorm_statistics_only_when_asked(update_bn):
+    # Default: a fixed representation (BN on its running statistics); --crt_update_bn True: the
+    # reference's train-mode backbone, whose statistics follow the new batches (still no gradient).
+    torch.manual_seed(0)
+    method = build_method("crt", build_model("resnet32", 3), COUNTS, update_bn=update_bn)
+    method.train()
+    assert method.model.backbone.training == update_bn
+    before = method.model.backbone.bn1.running_mean.clone()
+    out = method.training_step(torch.randn(4, 3, 8, 8) + 3.0, torch.tensor([0, 1, 2, 0]), epoch=0)
+    out["loss"].backward()
+    assert all(p.grad is None for p in method.model.backbone.parameters())
+    moved = not torch.equal(method.model.backbone.bn1.running_mean, before)
+    assert moved == update_bn
+
+
 # ---- SVHN-LT -----------------------------------------------------------------------------------------
 def write_svhn(root, split, per_digit, seed=0):
     from scipy import io as sio
