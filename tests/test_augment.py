@@ -183,6 +183,23 @@ def test_options_reach_their_recipe():
         build_transform("simclr", "cifar", 32, blur=True)
 
 
+@pytest.mark.parametrize("style, size, kernel", [("cifar", 32, 3), ("imagenet", 224, 23)])
+def test_moco_v2_is_mocos_aug_plus(style, size, kernel):
+    # MoCo v2's augmentation (Chen et al. 2020; the reference's aug_plus): crop scale 0.2-1,
+    # jitter 0.4/0.4/0.4/0.1 with p 0.8, grayscale 0.2, blur sigma 0.1-2 with p 0.5, flip.
+    ops = build_transform("moco_v2", style, size).transforms
+    assert [type(op).__name__ for op in ops] == ["RandomResizedCrop", "RandomApply", "RandomGrayscale",
+                                                 "RandomApply", "RandomHorizontalFlip", "PILToTensor"]
+    assert ops[0].size == (size, size) and ops[0].scale == (0.2, 1.0)
+    jitter = ops[1].transforms[0]
+    assert ops[1].p == 0.8 and (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue) == (
+        (0.6, 1.4), (0.6, 1.4), (0.6, 1.4), (-0.1, 0.1))
+    assert ops[2].p == 0.2
+    blur = ops[3].transforms[0]
+    assert ops[3].p == 0.5 and blur.sigma == (0.1, 2.0) and blur.kernel_size == (kernel, kernel)
+    assert ops[4].p == 0.5
+
+
 def test_multiview_returns_tuple_in_order():
     image = random_image(32, 32)
     views = MultiView([build_transform("test", "cifar", 32), build_transform("autoaug", "cifar", 32)])

@@ -163,3 +163,8 @@ def test_each_erm_shorthand_trains_what_the_readme_says(method):
     assert config.method == "erm"
     assert (config.method_options["loss"], config.method_options["train_rule"], config.sampler, config.head,
             label) == ERM_PRESETS[method]
+
+
+def test_moco_trains_on_two_moco_v2_views():
+    config, _ = main_script.build_config(parse("--method", "moco"))
+    assert config.train_aug == ("moco_v2", "moco_v2")
