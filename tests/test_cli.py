@@ -166,5 +166,7 @@ def test_each_erm_shorthand_trains_what_the_readme_says(method):
 
 
 def test_moco_trains_on_two_moco_v2_views():
+    from methods import METHODS
+
     config, _ = main_script.build_config(parse("--method", "moco"))
-    assert config.train_aug == ("moco_v2", "moco_v2")
+    assert config.train_aug == ("moco_v2",) and METHODS.get("moco").num_views == 2  # one recipe, every view
