@@ -80,22 +80,6 @@ def test_cifar_long_tail_flags_are_refused_on_list_datasets():
     assert (config.data.imb_factor, config.data.lt_seed) == (0.1, 3)
 
 
-def test_run_folder_names_carry_the_long_tail_cut_only_where_one_is_cut(tmp_path):
-    import json
-
-    from utils import run_folder
-
-    cifar, label = main_script.build_config(parse("--method", "ce", "--imb_factor", "0.02", "--root_log", str(tmp_path)))
-    assert run_folder.default_run_name(cifar, label).startswith("cifar10_exp50_ce_resnet32_s0_")
-    imagenet, label = main_script.build_config(parse("--method", "ce", "--dataset", "imagenet_lt", "--root_log", str(tmp_path)))
-    assert run_folder.default_run_name(imagenet, label).startswith("imagenet_lt_ce_resnext50_s0_")
-    # --resume auto still finds a run folder named before, with the unused exp100.
-    old = tmp_path / "imagenet_lt_exp100_ce_resnext50_s0_20261201-000000"
-    old.mkdir()
-    (old / "config.json").write_text(json.dumps(imagenet.to_dict()))
-    assert run_folder._runs_like_this(imagenet, label) == [str(old)]
-
-
 def test_recipe_defaults_follow_the_semi_self_code():
     config, _ = main_script.build_config(parse("--method", "ce"))
     optim = config.optim

@@ -167,17 +167,10 @@ def busy_message(run_dir: str, holder: str) -> str:
             "or choose another --out_dir")
 
 
-def default_run_name(config: TrainConfig, label: str, legacy: bool = False) -> str:
-    """``<dataset>[_<imb_type><ratio>]_<label>_<arch>_s<seed>_<time>``. The imbalance part names the
-    long tail cut by --imb_type / --imb_factor, so list datasets (whose long tail is their training
-    list) have none; ``legacy``: the name they had before, with the unused default exp100."""
-    from datasets import dataset_entry
-
+def default_run_name(config: TrainConfig, label: str) -> str:
     ratio = round(1 / config.data.imb_factor) if config.data.imb_factor > 0 else 0
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    cut = dataset_entry(config.dataset).small_images or legacy
-    shape = f"_{config.data.imb_type}{ratio}" if cut else ""
-    return f"{config.dataset}{shape}_{label}_{config.arch}_s{config.run.seed}_{stamp}"
+    return f"{config.dataset}_{config.data.imb_type}{ratio}_{label}_{config.arch}_s{config.run.seed}_{stamp}"
 
 
 # Fields a continuation may change: where files are, how the run executes and reports, and the
@@ -341,9 +334,8 @@ def _existing_run(run_dir: str, config: TrainConfig, markers: List[str]) -> RunP
 def _runs_like_this(config: TrainConfig, label: str) -> List[str]:
     """Folders under --root_log named like this command's runs whose config.json equals this
     configuration (less what a continuation may change), newest first."""
-    stems = {default_run_name(config, label, legacy).rsplit("_", 1)[0] for legacy in (False, True)}
-    folders = [f for stem in sorted(stems) for f in glob.glob(os.path.join(config.run.root_log, stem + "_*"))
-               if os.path.isdir(f)]
+    stem = default_run_name(config, label).rsplit("_", 1)[0]
+    folders = [f for f in glob.glob(os.path.join(config.run.root_log, stem + "_*")) if os.path.isdir(f)]
     matching = []
     for folder in sorted(folders, key=os.path.getmtime, reverse=True):
         saved = saved_run_config(folder, from_checkpoint=False)
