@@ -85,6 +85,27 @@ def test_supcon_class_averaging_hand_computed():
     assert loss.item() == pytest.approx((l0 + l1 + l2 + 0.0) / 4, rel=1e-6)
 
 
+def test_supcon_two_views_two_images_of_a_class_hand_computed():
+    # Labels (0, 0, 1), two views: b_0 = 2, b_1 = 1. Anchors in view-major order, T = 1:
+    # A0 (1, 0) y0, A1 (0, 1) y0, A2 (.6, .8) y1 | A3 (.8, .6) y0, A4 (-.6, .8) y0, A5 (.8, -.6) y1.
+    # Dots: 01 0, 02 .6, 03 .8, 04 -.6, 05 .8, 12 .8, 13 .6, 14 .8, 15 -.6, 23 .96, 24 .28, 25 0,
+    # 34 0, 35 .28, 45 -.96. A class-0 anchor divides every term by 1 (b_0 - 1 for its three
+    # positives, b_1 for the class-1 ones); a class-1 anchor divides its positive (the other view)
+    # by max(b_1 - 1, 1) = 1 and the four class-0 terms by b_0 = 2.
+    e = math.exp
+    d0 = e(0) + e(.6) + e(.8) + e(-.6) + e(.8)
+    d1 = e(0) + e(.8) + e(.6) + e(.8) + e(-.6)
+    d3 = e(.8) + e(.6) + e(.96) + e(0) + e(.28)
+    d4 = e(-.6) + e(.8) + e(.28) + e(0) + e(-.96)
+    d2 = e(0) + (e(.6) + e(.8) + e(.96) + e(.28)) / 2
+    d5 = e(0) + (e(.8) + e(-.6) + e(.28) + e(-.96)) / 2
+    per_anchor = [math.log(d0) - (0 + .8 - .6) / 3, math.log(d1) - (0 + .6 + .8) / 3, math.log(d2) - 0,
+                  math.log(d3) - (.8 + .6 + 0) / 3, math.log(d4) - (-.6 + .8 + 0) / 3, math.log(d5) - 0]
+    features = torch.tensor([[[1.0, 0.0], [0.8, 0.6]], [[0.0, 1.0], [-0.6, 0.8]], [[0.6, 0.8], [0.8, -0.6]]])
+    loss = class_averaged_supcon(features, torch.tensor([0, 0, 1]), temperature=1.0)
+    assert loss.item() == pytest.approx(sum(per_anchor) / 6, rel=1e-6)
+
+
 def test_supcon_matches_a_loop_over_anchors():
     generator = torch.Generator().manual_seed(0)
     features = F.normalize(torch.randn(6, 2, 5, generator=generator), dim=2)
