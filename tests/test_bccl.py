@@ -432,6 +432,19 @@ dist.destroy_process_group()
 """
 
 
+def run_two_gloo_ranks(script, inputs, out):
+    """``python -c script inputs out`` as ranks 0 and 1 of a gloo group on a free local port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ranks = [subprocess.Popen([sys.executable, "-c", script, inputs, out], cwd=ROOT, stderr=subprocess.PIPE,
+                              env={**SUBPROCESS_ENV, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                                   "MASTER_PORT": str(port)}) for rank in range(2)]
+    for process in ranks:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr.decode()[-2000:]
+
+
 DDP_METHOD_RANK = """
 import sys
 import torch
@@ -460,15 +473,7 @@ def test_bccl_step_under_ddp_contrasts_and_queues_the_whole_global_batch(tmp_pat
     views, targets = tiny_batch(0)
     inputs, out = str(tmp_path / "inputs.pt"), str(tmp_path / "rank")
     torch.save((views, targets), inputs)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    ranks = [subprocess.Popen([sys.executable, "-c", DDP_METHOD_RANK, inputs, out], cwd=ROOT, stderr=subprocess.PIPE,
-                              env={**SUBPROCESS_ENV, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-                                   "MASTER_PORT": str(port)}) for rank in range(2)]
-    for process in ranks:
-        _, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, stderr.decode()[-2000:]
+    run_two_gloo_ranks(DDP_METHOD_RANK, inputs, out)
     whole = tiny_method(warmup_epochs=1).eval()
     scl = float(whole.training_step(views, targets, epoch=0)["parts"]["loss/scl"])
     half = tiny_method(warmup_epochs=1).eval()
@@ -487,15 +492,7 @@ def test_gathered_supcon_matches_the_whole_batch_loss_and_gradient(tmp_path):
     labels = torch.tensor([0, 1, 0, 2, 1, 0, 0, 2])
     inputs, out = str(tmp_path / "inputs.pt"), str(tmp_path / "rank")
     torch.save((features, labels), inputs)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    ranks = [subprocess.Popen([sys.executable, "-c", DDP_RANK, inputs, out], cwd=ROOT, stderr=subprocess.PIPE,
-                              env={**SUBPROCESS_ENV, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-                                   "MASTER_PORT": str(port)}) for rank in range(2)]
-    for process in ranks:
-        _, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, stderr.decode()[-2000:]
+    run_two_gloo_ranks(DDP_RANK, inputs, out)
     features.requires_grad_(True)
     loss = class_averaged_supcon(features, labels, 0.1)
     loss.backward()
