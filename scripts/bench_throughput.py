@@ -263,7 +263,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", "-b", type=POSITIVE_INT, default=128)
     parser.add_argument("--workers", "-j", type=NON_NEGATIVE_INT, default=min(4, os.cpu_count() or 1),
                         help="DataLoader workers of the papers' pipeline (default: min(4, CPUs))")
-    parser.add_argument("--warmup_steps", type=NON_NEGATIVE_INT, default=3, help="untimed steps per pipeline and phase first")
+    parser.add_argument("--warmup_steps", type=NON_NEGATIVE_INT, default=3,
+                        help="untimed steps per pipeline and phase first")
     parser.add_argument("--synthetic", action="store_true", help="random images instead of the CIFAR-10 sample")
     parser.add_argument("--amp", default="auto", choices=AMP_CHOICES,
                         help="precision of the fast path (the papers' pipeline is always fp32)")

@@ -400,7 +400,8 @@ def get_args_parser() -> OneLineErrorParser:
     back = commands.add_parser("restore", help="tar files -> run folders, never overwriting")
     back.add_argument("archives", nargs="+")
     back.add_argument("--into", required=True)
-    keep = commands.add_parser("collect", help="finished runs' config.json, results.json, per_class.csv and log.txt -> results/")
+    keep = commands.add_parser("collect", help="finished runs' config.json, results.json, per_class.csv and "
+                                               "log.txt -> results/")
     keep.add_argument("root", help="folder holding the run folders")
     keep.add_argument("results", help="e.g. results/cifar10_lt_r100")
     return parser

@@ -34,9 +34,11 @@ from utils.config import (AMP_CHOICES, GPU_HELP, NON_NEGATIVE_INT, POSITIVE_INT,
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(description=__doc__)
-    parser.add_argument("--path", required=True, type=user_path, help="run folder or checkpoint of the base classifier")
+    parser.add_argument("--path", required=True, type=user_path,
+                        help="run folder or checkpoint of the base classifier")
     parser.add_argument("--which", choices=["last", "best"], default="last", help="checkpoint of a run folder")
-    parser.add_argument("--pool", required=True, type=user_path, help="leftover | svhn_extra | PICKLE | FOLDER | LIST")
+    parser.add_argument("--pool", required=True, type=user_path,
+                        help="leftover | svhn_extra | PICKLE | FOLDER | LIST")
     parser.add_argument("--pool_root", default=None, type=user_path,
                         help="SVHN .mat folder, or the root of a list's paths")
     parser.add_output_argument("--out", required=True, help="pseudo-label file to write (.npz)")

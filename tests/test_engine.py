@@ -687,7 +687,8 @@ def test_fit_gives_the_schedule_the_methods_cosine_rule(tmp_path, monkeypatch):
 
     asked = []
     real = engine.learning_rate
-    monkeypatch.setattr(engine, "learning_rate", lambda optim, epoch, *rule: asked.append(rule) or real(optim, epoch, *rule))
+    monkeypatch.setattr(engine, "learning_rate",
+                        lambda optim, epoch, *rule: asked.append(rule) or real(optim, epoch, *rule))
     monkeypatch.setattr(ERM, "warmup_cosine_without_warmup", True)
     _train_tiny(dist.DeviceContext(torch.device("cpu")), str(tmp_path / "run.pt"))
     assert asked == [(True,), (True,)]

@@ -227,7 +227,8 @@ def data_options(args: argparse.Namespace, default_selection: str) -> DataOption
         # These shape the long tail cut from a balanced CIFAR-style set; a list dataset's long tail
         # is its training list, so the flags would be recorded (and name the run folder) unused.
         given = [flag for flag, value, default in (
-            ("--imb_factor", args.imb_factor, DataOptions.imb_factor), ("--imb_type", args.imb_type, DataOptions.imb_type),
+            ("--imb_factor", args.imb_factor, DataOptions.imb_factor),
+            ("--imb_type", args.imb_type, DataOptions.imb_type),
             ("--lt_selection", args.lt_selection, None), ("--lt_seed", args.lt_seed, DataOptions.lt_seed))
             if value != default]
         if given:
