@@ -382,6 +382,47 @@ def _ddp_worker(rank, world, port, out, with_val=False):
         dist.cleanup()
 
 
+def _download_worker(rank, world, port, root, marks):
+    """Builds CIFAR-10 into an empty root under DDP with the network faked: first with --download
+    False (every rank must stop with the refusal), then with it (each download leaves a mark)."""
+    import types
+
+    import torchvision.datasets.utils as tv_utils
+
+    from conftest import write_cifar
+    from datasets import DataOptions, DatasetError
+    from utils.run import build_data_rank_zero_first
+
+    def fake_download(url, folder, filename=None, md5=None):
+        open(os.path.join(marks, f"download.{rank}"), "w").close()
+        with open(os.path.join(folder, filename), "wb") as stream:
+            stream.write(b"archive")
+
+    tv_utils.download_url = fake_download
+    tv_utils.extract_archive = lambda archive, to_path: write_cifar(to_path, 10, 5, 1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    ctx = dist.setup_devices(None, backend="gloo")
+    try:
+        offline = types.SimpleNamespace(dataset="cifar10", data=DataOptions(data_root=root, download=False))
+        try:
+            build_data_rank_zero_first(offline, ctx)
+        except DatasetError as error:
+            assert "download is off" in str(error)
+            open(os.path.join(marks, f"refused.{rank}"), "w").close()
+        online = types.SimpleNamespace(dataset="cifar10", data=DataOptions(data_root=root, imb_factor=1.0))
+        assert build_data_rank_zero_first(online, ctx).train_counts == [5] * 10
+    finally:
+        dist.cleanup()
+
+
+def test_under_ddp_rank_zero_downloads_and_the_others_read_what_it_fetched(tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    _spawn_two(_download_worker, str(tmp_path / "data"), str(marks))
+    assert sorted(os.listdir(marks)) == ["download.0", "refused.0", "refused.1"]
+
+
 def _spawn_two(worker, *args):
     """worker(rank, 2, port, *args) in two gloo processes on a free local port."""
     run_ranks(worker, *args, world_size=2)

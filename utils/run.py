@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from datasets import LongTailData, build_dataset, dataset_entry
+from datasets import DatasetError, LongTailData, build_dataset, dataset_entry
 from datasets.augment import build_views, recipe_options
 from datasets.augment.tensor import build_tensor_views, tensor_recipe_options
 from datasets.device_loader import DeviceLoader
@@ -134,7 +134,7 @@ def build_run(config: TrainConfig, label: str):
     checked: List[Optional[Dict[str, Any]]] = []
     _on_main(ctx, lambda: checked.append(_check_resume_before_data(config, label)))
     early_resume = checked[0] if checked else None  # a differing --dataset names itself
-    data = build_dataset(config.dataset, config.data)
+    data = build_data_rank_zero_first(config, ctx)
     check_evaluation_images(data, config.data, ctx.rank, ctx.world_size)  # a bad image stops it before epoch 1
     labeled_counts = list(data.train_counts)
     data_notes: List[str] = []  # logged once the run folder exists (D_U's size, its short classes)
@@ -462,6 +462,17 @@ def resume_at_start_epoch(config: TrainConfig, label: str, start_epoch: int) -> 
     return resolve_checkpoint_path(path, prefer="last.pth") if path else None
 
 
+def build_data_rank_zero_first(config: TrainConfig, ctx: DeviceContext) -> LongTailData:
+    """The dataset, built by rank 0 first: it downloads what is missing while the other ranks
+    wait, and they then read the files it fetched (one download per job, not one per rank). Its
+    refusal (a missing file with --download False, say) stops every rank."""
+    if ctx.world_size == 1:
+        return build_dataset(config.dataset, config.data)
+    built: List[LongTailData] = []
+    _on_main(ctx, lambda: built.append(build_dataset(config.dataset, config.data)))
+    return built[0] if built else build_dataset(config.dataset, config.data)
+
+
 def _on_main(ctx: DeviceContext, work: Callable[[], Any]) -> Any:
     """Runs `work` on rank 0 only and hands its result, or its refusal, to every rank, so that a
     refused DDP run stops on all ranks instead of leaving the others waiting."""
@@ -469,7 +480,7 @@ def _on_main(ctx: DeviceContext, work: Callable[[], Any]) -> Any:
     if ctx.is_main:
         try:
             outcome = work()
-        except (ConfigError, CheckpointError, OSError) as error:
+        except (ConfigError, CheckpointError, DatasetError, OSError) as error:
             outcome = error
     outcome = dist.broadcast_object(outcome)
     if isinstance(outcome, Exception):
