@@ -426,6 +426,8 @@ def hardware(result: Dict[str, Any]) -> str:
     """Where a run trained and in which precision (when recorded): the same ``--amp auto`` is bf16
     on a CPU with native bf16 and fp32 on one without."""
     where = result.get("hardware") or result.get("device", "?")
+    # /proc/cpuinfo's marks and filler words ("Intel(R) Xeon(R) Processor") say nothing about speed.
+    where = re.sub(r"\((R|TM)\)|\s+(CPU|Processor)\b", "", where, flags=re.IGNORECASE)
     precision = result.get("precision")
     return f"{where}, {PRECISION_NAMES.get(precision, precision)}" if precision else where
 

@@ -447,3 +447,11 @@ def test_readme_evidence_tables_are_what_make_table_prints_from_the_committed_re
         assert "| cifar10 |" in printed
         quoted = readme[block_end:block_end + len(printed) + 4]
         assert quoted == "\n\n" + printed + "\n\n", f"README's tables under `{command}` differ from what it prints"
+
+
+def test_hardware_column_drops_trademarks_and_filler_words():
+    assert make_table.hardware({"hardware": "Intel(R) Xeon(R) Processor (1 thread)", "precision": "bf16"}) \
+        == "Intel Xeon (1 thread), bf16"
+    assert make_table.hardware({"hardware": "Intel(R) Core(TM) i7-8700 CPU @ 3.20GHz (2 threads)"}) \
+        == "Intel Core i7-8700 @ 3.20GHz (2 threads)"
+    assert make_table.hardware({"hardware": "1 x NVIDIA H100 80GB HBM3"}) == "1 x NVIDIA H100 80GB HBM3"
