@@ -45,12 +45,34 @@ def staging_folder(root: str) -> Iterator[str]:
     place with ``os.replace`` only once complete and md5-checked, so an interrupted download leaves
     nothing a later run would trust, and processes fetching at once (DDP ranks, two runs on one
     --data_root) never write into one file."""
-    path = os.path.join(root, f".download-{socket.gethostname()}-{os.getpid()}")
+    prefix = f".download-{socket.gethostname()}-"
+    remove_abandoned_staging(root, prefix)
+    path = os.path.join(root, f"{prefix}{os.getpid()}")
     os.makedirs(path, exist_ok=True)
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_abandoned_staging(root: str, prefix: str) -> List[str]:
+    """Deletes the staging folders (``prefix`` + process id) of this host's processes that are
+    gone: one killed mid-download (SIGKILL, a lost session) never ran its cleanup. A live
+    process's folder, and another host's (its processes cannot be checked from here), stay.
+    Returns the names removed."""
+    removed = []
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        pid = name[len(prefix):]
+        if not name.startswith(prefix) or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0 only asks whether the process exists
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            removed.append(name)
+        except OSError:  # alive, another user's (EPERM)
+            pass
+    return removed
 
 
 def move_missing(source: str, target: str) -> None:

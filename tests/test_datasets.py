@@ -123,6 +123,27 @@ def test_download_is_called_with_the_official_archive(tmp_path, monkeypatch, nam
     assert data.train_counts == [5] * classes
 
 
+def test_a_killed_download_s_staging_folder_is_removed_by_the_next_one(tmp_path):
+    import socket
+
+    from datasets.base import staging_folder
+
+    host = socket.gethostname()
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    dead, alive = int(finished.stdout), os.getppid()
+    for name in (f".download-{host}-{dead}", f".download-{host}-{alive}", ".download-otherhost-1", "keep"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "cifar-10-python.tar.gz").write_bytes(b"part")
+    with staging_folder(str(tmp_path)) as path:
+        assert os.path.basename(path) == f".download-{host}-{os.getpid()}"
+        # The dead process's half-download is gone; a live process's, another host's and the
+        # user's own folders stay.
+        assert sorted(os.listdir(tmp_path)) == sorted([f".download-{host}-{alive}", ".download-otherhost-1", "keep",
+                                                       os.path.basename(path)])
+    assert sorted(os.listdir(tmp_path)) == sorted([f".download-{host}-{alive}", ".download-otherhost-1", "keep"])
+
+
 def test_a_cut_download_leaves_nothing_and_a_partial_folder_is_not_overwritten(tmp_path, monkeypatch):
     import torchvision.datasets.utils as tv_utils
 
